@@ -1,0 +1,132 @@
+"""The one place that knows about array libraries and kernel compilers.
+
+Math code never imports numpy, cupy or numba itself. It asks for the array module of the arrays it was
+given (``array_module(x)``), so the same formula runs on NumPy arrays on the CPU and CuPy arrays on a GPU.
+CuPy and Numba are imported lazily, on first use; a missing one gives a clear message, never an import-time
+crash.
+
+    >>> be = get_backend("numpy")
+    >>> be.xp.zeros(3).shape
+    (3,)
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy
+
+BACKENDS = ("numpy", "cupy")
+DTYPES = {"float64": numpy.float64, "float32": numpy.float32}
+
+
+class BackendUnavailable(RuntimeError):
+    """Raised when an optional backend (CuPy, Numba) is asked for but cannot be used here."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An array library and the three things the engine needs from it.
+
+    name     "numpy" or "cupy"
+    xp       the array module (numpy or cupy)
+    asnumpy  moves an array to host memory as a numpy.ndarray
+    sync     waits for queued device work (a no-op on the CPU); call it before reading a timer
+    """
+
+    name: str
+    xp: Any
+    asnumpy: Callable[[Any], numpy.ndarray]
+    sync: Callable[[], None]
+
+
+def _noop() -> None:
+    return None
+
+
+NUMPY = Backend("numpy", numpy, numpy.asarray, _noop)
+
+
+@functools.lru_cache(maxsize=None)
+def _cupy_backend() -> Backend:
+    try:
+        import cupy  # noqa: PLC0415  (lazy by design)
+    except ImportError as err:  # pragma: no cover - depends on the machine
+        raise BackendUnavailable(
+            "backend='cupy' needs CuPy: install it with `pip install -e .[gpu]` on a machine with a CUDA GPU"
+        ) from err
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # pragma: no cover - depends on the machine
+        raise BackendUnavailable(f"backend='cupy': CuPy is installed but finds no CUDA device ({err})") from err
+    if n < 1:  # pragma: no cover
+        raise BackendUnavailable("backend='cupy': CuPy is installed but finds no CUDA device")
+
+    def sync() -> None:
+        cupy.cuda.Device().synchronize()
+
+    return Backend("cupy", cupy, cupy.asnumpy, sync)
+
+
+def get_backend(name: str | Backend = "numpy") -> Backend:
+    """The backend called ``name`` ("numpy" or "cupy"); raises BackendUnavailable if it cannot run here."""
+    if isinstance(name, Backend):
+        return name
+    if name == "numpy":
+        return NUMPY
+    if name == "cupy":
+        return _cupy_backend()
+    raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+
+
+def gpu_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    try:
+        _cupy_backend()
+    except BackendUnavailable:
+        return False
+    return True
+
+
+def _is_cupy(a: Any) -> bool:
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def backend_of(*arrays: Any) -> Backend:
+    """The backend that owns ``arrays``; raises TypeError when they mix NumPy and CuPy arrays."""
+    kinds = {_is_cupy(a) for a in arrays if a is not None and hasattr(a, "shape")}
+    if len(kinds) > 1:
+        raise TypeError("arrays from different backends (NumPy and CuPy) were mixed in one call")
+    return _cupy_backend() if kinds == {True} else NUMPY
+
+
+def array_module(*arrays: Any) -> Any:
+    """numpy or cupy, whichever owns ``arrays``."""
+    return backend_of(*arrays).xp
+
+
+def resolve_dtype(dtype: Any) -> numpy.dtype:
+    """float64 (default) or float32; anything else is refused with a clear message."""
+    dt = numpy.dtype(DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype)
+    if dt not in (numpy.dtype(numpy.float64), numpy.dtype(numpy.float32)):
+        raise ValueError(f"dtype must be float64 or float32, got {dt}")
+    return dt
+
+
+# --- Numba ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def numba_module() -> Any | None:
+    """The numba module, or None when it is not installed (kernels then fall back to their NumPy reference)."""
+    try:
+        import numba  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - numba is a core dependency
+        return None
+    return numba
+
+
+def numba_available() -> bool:
+    return numba_module() is not None

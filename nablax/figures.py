@@ -1,0 +1,107 @@
+"""What every script in ``paper_figures/`` shares: its command line, its JSON record, and resumable pieces.
+
+A figure script is standalone::
+
+    python paper_figures/<paper>/figN.py [--quick] [--out DIR] [--seed S]
+
+and writes ``DIR/figN.png`` and ``DIR/figN.json``. The JSON holds every plotted series::
+
+    {"figure": "...", "settings": {...},
+     "panels": {"A": {"title": ..., "xlabel": ..., "ylabel": ...,
+                      "series": {"<legend name>": {"x": [...], "y": [...], "lo": [...], "hi": [...]}}}}}
+
+(``lo``/``hi`` only where a band is drawn.) Expensive pieces go through ``cached``: each piece is stored under
+``DIR/.cache/`` as soon as it is computed, so an interrupted run resumes instead of starting over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy
+
+
+def figure_args(description: str, argv: list[str] | None = None, default_out: str = "figures") -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="a small run that finishes in well under a minute")
+    p.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
+    p.add_argument("--seed", type=int, default=0, help="base random seed")
+    return p.parse_args(argv)
+
+
+def _plain(v: Any) -> Any:
+    """JSON-able copy: arrays to lists, non-finite floats to None."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):
+        return _plain(v.tolist())
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, (numpy.floating,)):
+        return _plain(float(v))
+    if isinstance(v, (numpy.integer,)):
+        return int(v)
+    return v
+
+
+class FigureRecord:
+    """The numbers behind one figure, in the JSON layout above."""
+
+    def __init__(self, figure: str, settings: dict[str, Any]) -> None:
+        self.figure, self.settings = figure, dict(settings)
+        self.panels: dict[str, dict[str, Any]] = {}
+
+    def panel(self, key: str, title: str, xlabel: str, ylabel: str) -> dict[str, Any]:
+        return self.panels.setdefault(key, {"title": title, "xlabel": xlabel, "ylabel": ylabel, "series": {}})
+
+    def add(self, key: str, name: str, x: Any, y: Any, lo: Any = None, hi: Any = None, **extra: Any) -> None:
+        if key not in self.panels:
+            raise KeyError(f"declare panel {key!r} with .panel() first")
+        s = {"x": _plain(x), "y": _plain(y)}
+        if lo is not None:
+            s["lo"], s["hi"] = _plain(lo), _plain(hi)
+        s.update({k: _plain(v) for k, v in extra.items()})
+        self.panels[key]["series"][name] = s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"figure": self.figure, "settings": _plain(self.settings), "panels": _plain(self.panels)}
+
+
+def save_figure(fig: Any, record: FigureRecord, out: str | Path, name: str) -> tuple[Path, Path]:
+    """Write ``out/name.png`` and ``out/name.json`` and print where they went."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    png, js = out / f"{name}.png", out / f"{name}.json"
+    fig.savefig(png, dpi=110, bbox_inches="tight")
+    tmp = js.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record.to_dict(), indent=1))
+    tmp.replace(js)
+    print(f"wrote {png} and {js}")
+    return png, js
+
+
+def config_key(config: dict[str, Any]) -> str:
+    """A stable short hash of a JSON-able configuration."""
+    return hashlib.sha256(json.dumps(_plain(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cached(out: str | Path, config: dict[str, Any], compute: Callable[[], Any]) -> Any:
+    """``compute()`` once per configuration: the result (JSON-able) is stored in ``out/.cache/<hash>.json`` the
+    moment it exists and read back on later runs. Written atomically, so a killed run leaves no half file."""
+    folder = Path(out) / ".cache"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{config_key(config)}.json"
+    if path.exists():
+        return json.loads(path.read_text())["result"]
+    result = _plain(compute())
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"config": _plain(config), "result": result}))
+    tmp.replace(path)
+    return result

@@ -1,0 +1,84 @@
+"""The dense (fully connected) layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..backend import array_module
+from .base import Array, Cache, Layer, Mode
+
+
+class Dense(Layer):
+    """Affine map in row-vector convention.
+
+    forward   y = x W + b                      x (B, d_in), W (d_in, d_out), b (d_out,), y (B, d_out)
+    vjp       dx = dy W^T                      dy (..., B, d_out) -> (..., B, d_in)
+    jvp       dy = dx W                        dx (..., B, d_in)  -> (..., B, d_out)
+    jacobian  J_b = W^T for every sample       (B, d_out, d_in)
+    grads     dW = x^T dy,  db = 1^T dy        summed over the batch; leading probe axes are kept
+    param_jvp dy = x dW + db
+
+    The Jacobian as a map is W^T, so its quadratic-mean norm is ||W||_F / sqrt(d_in) (spec §2.1).
+    ``bias=False`` drops b.
+    """
+
+    kind = "dense"
+    n_linear = 1
+
+    def __init__(self, W: Array, b: Array | None = None) -> None:
+        if W.ndim != 2:
+            raise ValueError(f"Dense weight must be 2-D (d_in, d_out), got shape {W.shape}")
+        if b is not None and b.shape != (W.shape[1],):
+            raise ValueError(f"Dense bias must have shape ({W.shape[1]},), got {b.shape}")
+        self.W, self.b = W, b
+
+    @property
+    def d_in(self) -> int:
+        return self.W.shape[0]
+
+    @property
+    def d_out(self) -> int:
+        return self.W.shape[1]
+
+    @property
+    def params(self) -> dict[str, Array]:
+        return {"W": self.W} if self.b is None else {"W": self.W, "b": self.b}
+
+    def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (self.d_out,)
+
+    def forward(self, x: Array, mode: Mode = Mode()) -> tuple[Array, Cache]:
+        y = x @ self.W
+        if self.b is not None:
+            y = y + self.b
+        return y, Cache(x=x)
+
+    def vjp(self, cache: Cache, dy: Array) -> Array:
+        return dy @ self.W.T
+
+    def jvp(self, cache: Cache, dx: Array) -> Array:
+        return dx @ self.W
+
+    def jacobian(self, cache: Cache) -> Array:
+        xp = array_module(self.W)
+        return xp.broadcast_to(self.W.T, (cache.x.shape[0], self.d_out, self.d_in))
+
+    def param_grads(self, cache: Cache, dy: Array) -> dict[str, Array]:
+        x = cache.x
+        g = {"W": x.T @ dy if dy.ndim == 2 else array_module(dy).einsum("bi,...bj->...ij", x, dy)}
+        if self.b is not None:
+            g["b"] = dy.sum(axis=-2)
+        return g
+
+    def param_jvp(self, cache: Cache, dparams: dict[str, Array]) -> Array:
+        xp = array_module(cache.x)
+        out = cache.x @ dparams["W"] if "W" in dparams else xp.zeros((cache.x.shape[0], self.d_out), cache.x.dtype)
+        if self.b is not None and "b" in dparams:
+            out = out + dparams["b"]
+        return out
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        return f"Dense({self.d_in} -> {self.d_out}{'' if self.b is not None else ', no bias'})"

@@ -1,0 +1,139 @@
+"""The residual block."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from ..backend import array_module
+from .base import (
+    Array,
+    Cache,
+    Layer,
+    Mode,
+    backward_chain,
+    block_diagonal,
+    forward_chain,
+    iter_leaves,
+    jacobian_chain,
+    jvp_chain,
+    param_jvp_chain,
+    vjp_chain,
+)
+from .linear import Dense
+
+
+class Residual(Layer):
+    """A residual block: a skip path plus a scaled branch.
+
+    forward   y = s(x) + beta * F(x)        F = the branch (a sequence of layers), s = identity or a Dense projection
+    vjp       dx = J_s^T dy + beta * J_F^T dy
+    jvp       dy = J_s dx + beta * J_F dx
+    jacobian  J_s + beta * J_F              per sample (B, d, d); batch-level (B, d, B, d) when the branch couples samples
+    grads     the branch's gradients scaled by beta, under ``branch.<j>.<name>``; the projection's under ``skip.<name>``
+
+    ``beta`` is the branch scale of the shattered-gradients paper (beta-rescaling); 1 is the plain ResNet.
+    """
+
+    kind = "residual"
+
+    def __init__(self, branch: list[Layer], skip: Dense | None = None, beta: float = 1.0) -> None:
+        if not branch:
+            raise ValueError("Residual needs a non-empty branch")
+        self.branch, self.skip, self.beta = list(branch), skip, float(beta)
+
+    @property
+    def n_linear(self) -> int:  # type: ignore[override]
+        return sum(layer.n_linear for layer in self.branch) + (self.skip.n_linear if self.skip else 0)
+
+    def sublayers(self) -> dict[str, Layer]:
+        """Inner layers by path prefix (``branch.<j>``, ``skip``)."""
+        named = {f"branch.{j}": layer for j, layer in enumerate(self.branch)}
+        if self.skip is not None:
+            named["skip"] = self.skip
+        return named
+
+    def _collect(self, attr: str) -> dict[str, Array]:
+        return {f"{pre}.{k}": v for pre, layer in self.sublayers().items() for k, v in getattr(layer, attr).items()}
+
+    @property
+    def params(self) -> dict[str, Array]:
+        return self._collect("params")
+
+    @property
+    def state(self) -> dict[str, Array]:
+        return self._collect("state")
+
+    def config(self) -> dict[str, Any]:
+        return {"beta": self.beta}
+
+    def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = in_shape
+        for layer in self.branch:
+            shape = layer.out_shape(shape)
+        return shape
+
+    def forward(self, x: Array, mode: Mode = Mode()) -> tuple[Array, Cache]:
+        values, caches = forward_chain(self.branch, x, mode)
+        if self.skip is None:
+            s, skip_cache = x, None
+        else:
+            s, skip_cache = self.skip.forward(x, mode)
+        if s.shape != values[-1].shape:
+            raise ValueError(f"Residual: skip output {s.shape} and branch output {values[-1].shape} differ")
+        return s + self.beta * values[-1], Cache(values=values, caches=caches, skip=skip_cache,
+                                                   coupled=any(c.coupled for c in caches))
+
+    def vjp(self, cache: Cache, dy: Array) -> Array:
+        skip = dy if self.skip is None else self.skip.vjp(cache.skip, dy)
+        return skip + self.beta * vjp_chain(self.branch, cache.caches, dy)
+
+    def jvp(self, cache: Cache, dx: Array) -> Array:
+        skip = dx if self.skip is None else self.skip.jvp(cache.skip, dx)
+        return skip + self.beta * jvp_chain(self.branch, cache.caches, dx)
+
+    def jacobian(self, cache: Cache) -> Array:
+        xp = array_module(cache.values[0])
+        x = cache.values[0]
+        if self.skip is None:
+            d = x.reshape(x.shape[0], -1).shape[1]
+            skip = xp.broadcast_to(xp.eye(d, dtype=x.dtype), (x.shape[0], d, d))
+        else:
+            skip = self.skip.jacobian(cache.skip)
+        branch = jacobian_chain(self.branch, cache.caches)
+        if cache.coupled:
+            skip = block_diagonal(skip)
+        return skip + self.beta * branch
+
+    def backward(self, cache: Cache, dy: Array) -> tuple[Array, dict[str, Array]]:
+        dx_branch, branch_grads = backward_chain(self.branch, cache.caches, dy)
+        grads = {f"branch.{j}.{k}": self.beta * v for j, g in enumerate(branch_grads) for k, v in g.items()}
+        if self.skip is None:
+            dx_skip = dy
+        else:
+            dx_skip, g = self.skip.backward(cache.skip, dy)
+            grads.update({f"skip.{k}": v for k, v in g.items()})
+        return dx_skip + self.beta * dx_branch, grads
+
+    def param_grads(self, cache: Cache, dy: Array) -> dict[str, Array]:
+        return self.backward(cache, dy)[1]
+
+    def param_jvp(self, cache: Cache, dparams: dict[str, Array]) -> Array:
+        per_layer = [{k[len(f"branch.{j}."):]: v for k, v in dparams.items() if k.startswith(f"branch.{j}.")}
+                     for j in range(len(self.branch))]
+        t = param_jvp_chain(self.branch, cache.caches, per_layer)
+        t = 0.0 if t is None else self.beta * t
+        skip_dp = {k[len("skip."):]: v for k, v in dparams.items() if k.startswith("skip.")}
+        if self.skip is not None and skip_dp:
+            t = t + self.skip.param_jvp(cache.skip, skip_dp)
+        return t
+
+    def inner_leaves(self, cache: Cache) -> Iterator[tuple[Layer, Array, Cache]]:
+        """The projection (if any), then the branch's leaf layers, each with its input and cache."""
+        if self.skip is not None:
+            yield self.skip, cache.values[0], cache.skip
+        yield from iter_leaves(self.branch, cache.values, cache.caches)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(layer) for layer in self.branch)
+        skip = "identity" if self.skip is None else repr(self.skip)
+        return f"Residual(skip={skip}, beta={self.beta}, branch=[{inner}])"

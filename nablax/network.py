@@ -1,0 +1,501 @@
+"""Network (a sequence of layers) and Trace (one forward pass, with the values at every position).
+
+Positions: position 0 is the network input, position p is the output of the p-th layer (layers counted from 1),
+position P = len(layers) is the network output. A loss, if any, sits after position P.
+
+    net = Network([Dense(W1, b1), ReLU(), Dense(W2, b2)], in_shape=(3,))
+    tr = net.forward(x)                     # x (B, 3)
+    tr.values[p]                            # the value at position p
+    tr.pullback(v, dst=3, src=1)            # J^T v from position 3 back to position 1 (v may have probe axes)
+    tr.pushforward(u, src=0, dst=2)         # J u from position 0 to position 2
+    tr.jacobian(src=0, dst=3)               # exact per-sample Jacobians (B, d_3, d_0)
+    tr.jacobian_sq_norms(dst=3)             # ||J_{3<-p}||_F^2 for every p <= 3, per sample, in ONE sweep
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy
+
+from .backend import Backend, array_module, backend_of
+from .layers.base import LAYER_KINDS, Array, Cache, Layer, Mode, backward_chain, flat_size, forward_chain, iter_leaves
+from .layers.residual import Residual
+
+FILE_FORMAT = "nablax-network"
+FILE_VERSION = 1
+DEFAULT_MAX_ELEMENTS = 1 << 24  # per chunk of probe signals: 128 MiB in float64
+
+
+class NetworkFileError(ValueError):
+    """A ``.npz`` file that is not a valid nablax network file."""
+
+
+@dataclass(frozen=True)
+class Position:
+    """What sits at a forward position.
+
+    index     the position p (0 = input)
+    kind      the kind of the layer that produced it ("input" at p = 0)
+    n_lin     linear layers among layers 1..p (compositional depth reached)
+    n_act     nonlinearity layers among layers 1..p
+    block     residual blocks among layers 1..p
+    on_stream True at the input, at block ends, and everywhere in a network without residual blocks
+    """
+
+    index: int
+    kind: str
+    n_lin: int
+    n_act: int
+    block: int
+    on_stream: bool
+
+
+def _n_act(layer: Layer) -> int:
+    if isinstance(layer, Residual):
+        return sum(_n_act(inner) for inner in layer.sublayers().values())
+    return int(layer.is_nonlinearity)
+
+
+class Network:
+    """A sequence of layers applied to inputs of shape ``(B, *in_shape)``.
+
+    ``meta`` holds JSON-able facts about how the network was built (architecture name, depth, width, init,
+    seed); it is saved with the network.
+    """
+
+    def __init__(self, layers: list[Layer], in_shape: tuple[int, ...] | int, *, name: str = "",
+                 meta: dict[str, Any] | None = None) -> None:
+        self.layers = list(layers)
+        self.in_shape = (in_shape,) if isinstance(in_shape, int) else tuple(int(s) for s in in_shape)
+        self.name = name
+        self.meta = dict(meta or {})
+        arrays = list(self.named_params().values()) + list(self.named_state().values())
+        dtypes = {a.dtype for a in arrays}
+        if len(dtypes) > 1:
+            raise TypeError(f"network parameters mix dtypes {sorted(map(str, dtypes))}")
+        self.dtype = dtypes.pop() if dtypes else numpy.dtype("float64")
+        self.backend: Backend = backend_of(*arrays) if arrays else backend_of()
+        self.shapes = [self.in_shape]
+        for layer in self.layers:
+            self.shapes.append(tuple(layer.out_shape(self.shapes[-1])))
+
+    # -- structure ------------------------------------------------------------------------------------
+    @property
+    def n_positions(self) -> int:
+        """P + 1: the input and one position after every layer."""
+        return len(self.layers) + 1
+
+    @property
+    def n_linear(self) -> int:
+        return sum(layer.n_linear for layer in self.layers)
+
+    def positions(self) -> list[Position]:
+        has_blocks = any(isinstance(layer, Residual) for layer in self.layers)
+        out = [Position(0, "input", 0, 0, 0, True)]
+        n_lin = n_act = block = 0
+        for p, layer in enumerate(self.layers, start=1):
+            n_lin += layer.n_linear
+            n_act += _n_act(layer)
+            is_block = isinstance(layer, Residual)
+            block += is_block
+            out.append(Position(p, layer.kind, n_lin, n_act, block, is_block or not has_blocks))
+        return out
+
+    def named_params(self) -> dict[str, Array]:
+        """Every trainable array under ``<layer index>.<name>`` (residual blocks: ``3.branch.1.W``)."""
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.params.items()}
+
+    def named_state(self) -> dict[str, Array]:
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.state.items()}
+
+    def n_params(self) -> int:
+        return sum(int(a.size) for a in self.named_params().values())
+
+    def copy_params(self) -> dict[str, Array]:
+        return {k: v.copy() for k, v in self.named_params().items()}
+
+    def set_params(self, values: dict[str, Array]) -> None:
+        """Overwrite parameters in place (shapes must match)."""
+        params = self.named_params()
+        for k, v in values.items():
+            if k not in params:
+                raise KeyError(f"no parameter named {k!r}")
+            if params[k].shape != v.shape:
+                raise ValueError(f"parameter {k!r} has shape {params[k].shape}, got {v.shape}")
+            params[k][...] = v
+
+    def __repr__(self) -> str:
+        lines = [f"Network {self.name or ''}(in_shape={self.in_shape}, {len(self.layers)} layers, "
+                 f"{self.n_linear} linear, {self.n_params()} parameters, {self.dtype}, {self.backend.name})"]
+        lines += [f"  {i + 1:3d}: {layer!r}" for i, layer in enumerate(self.layers)]
+        return "\n".join(lines)
+
+    # -- forward --------------------------------------------------------------------------------------
+    def check_input(self, x: Array) -> None:
+        """Raise a clear error for an input the network cannot take."""
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise TypeError(f"input must be an array, got {type(x).__name__}")
+        if backend_of(x).name != self.backend.name:
+            raise TypeError(f"input is a {backend_of(x).name} array but the network lives on {self.backend.name}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"input dtype {x.dtype} does not match the network dtype {self.dtype}; "
+                            f"convert with x.astype('{self.dtype}')")
+        if x.ndim != len(self.in_shape) + 1 or tuple(x.shape[1:]) != self.in_shape:
+            raise ValueError(f"input shape {tuple(x.shape)} does not match (batch, {', '.join(map(str, self.in_shape))})")
+        if x.shape[0] < 1:
+            raise ValueError("input batch is empty")
+        if not bool(array_module(x).isfinite(x).all()):
+            raise ValueError("input contains NaN or inf")
+
+    def forward(self, x: Array, *, train: bool = True, hold_stats: bool = False, update_stats: bool = False) -> "Trace":
+        """Run the network and keep everything the derivatives need. See ``layers.base.Mode`` for the flags."""
+        self.check_input(x)
+        mode = Mode(train=train, hold_stats=hold_stats, update_stats=update_stats)
+        values, caches = forward_chain(self.layers, x, mode)
+        return Trace(self, values, caches, mode)
+
+    def __call__(self, x: Array, **mode: bool) -> Array:
+        return self.forward(x, **mode).output
+
+    # -- save and load --------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the network to a ``.npz`` file (no pickles). See ``describe_file_format()`` for the schema."""
+        path = Path(path)
+        arrays: dict[str, numpy.ndarray] = {}
+        specs = [_layer_spec(layer, f"layers.{i}", arrays, self.backend) for i, layer in enumerate(self.layers)]
+        header = {"name": self.name, "in_shape": list(self.in_shape), "dtype": str(self.dtype),
+                  "meta": self.meta, "layers": specs}
+        arrays["__format__"] = numpy.array(FILE_FORMAT)
+        arrays["__version__"] = numpy.array(FILE_VERSION)
+        arrays["__network__"] = numpy.array(json.dumps(header))
+        with open(path, "wb") as fh:
+            numpy.savez(fh, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, backend: str = "numpy") -> "Network":
+        """Read a network written by ``save`` (or by anyone following the documented schema)."""
+        from .backend import get_backend
+
+        be = get_backend(backend)
+        path = Path(path)
+        try:
+            npz = numpy.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise
+        except Exception as err:
+            raise NetworkFileError(f"{path}: not a readable .npz file ({err})") from err
+        with npz:
+            keys = set(npz.files)
+            for k in ("__format__", "__version__", "__network__"):
+                if k not in keys:
+                    raise NetworkFileError(f"{path}: not a nablax network file (missing {k!r})")
+            try:
+                fmt, version = str(npz["__format__"]), int(npz["__version__"])
+                header = json.loads(str(npz["__network__"]))
+            except Exception as err:
+                raise NetworkFileError(f"{path}: corrupt header ({err})") from err
+            if fmt != FILE_FORMAT:
+                raise NetworkFileError(f"{path}: format {fmt!r} is not {FILE_FORMAT!r}")
+            if version != FILE_VERSION:
+                raise NetworkFileError(f"{path}: format version {version} is not supported (this nablax reads {FILE_VERSION})")
+            try:
+                arrays = {k: npz[k] for k in keys if not k.startswith("__")}
+            except Exception as err:
+                raise NetworkFileError(f"{path}: corrupt array data ({err})") from err
+        try:
+            dtype = numpy.dtype(header["dtype"])
+            used: set[str] = set()
+            layers = [_layer_from_spec(spec, f"layers.{i}", arrays, used, dtype, be)
+                      for i, spec in enumerate(header["layers"])]
+            extra = set(arrays) - used
+            if extra:
+                raise NetworkFileError(f"arrays not described by the header: {sorted(extra)[:5]}")
+            net = cls(layers, tuple(header["in_shape"]), name=header.get("name", ""), meta=header.get("meta", {}))
+            try:  # the layers must fit together: run one tiny batch through them
+                net.forward(be.xp.zeros((2,) + net.in_shape, dtype=net.dtype), train=False)
+            except Exception as err:
+                raise NetworkFileError(f"the layers do not fit together ({type(err).__name__}: {err})") from err
+        except NetworkFileError as err:
+            raise NetworkFileError(f"{path}: {err}") from None
+        except (KeyError, TypeError, ValueError) as err:
+            raise NetworkFileError(f"{path}: invalid network description ({type(err).__name__}: {err})") from err
+        return net
+
+
+def _layer_spec(layer: Layer, prefix: str, arrays: dict[str, numpy.ndarray], be: Backend) -> dict[str, Any]:
+    spec: dict[str, Any] = {"kind": layer.kind, "config": layer.config()}
+    if isinstance(layer, Residual):
+        spec["branch"] = [_layer_spec(inner, f"{prefix}.branch.{j}", arrays, be) for j, inner in enumerate(layer.branch)]
+        spec["skip"] = None if layer.skip is None else _layer_spec(layer.skip, f"{prefix}.skip", arrays, be)
+        return spec
+    own = {**layer.params, **layer.state}
+    spec["arrays"] = sorted(own)
+    for k, v in own.items():
+        arrays[f"{prefix}.{k}"] = be.asnumpy(v)
+    return spec
+
+
+def _layer_from_spec(spec: dict[str, Any], prefix: str, arrays: dict[str, numpy.ndarray], used: set[str],
+                     dtype: numpy.dtype, be: Backend) -> Layer:
+    kind = spec.get("kind")
+    if kind not in LAYER_KINDS:
+        raise NetworkFileError(f"{prefix}: unknown layer kind {kind!r} (known: {sorted(LAYER_KINDS)})")
+    cls = LAYER_KINDS[kind]
+    config = dict(spec.get("config", {}))
+    if cls is Residual:
+        branch = [_layer_from_spec(s, f"{prefix}.branch.{j}", arrays, used, dtype, be) for j, s in enumerate(spec["branch"])]
+        skip = None if spec.get("skip") is None else _layer_from_spec(spec["skip"], f"{prefix}.skip", arrays, used, dtype, be)
+        return Residual(branch, skip, **config)
+    kwargs = {}
+    for name in spec.get("arrays", []):
+        key = f"{prefix}.{name}"
+        if key not in arrays:
+            raise NetworkFileError(f"missing array {key!r}")
+        a = arrays[key]
+        if a.dtype != dtype:
+            raise NetworkFileError(f"array {key!r} has dtype {a.dtype}, the header says {dtype}")
+        if not numpy.isfinite(a).all():
+            raise NetworkFileError(f"array {key!r} contains NaN or inf")
+        kwargs[name] = be.xp.asarray(a)
+        used.add(key)
+    try:
+        return cls(**config, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise NetworkFileError(f"{prefix}: {kind} cannot be built from {sorted(config) + sorted(kwargs)} ({err})") from err
+
+
+def describe_file_format() -> str:
+    """The ``.npz`` schema, for people who want to write weights trained elsewhere and audit them here."""
+    kinds = ", ".join(sorted(LAYER_KINDS))
+    return f"""nablax network file, format {FILE_FORMAT!r} version {FILE_VERSION}: a NumPy .npz (no pickles) with
+  __format__   0-d string array '{FILE_FORMAT}'
+  __version__  0-d integer array {FILE_VERSION}
+  __network__  0-d string array holding JSON:
+               {{"name": str, "in_shape": [int, ...], "dtype": "float64" | "float32", "meta": {{...}},
+                 "layers": [LAYER, ...]}}
+  LAYER        {{"kind": one of {kinds},
+                 "config": {{hyperparameters, e.g. "eps", "momentum", "beta", "axis"}},
+                 "arrays": [names of this layer's arrays]}}
+               a residual block instead has "branch": [LAYER, ...] and "skip": LAYER or null
+  layers.<i>.<name>                 each array, e.g. layers.0.W (d_in, d_out), layers.0.b (d_out,)
+  layers.<i>.branch.<j>.<name>      arrays inside residual block i
+Layers in forward order; dense weights in row convention (y = x W + b). Array names per kind: dense W [b];
+batchnorm running_mean running_var [gamma beta]; layernorm [gamma beta]; prelu a."""
+
+
+class Trace:
+    """One forward pass: ``values[p]`` at every position p, and each layer's cache.
+
+    Signals: a cotangent or tangent at position p has shape ``(*probe, B, *shape_p)``; any number of leading
+    probe axes go through together.
+    """
+
+    def __init__(self, network: Network, values: list[Array], caches: list[Cache], mode: Mode) -> None:
+        self.network, self.values, self.caches, self.mode = network, values, caches, mode
+
+    @property
+    def output(self) -> Array:
+        return self.values[-1]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.values[0].shape[0])
+
+    @property
+    def couples_batch(self) -> bool:
+        """True when some layer made one sample's output depend on other samples in this pass."""
+        return any(c.coupled for c in self.caches)
+
+    @property
+    def xp(self) -> Any:
+        return array_module(self.values[0])
+
+    def leaves(self) -> Iterator[tuple[Layer, Array, Cache]]:
+        """Every leaf layer in forward order (inside residual blocks too) with its input and cache."""
+        return iter_leaves(self.network.layers, self.values, self.caches)
+
+    def _pos(self, p: int | None, default: int) -> int:
+        n = len(self.values)
+        p = default if p is None else int(p)
+        if p < 0:
+            p += n
+        if not 0 <= p < n:
+            raise IndexError(f"position {p} is outside 0..{n - 1}")
+        return p
+
+    def _check_signal(self, s: Array, p: int, what: str) -> None:
+        shape = tuple(self.values[p].shape)
+        if tuple(s.shape[s.ndim - len(shape):]) != shape or s.ndim < len(shape):
+            raise ValueError(f"{what} of shape {tuple(s.shape)} does not end with the shape {shape} of position {p}")
+        if s.dtype != self.values[p].dtype:
+            raise TypeError(f"{what} dtype {s.dtype} does not match the network dtype {self.values[p].dtype}")
+
+    # -- reverse and forward mode ---------------------------------------------------------------------
+    def pullbacks(self, cotangent: Array, dst: int | None = None, src: int = 0) -> Iterator[tuple[int, Array]]:
+        """Yield ``(p, J_{dst<-p}^T v)`` for p = dst, dst-1, ..., src (the first item is the seed itself)."""
+        dst, src = self._pos(dst, -1), self._pos(src, 0)
+        if src > dst:
+            raise ValueError(f"pullback goes from dst to an earlier src, got src={src} > dst={dst}")
+        self._check_signal(cotangent, dst, "cotangent")
+        v = cotangent
+        yield dst, v
+        for p in range(dst, src, -1):
+            v = self.network.layers[p - 1].vjp(self.caches[p - 1], v)
+            yield p - 1, v
+
+    def pullback(self, cotangent: Array, dst: int | None = None, src: int = 0) -> Array:
+        """J^T v: the cotangent at position dst pulled back to position src."""
+        for _, v in self.pullbacks(cotangent, dst, src):
+            pass
+        return v
+
+    def pushforwards(self, tangent: Array, src: int = 0, dst: int | None = None) -> Iterator[tuple[int, Array]]:
+        """Yield ``(p, J_{p<-src} u)`` for p = src, ..., dst (the first item is the seed itself)."""
+        src, dst = self._pos(src, 0), self._pos(dst, -1)
+        if src > dst:
+            raise ValueError(f"pushforward goes from src to a later dst, got src={src} > dst={dst}")
+        self._check_signal(tangent, src, "tangent")
+        u = tangent
+        yield src, u
+        for p in range(src, dst):
+            u = self.network.layers[p].jvp(self.caches[p], u)
+            yield p + 1, u
+
+    def pushforward(self, tangent: Array, src: int = 0, dst: int | None = None) -> Array:
+        """J u: the tangent at position src pushed forward to position dst."""
+        for _, u in self.pushforwards(tangent, src, dst):
+            pass
+        return u
+
+    def backward(self, cotangent: Array) -> tuple[Array, dict[str, Array]]:
+        """Input cotangent and every parameter gradient (named as in ``Network.named_params``) for a
+        cotangent of shape ``(B, *out_shape)`` at the output."""
+        self._check_signal(cotangent, len(self.values) - 1, "cotangent")
+        dx, grads = backward_chain(self.network.layers, self.caches, cotangent)
+        return dx, {f"{i}.{k}": v for i, g in enumerate(grads) for k, v in g.items()}
+
+    # -- exact Jacobians ------------------------------------------------------------------------------
+    def _probe_chunks(self, n_probes: int, max_elements: int, widest: int) -> Iterator[slice]:
+        step = max(1, max_elements // max(1, widest))
+        for start in range(0, n_probes, step):
+            yield slice(start, min(n_probes, start + step))
+
+    def _identity_seeds(self, p: int, rows: slice, per_sample: bool) -> Array:
+        """One-hot probes at position p: ``e_j`` in every sample at once (per_sample) or ``e_(b, j)`` (batch-level)."""
+        xp, shape = self.xp, tuple(self.values[p].shape)
+        b, d = shape[0], flat_size(shape[1:])
+        k = rows.stop - rows.start
+        idx = xp.arange(rows.start, rows.stop)
+        if per_sample:
+            seeds = xp.zeros((k, d), dtype=self.values[p].dtype)
+            seeds[xp.arange(k), idx] = 1.0
+            return xp.broadcast_to(seeds[:, None, :], (k, b, d)).reshape((k,) + shape)
+        seeds = xp.zeros((k, b * d), dtype=self.values[p].dtype)
+        seeds[xp.arange(k), idx] = 1.0
+        return seeds.reshape((k,) + shape)
+
+    def _widest(self, lo: int, hi: int) -> int:
+        return max(int(self.values[p].size) for p in range(lo, hi + 1))
+
+    def jacobian(self, src: int = 0, dst: int | None = None, *, batch_level: bool | None = None,
+                 method: str = "vjp", max_elements: int = DEFAULT_MAX_ELEMENTS) -> Array:
+        """The exact Jacobian from position src to position dst.
+
+        Per sample ``(B, D_dst, D_src)`` (D = entries per sample), or batch-level ``(B, D_dst, B, D_src)``,
+        which is the default when this pass couples samples. ``method="vjp"`` pulls back identity seeds
+        from dst; ``"jvp"`` pushes identity seeds forward from src. Seeds go in chunks of at most
+        ``max_elements`` signal entries, so memory stays bounded apart from the result itself.
+        """
+        src, dst = self._pos(src, 0), self._pos(dst, -1)
+        batch_level = self.couples_batch if batch_level is None else batch_level
+        if self.couples_batch and not batch_level:
+            raise ValueError("this pass couples samples (batch norm with batch statistics): per-sample Jacobians "
+                             "do not exist; use batch_level=True, or forward(..., hold_stats=True)")
+        if method not in ("vjp", "jvp"):
+            raise ValueError(f"method must be 'vjp' or 'jvp', got {method!r}")
+        xp = self.xp
+        b = self.batch_size
+        d_src, d_dst = flat_size(self.values[src].shape[1:]), flat_size(self.values[dst].shape[1:])
+        seed_pos, n_per = (dst, d_dst) if method == "vjp" else (src, d_src)
+        n_seeds = n_per if not batch_level else b * n_per
+        out_flat = xp.empty((n_seeds, b * (d_src if method == "vjp" else d_dst)), dtype=self.values[0].dtype)
+        for rows in self._probe_chunks(n_seeds, max_elements, self._widest(src, dst)):
+            seeds = self._identity_seeds(seed_pos, rows, per_sample=not batch_level)
+            sig = self.pullback(seeds, dst, src) if method == "vjp" else self.pushforward(seeds, src, dst)
+            out_flat[rows] = sig.reshape(rows.stop - rows.start, -1)
+        if not batch_level:
+            d_other = d_src if method == "vjp" else d_dst
+            j = out_flat.reshape(n_per, b, d_other).transpose(1, 0, 2)  # (B, seeds, other)
+            return j if method == "vjp" else j.transpose(0, 2, 1)
+        if method == "vjp":
+            return out_flat.reshape(b, d_dst, b, d_src)
+        return out_flat.reshape(b, d_src, b, d_dst).transpose(2, 3, 0, 1)
+
+    def jacobian_sq_norms(self, dst: int | None = None, src: int = 0, *,
+                          max_elements: int = DEFAULT_MAX_ELEMENTS) -> Array:
+        """Per-sample ``||J_{dst<-p}||_F^2`` for every p in src..dst, from ONE identity-seeded sweep.
+
+        Returns shape ``(dst - src + 1, B)``; row ``p - src`` belongs to position p. No Jacobian is kept:
+        each chunk of seeds is pulled back once and its squared entries summed at every position passed.
+        Needs a pass without batch coupling (see ``batch_jacobian_sq_norms`` otherwise).
+        """
+        dst, src = self._pos(dst, -1), self._pos(src, 0)
+        if self.couples_batch:
+            raise ValueError("this pass couples samples: use batch_jacobian_sq_norms, or forward(..., hold_stats=True)")
+        return self._sweep_sq_norms(dst, src, per_sample=True, max_elements=max_elements)
+
+    def batch_jacobian_sq_norms(self, dst: int | None = None, src: int = 0, *,
+                                max_elements: int = DEFAULT_MAX_ELEMENTS) -> Array:
+        """Batch-level ``||J_batch(dst<-p)||_F^2`` for every p in src..dst, shape ``(dst - src + 1,)``.
+
+        Without coupling this is the sum of the per-sample norms (D_dst seeds). With coupling it takes
+        B * D_dst seeds, in chunks: exact, but costly at large batches (see ``hutchinson_sq_norms``).
+        """
+        dst, src = self._pos(dst, -1), self._pos(src, 0)
+        if not self.couples_batch:
+            return self._sweep_sq_norms(dst, src, per_sample=True, max_elements=max_elements).sum(axis=1)
+        return self._sweep_sq_norms(dst, src, per_sample=False, max_elements=max_elements)
+
+    def _sweep_sq_norms(self, dst: int, src: int, per_sample: bool, max_elements: int) -> Array:
+        xp = self.xp
+        b = self.batch_size
+        d_dst = flat_size(self.values[dst].shape[1:])
+        n_seeds = d_dst if per_sample else b * d_dst
+        out = xp.zeros((dst - src + 1, b) if per_sample else (dst - src + 1,), dtype=self.values[0].dtype)
+        for rows in self._probe_chunks(n_seeds, max_elements, self._widest(src, dst)):
+            seeds = self._identity_seeds(dst, rows, per_sample)
+            for p, v in self.pullbacks(seeds, dst, src):
+                sq = (v * v).reshape(v.shape[0], b, -1)
+                out[p - src] += sq.sum(axis=(0, 2)) if per_sample else sq.sum()
+        return out
+
+    def hutchinson_sq_norms(self, dst: int | None = None, src: int = 0, *, n_probes: int = 4,
+                            rng: numpy.random.Generator | int | None = None, probe: str = "gaussian") -> tuple[Array, Array]:
+        """Unbiased estimates of the batch-level ``||J_batch(dst<-p)||_F^2`` for every p in src..dst, with
+        their standard errors: ``E_v ||J^T v||^2 = ||J||_F^2`` for v ~ N(0, I) (or Rademacher) of the shape
+        of position dst. All probes are pulled back together in one sweep. Returns ``(mean, stderr)``, each of
+        shape ``(dst - src + 1,)``; the standard error is the sample std over probes / sqrt(n_probes)."""
+        dst, src = self._pos(dst, -1), self._pos(src, 0)
+        if n_probes < 2:
+            raise ValueError("n_probes must be at least 2 to report a standard error")
+        rng = numpy.random.default_rng(rng)
+        shape = (n_probes,) + tuple(self.values[dst].shape)
+        if probe == "gaussian":
+            v = rng.standard_normal(shape)
+        elif probe == "rademacher":
+            v = rng.choice([-1.0, 1.0], size=shape)
+        else:
+            raise ValueError(f"probe must be 'gaussian' or 'rademacher', got {probe!r}")
+        v = self.xp.asarray(v, dtype=self.values[dst].dtype)
+        samples = self.xp.zeros((dst - src + 1, n_probes), dtype=v.dtype)
+        for p, s in self.pullbacks(v, dst, src):
+            samples[p - src] = (s * s).reshape(n_probes, -1).sum(axis=1)
+        mean = samples.mean(axis=1)
+        stderr = samples.std(axis=1, ddof=1) / math.sqrt(n_probes)
+        return mean, stderr

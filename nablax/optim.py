@@ -1,0 +1,106 @@
+"""Optimisers as plain update rules on named parameter arrays (updated in place).
+
+    SGD       v <- mu v + g;              p <- p - lr v              (mu = 0: plain SGD)
+    RMSprop   s <- rho s + (1 - rho) g^2; p <- p - lr g / (sqrt(s) + eps)
+    Adam      m <- b1 m + (1 - b1) g;     s <- b2 s + (1 - b2) g^2
+              p <- p - lr (m / (1 - b1^t)) / (sqrt(s / (1 - b2^t)) + eps)
+
+``state_dict()`` / ``load_state_dict()`` expose the buffers so training can be checkpointed and resumed exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .backend import array_module
+
+
+class Optimizer:
+    name = ""
+
+    def __init__(self, lr: float) -> None:
+        if not lr > 0:
+            raise ValueError(f"learning rate must be positive, got {lr}")
+        self.lr = float(lr)
+        self.t = 0
+        self.buffers: dict[str, dict[str, Any]] = {}
+
+    def _buf(self, kind: str, key: str, like: Any) -> Any:
+        d = self.buffers.setdefault(kind, {})
+        if key not in d:
+            d[key] = array_module(like).zeros_like(like)
+        return d[key]
+
+    def step(self, params: dict[str, Any], grads: dict[str, Any]) -> None:
+        self.t += 1
+        for k, p in params.items():
+            if k in grads:
+                p -= self.direction(k, grads[k])
+
+    def direction(self, key: str, g: Any) -> Any:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lr": self.lr, "t": self.t, "buffers": {k: dict(v) for k, v in self.buffers.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lr, self.t = float(state["lr"]), int(state["t"])
+        self.buffers = {k: dict(v) for k, v in state["buffers"].items()}
+
+
+class SGD(Optimizer):
+    name = "sgd"
+
+    def __init__(self, lr: float, momentum: float = 0.0) -> None:
+        super().__init__(lr)
+        self.momentum = float(momentum)
+
+    def direction(self, key: str, g: Any) -> Any:
+        if self.momentum == 0.0:
+            return self.lr * g
+        v = self._buf("velocity", key, g)
+        v *= self.momentum
+        v += g
+        return self.lr * v
+
+
+class RMSprop(Optimizer):
+    name = "rmsprop"
+
+    def __init__(self, lr: float, rho: float = 0.9, eps: float = 1e-8) -> None:
+        super().__init__(lr)
+        self.rho, self.eps = float(rho), float(eps)
+
+    def direction(self, key: str, g: Any) -> Any:
+        s = self._buf("square", key, g)
+        s *= self.rho
+        s += (1 - self.rho) * g * g
+        return self.lr * g / (array_module(g).sqrt(s) + self.eps)
+
+
+class Adam(Optimizer):
+    name = "adam"
+
+    def __init__(self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
+        super().__init__(lr)
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+
+    def direction(self, key: str, g: Any) -> Any:
+        m = self._buf("mean", key, g)
+        s = self._buf("square", key, g)
+        m *= self.beta1
+        m += (1 - self.beta1) * g
+        s *= self.beta2
+        s += (1 - self.beta2) * g * g
+        m_hat = m / (1 - self.beta1 ** self.t)
+        s_hat = s / (1 - self.beta2 ** self.t)
+        return self.lr * m_hat / (array_module(g).sqrt(s_hat) + self.eps)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}
+
+
+def make_optimizer(name: str, lr: float, **kw: Any) -> Optimizer:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[name](lr, **kw)
