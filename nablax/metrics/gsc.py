@@ -1,0 +1,164 @@
+"""The gradient scale coefficient (GSC) of the gradients-explode paper (spec §2.1-2.5).
+
+For the map from position lo to position hi (lo <= hi) with Jacobian J and values F_lo, F_hi:
+
+    ||J||_qm^2   = ||J||_F^2 / d_lo                               quadratic-mean norm: divided by the INPUT dim
+    GSC(lo, hi)  = ||J||_qm * ||F_lo|| / ||F_hi||
+
+Aggregation over a batch of B points (an open choice; ``aggregation=``):
+    "batch" (default)       the whole batch is one map R^{B d_lo} -> R^{B d_hi}:
+                            GSC^2 = ||J_batch||_F^2 / (B d_lo) * ||F_lo||_F^2 / ||F_hi||_F^2
+                            (without batch coupling J_batch is block-diagonal and ||J_batch||_F^2 = sum_b ||J_b||_F^2)
+    "per_example_mean"      the arithmetic mean of the per-example GSCs
+    "per_example_geomean"   their geometric mean
+To the error layer (a scalar batch error E):  GSC(lo, E) = ||dE/dF_lo||_F ||F_lo||_F / (sqrt(B d_lo) |E|).
+
+``squared=True`` returns GSC^2 (the form some later versions of the paper may use).
+
+Jacobian norms come from the engine's one identity-seeded sweep (``Trace.jacobian_sq_norms``), which gives
+GSC(p -> hi) for EVERY p <= hi at once. For a pass that couples samples (batch norm with batch statistics) the
+exact batch-level norm needs B * d_hi seeds; above ``exact_limit`` seeds the Hutchinson estimate is used and
+reported with its standard error (``method="auto"``, the default). The result says which method ran.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy
+
+from ..network import Trace
+
+AGGREGATIONS = ("batch", "per_example_mean", "per_example_geomean")
+METHODS = ("auto", "exact", "hutchinson")
+DEFAULT_EXACT_LIMIT = 1_000  # seeds (B * d_hi) above which "auto" switches a coupled pass to Hutchinson
+
+
+@dataclass
+class GSCResult:
+    """GSC(p -> hi) for the positions p in ``positions``.
+
+    value    GSC (or GSC^2 when squared) per position
+    stderr   standard error per position (Hutchinson only; zeros for exact values)
+    method   "exact" or "hutchinson" (what actually ran)
+    """
+
+    positions: numpy.ndarray
+    value: numpy.ndarray
+    stderr: numpy.ndarray
+    hi: int
+    method: str
+    aggregation: str
+    squared: bool
+    n_probes: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def at(self, p: int) -> float:
+        return float(self.value[list(self.positions).index(p)])
+
+
+def _sq_frobenius(a: Any) -> Any:
+    return (a * a).reshape(a.shape[0], -1).sum(axis=1)
+
+
+def gsc_to(trace: Trace, hi: int | None = None, lo: int = 0, *, aggregation: str = "batch", squared: bool = False,
+           method: str = "auto", n_probes: int = 4, rng: Any = None, exact_limit: int = DEFAULT_EXACT_LIMIT) -> GSCResult:
+    """GSC(p -> hi) for every position p in lo..hi, from one sweep back from ``hi`` (default: the output)."""
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    hi = trace._pos(hi, -1)
+    lo = trace._pos(lo, 0)
+    be = trace.network.backend
+    b = trace.batch_size
+    positions = numpy.arange(lo, hi + 1)
+    value_sq = _sq_frobenius
+    d_lo = numpy.array([trace.values[p][0].size for p in positions], dtype=float)
+    f_sq = numpy.stack([be.asnumpy(value_sq(trace.values[p])) for p in positions])  # (n_pos, B)
+    f_hi = be.asnumpy(value_sq(trace.values[hi]))
+
+    if aggregation != "batch":
+        if trace.couples_batch:
+            raise ValueError("per-example GSCs need per-example Jacobians, which a batch-coupled pass does not have; "
+                             "use aggregation='batch' or forward(..., hold_stats=True)")
+        if method == "hutchinson":
+            raise ValueError("per-example aggregation is computed exactly; use method='exact' or 'auto'")
+        jac = be.asnumpy(trace.jacobian_sq_norms(hi, lo))  # (n_pos, B)
+        per = jac / d_lo[:, None] * f_sq / f_hi[None, :]
+        if aggregation == "per_example_mean":
+            val = per.mean(axis=1) if squared else numpy.sqrt(per).mean(axis=1)
+        else:
+            val = numpy.exp(numpy.log(per).mean(axis=1) * (1.0 if squared else 0.5))
+        return GSCResult(positions, val, numpy.zeros_like(val), hi, "exact", aggregation, squared)
+
+    seeds = b * trace.values[hi][0].size if trace.couples_batch else trace.values[hi][0].size
+    use_exact = method == "exact" or (method == "auto" and (not trace.couples_batch or seeds <= exact_limit))
+    if use_exact:
+        jac = be.asnumpy(trace.batch_jacobian_sq_norms(hi, lo))
+        err = numpy.zeros_like(jac)
+        used, probes = "exact", None
+    else:
+        mean, se = trace.hutchinson_sq_norms(hi, lo, n_probes=n_probes, rng=rng)
+        jac, err = be.asnumpy(mean), be.asnumpy(se)
+        used, probes = "hutchinson", n_probes
+    scale = f_sq.sum(axis=1) / (b * d_lo * f_hi.sum())
+    sq = jac * scale
+    if squared:
+        val, stderr = sq, err * scale
+    else:
+        val = numpy.sqrt(sq)
+        stderr = numpy.where(jac > 0, val * err / (2 * numpy.where(jac > 0, jac, 1.0)), 0.0)  # delta method
+    return GSCResult(positions, val, stderr, hi, used, aggregation, squared, probes)
+
+
+def gsc(trace: Trace, lo: int, hi: int | None = None, **kw: Any) -> GSCResult:
+    """GSC(lo -> hi) alone (a one-position ``GSCResult``)."""
+    res = gsc_to(trace, hi, lo, **kw)
+    res.positions, res.value, res.stderr = res.positions[:1], res.value[:1], res.stderr[:1]
+    return res
+
+
+def gsc_table(trace: Trace, **kw: Any) -> numpy.ndarray:
+    """GSC(lo -> hi) for every pair of positions: a (P+1, P+1) array with NaN where lo > hi (one sweep per hi)."""
+    n = len(trace.values)
+    table = numpy.full((n, n), numpy.nan)
+    for hi in range(n):
+        table[: hi + 1, hi] = gsc_to(trace, hi, 0, **kw).value
+    return table
+
+
+def gsc_to_error(trace: Trace, dE_dout: Any, error: float, *, lo: int = 0, squared: bool = False) -> GSCResult:
+    """GSC(p -> E) for every position p >= lo, from ONE ordinary backward pass of the error:
+
+        GSC(p, E) = ||dE/dF_p||_F ||F_p||_F / (sqrt(B d_p) |E|)
+
+    ``dE_dout`` is dE/d(output) for the batch error ``error`` (for example ``loss.grad`` and ``loss.value``).
+    Invariant to whether E is the sum or the mean of the per-example losses.
+    """
+    if error == 0:
+        raise ValueError("the error is exactly 0: GSC to the error layer is undefined")
+    be = trace.network.backend
+    b = trace.batch_size
+    hi = len(trace.values) - 1
+    positions = numpy.arange(lo, hi + 1)
+    val = numpy.empty(len(positions))
+    for p, g in trace.pullbacks(dE_dout, hi, lo):
+        f = trace.values[p]
+        num = float(be.asnumpy((g * g).sum())) * float(be.asnumpy((f * f).sum()))
+        val[p - lo] = num / (b * f[0].size * error * error)
+    if not squared:
+        val = numpy.sqrt(val)
+    return GSCResult(positions, val, numpy.zeros_like(val), hi + 1, "exact", "batch", squared)
+
+
+def relative_sensitivity_check(trace: Trace, lo: int, hi: int, rng: Any, eps: float = 1e-6) -> float:
+    """The GSC's meaning, measured: the relative change of F_hi for a random relative perturbation eps of F_lo,
+    divided by eps (to first order, in a random direction). Its mean-square over directions is GSC^2; used in tests."""
+    xp = trace.xp
+    u = xp.asarray(rng.standard_normal(trace.values[lo].shape), dtype=trace.values[lo].dtype)
+    u *= math.sqrt(float((trace.values[lo] ** 2).sum()) / float((u * u).sum()))
+    ju = trace.pushforward(u, lo, hi)
+    return math.sqrt(float((ju * ju).sum()) / float((trace.values[hi] ** 2).sum()))
