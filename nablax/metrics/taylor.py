@@ -1,0 +1,151 @@
+"""The compositional-depth-reduction experiment (gradients-explode spec §6, Fig. 2F).
+
+The bottom part ``B_k`` of a trained network (input up to and including the output Z_k of linear layer k) is
+replaced by its first-order Taylor expansion in the parameters around the expansion point θ(0):
+
+    T_k(x) = B_k(x; θ(0)) + Σ_{i<=k} J_{θ_i} B_k(x; θ(0)) (θ_i(T) - θ_i(0))
+
+and the top part (norm_k, act_k, linear k+1 ... output) keeps its trained parameters. No retraining. The training
+error is reported against the reduction ``r = k - 1``: T_1 = B_1 exactly (a linear layer is linear in its
+parameters), so r = 0 is the trained network; the output layer is never replaced (r = 0 ... D - 2).
+
+One forward-mode sweep through the initial network gives T_k for EVERY k at once: with the forward values and
+caches of θ(0), the tangent
+
+    t_0 = 0,    t_p = J_p t_{p-1} + J_{θ_p} Δθ_p          (``layers.base.param_jvp_chain``, layer by layer)
+
+at the position of Z_k is ``T_k(x) - B_k(x; θ(0))``. For ResNets the cut points are the top-level positions that end
+a residual block or a linear layer (a cut never falls inside a block); k counts the linear layers below the cut.
+
+Options (spec §13; the spec's open choices):
+    block_end  "linear_output" (default): B_k ends at Z_k;  "after_activation": B_k also holds norm_k and act_k
+               (then r = 0 is NOT the trained network; flagged in the settings)
+    bn_stats   batch norm inside T_k: "batch_differentiated" (default: the evaluation batch's statistics, and
+               the tangent differentiated through them) or "batch_constant" (statistics held constant)
+    top_bn     batch norm in the top part: "batch" (default: the evaluation batch's statistics) or "running"
+    expansion_point  the parameters to expand around: θ(0) in the papers; any parameter set (an earlier
+               checkpoint, say) is allowed
+    batch_size evaluation batch size (default: the training batch size, 256 in the project protocol)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy
+
+from ..layers.base import Array, Mode, forward_chain, param_jvp_chain
+from ..losses import SoftmaxCrossEntropy
+from ..network import Network
+
+BLOCK_ENDS = ("linear_output", "after_activation")
+BN_STATS = ("batch_differentiated", "batch_constant")
+TOP_BN = ("batch", "running")
+
+
+@dataclass
+class TaylorResult:
+    """Training error (and loss) with the bottom k linear layers replaced, per cut: ``r = k - 1``."""
+
+    k: numpy.ndarray
+    error: numpy.ndarray
+    loss: numpy.ndarray
+    error_original: float
+    loss_original: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def r(self) -> numpy.ndarray:
+        return self.k - 1
+
+
+def cut_positions(net: Network, block_end: str = "linear_output", include_output: bool = False) -> list[int]:
+    """Top-level positions where a bottom block B_k ends, in forward order (k = ``positions()[p].n_lin``).
+
+    "linear_output": after each top-level layer that holds linear layers (a Dense, or a residual block).
+    "after_activation": just before the next such layer (so norm and nonlinearity are inside B_k).
+    The cut after the output layer is left out unless ``include_output``.
+    """
+    if block_end not in BLOCK_ENDS:
+        raise ValueError(f"block_end must be one of {BLOCK_ENDS}, got {block_end!r}")
+    linear = [i for i, layer in enumerate(net.layers) if layer.n_linear > 0]
+    if block_end == "linear_output":
+        cuts = [i + 1 for i in linear]
+    else:
+        cuts = linear[1:] + [len(net.layers)]
+    if not include_output:
+        total = net.n_linear
+        pos = net.positions()
+        cuts = [p for p in cuts if pos[p].n_lin < total]
+    return cuts
+
+
+def _layer_dparams(net: Network, delta: dict[str, Array]) -> list[dict[str, Array]]:
+    """Per top-level layer parameter tangents from ``Network.named_params``-named arrays."""
+    out: list[dict[str, Array]] = [{} for _ in net.layers]
+    for name, v in delta.items():
+        i, _, rest = name.partition(".")
+        out[int(i)][rest] = v
+    return out
+
+
+def taylor_outputs(net: Network, expansion_point: dict[str, Array], x: Array, cuts: list[int], *,
+                   bn_stats: str = "batch_differentiated", top_bn: str = "batch") -> dict[int, Array]:
+    """Network outputs on the batch x with the bottom block up to each cut position p replaced by its first-order
+    expansion around ``expansion_point`` (the network itself holds θ(T)). Returns {p: output (B, d_out)}."""
+    if bn_stats not in BN_STATS:
+        raise ValueError(f"bn_stats must be one of {BN_STATS}, got {bn_stats!r}")
+    if top_bn not in TOP_BN:
+        raise ValueError(f"top_bn must be one of {TOP_BN}, got {top_bn!r}")
+    if not cuts:
+        return {}
+    theta = net.copy_params()
+    dparams = _layer_dparams(net, {k: theta[k] - expansion_point[k] for k in theta})
+    last = max(cuts)
+    tangents: dict[int, Array] = {}
+    net.set_params(expansion_point)
+    try:  # forward and tangent sweep through the initial bottom block, up to the highest cut
+        values, caches = forward_chain(net.layers[:last], x, Mode(train=True, hold_stats=bn_stats == "batch_constant"))
+        t = None
+        for p in range(1, last + 1):
+            t = param_jvp_chain(net.layers[p - 1:p], caches[p - 1:p], dparams[p - 1:p], t)
+            if p in cuts:
+                tangents[p] = t
+    finally:
+        net.set_params(theta)
+    top_mode = Mode(train=top_bn == "batch")
+    outs = {}
+    for p in cuts:
+        z = values[p] if tangents[p] is None else values[p] + tangents[p]
+        outs[p] = forward_chain(net.layers[p:], z, top_mode)[0][-1]
+    return outs
+
+
+def taylor_errors(net: Network, expansion_point: dict[str, Array], x: Array, y: Array, *, batch_size: int = 256,
+                  block_end: str = "linear_output", bn_stats: str = "batch_differentiated", top_bn: str = "batch",
+                  include_output: bool = False) -> TaylorResult:
+    """Training error and loss for every reduction r = k - 1, over evaluation batches of ``batch_size`` of (x, y)."""
+    cuts = cut_positions(net, block_end, include_output)
+    loss = SoftmaxCrossEntropy()
+    n = int(x.shape[0])
+    wrong = numpy.zeros(len(cuts))
+    total_loss = numpy.zeros(len(cuts))
+    wrong0 = loss0 = 0.0
+    for start in range(0, n, batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        outs = taylor_outputs(net, expansion_point, xb, cuts, bn_stats=bn_stats, top_bn=top_bn)
+        for j, p in enumerate(cuts):
+            wrong[j] += float((outs[p].argmax(axis=1) != yb).sum())
+            total_loss[j] += loss.value(outs[p], yb) * len(yb)
+        o = net(xb, train=top_bn == "batch")
+        wrong0 += float((o.argmax(axis=1) != yb).sum())
+        loss0 += loss.value(o, yb) * len(yb)
+    pos = net.positions()
+    settings = {"block_end": block_end, "bn_stats": bn_stats, "top_bn": top_bn, "batch_size": batch_size,
+                "r0_is_original": block_end == "linear_output"}
+    return TaylorResult(numpy.array([pos[p].n_lin for p in cuts]), wrong / n, total_loss / n, wrong0 / n, loss0 / n,
+                        settings)
+
+
+__all__ = ["TaylorResult", "cut_positions", "taylor_outputs", "taylor_errors", "BLOCK_ENDS", "BN_STATS", "TOP_BN"]

@@ -1,0 +1,199 @@
+"""Experiment grids (architecture x step size x seed x ...) through one executor interface.
+
+    configs = expand_grid({"data": "digits", "depth": 10, "epochs": 5}, {"arch": ["batch-tanh", "SeLU"], "seed": [0, 1]})
+    results = run_sweep(configs, "runs/")                                  # in-process, one after another
+    results = run_sweep(configs, "runs/", executor="dask")                 # Dask LocalCluster on this machine
+    results = run_sweep(configs, "runs/", executor="dask", scheduler="tcp://host:8786")   # an existing cluster
+
+Each run lives in ``out/<key>/`` where ``key = TrainConfig.key()`` hashes the configuration, so a rerun skips the
+runs that finished (``result.json`` exists) without submitting them, and resumes the ones that were interrupted
+from their last checkpoint. ``out/index.json`` maps every key to its configuration and status.
+
+Executors have one method, ``map(fn, items)`` (results in the order of ``items``), and ``close()``:
+    LocalExecutor   in-process (the default)
+    DaskExecutor    ``dask.distributed``: a ``LocalCluster`` (``n_workers``, threads or ``processes``) or the
+                    scheduler at ``scheduler``; the workers must have nablax installed and see ``out`` (and the
+                    CIFAR-10 archive) at the same paths. Dask is optional (``pip install -e .[sweep]``) and imported
+                    only here, when asked for.
+
+A sweep file (``nablax sweep CONFIG``) is JSON, or TOML when it ends in ``.toml``::
+
+    {"out": "runs/grid", "base": {"data": "digits", "depth": 10, "epochs": 5},
+     "grid": {"arch": ["batch-ReLU", "layer-tanh"], "lr": [0.003, 0.01], "seed": [0, 1]}}
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from .train import TrainConfig, run
+
+
+def require_distributed() -> Any:
+    """``dask.distributed``, or an ImportError that says how to install it."""
+    try:
+        import distributed  # noqa: PLC0415  (optional dependency, imported lazily)
+    except ImportError as err:
+        raise ImportError("the Dask executor needs dask.distributed: install it with `pip install -e .[sweep]` "
+                          "(or `pip install 'dask[distributed]'`), or use the local executor") from err
+    return distributed
+
+
+def _bar(total: int, progress: bool, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="run", file=sys.stderr, disable=not progress)
+
+
+class LocalExecutor:
+    """Runs every item in this process, one after another."""
+
+    name = "local"
+
+    def map(self, fn: Callable[[Any], Any], items: list[Any], progress: bool = True) -> list[Any]:
+        bar = _bar(len(items), progress, "sweep")
+        out = []
+        for item in items:
+            out.append(fn(item))
+            bar.update(1)
+        bar.close()
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class DaskExecutor:
+    """Runs items as Dask futures on a LocalCluster (default) or on the scheduler at ``scheduler``."""
+
+    name = "dask"
+
+    def __init__(self, scheduler: str | None = None, *, n_workers: int = 2, threads_per_worker: int = 1,
+                 processes: bool = False) -> None:
+        distributed = require_distributed()
+        self.cluster = None
+        if scheduler:
+            self.client = distributed.Client(scheduler)
+        else:
+            self.cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
+                                                    processes=processes, dashboard_address=None)
+            self.client = distributed.Client(self.cluster)
+
+    def map(self, fn: Callable[[Any], Any], items: list[Any], progress: bool = True) -> list[Any]:
+        distributed = require_distributed()
+        futures = self.client.map(fn, items, pure=False)
+        index = {f.key: i for i, f in enumerate(futures)}
+        out: list[Any] = [None] * len(items)
+        bar = _bar(len(items), progress, "sweep (dask)")
+        for fut in distributed.as_completed(futures):
+            out[index[fut.key]] = fut.result()
+            bar.update(1)
+        bar.close()
+        return out
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def __enter__(self) -> "DaskExecutor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def make_executor(kind: str = "local", scheduler: str | None = None, **kw: Any) -> LocalExecutor | DaskExecutor:
+    if kind == "local":
+        if scheduler:
+            raise ValueError("a scheduler address needs executor='dask'")
+        return LocalExecutor()
+    if kind == "dask":
+        return DaskExecutor(scheduler, **kw)
+    raise ValueError(f"executor must be 'local' or 'dask', got {kind!r}")
+
+
+def expand_grid(base: dict[str, Any], grid: dict[str, list[Any]]) -> list[TrainConfig]:
+    """Every combination of the ``grid`` values on top of ``base`` (the first grid axis varies slowest)."""
+    names = list(grid)
+    return [TrainConfig.from_dict({**base, **dict(zip(names, values))})
+            for values in itertools.product(*(grid[n] for n in names))]
+
+
+def run_config(task: tuple[dict[str, Any], str]) -> dict[str, Any]:
+    """One run of a sweep: ``(config dict, sweep folder)`` -> its result (resumed or started in ``folder/<key>``).
+    A top-level function, so Dask can ship it to workers."""
+    config_dict, folder = task
+    config = TrainConfig.from_dict(config_dict)
+    return run(config, Path(folder) / config.key(), resume=True, progress=False)
+
+
+def run_sweep(configs: list[TrainConfig | dict[str, Any]], out: str | Path, *, executor: Any = "local",
+              scheduler: str | None = None, progress: bool = True, **executor_kw: Any) -> list[dict[str, Any]]:
+    """Run every configuration (skipping finished ones) and return their results in order.
+
+    ``executor``: "local", "dask", or an executor object (which the caller then closes)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    configs = [c if isinstance(c, TrainConfig) else TrainConfig.from_dict(c) for c in configs]
+    keys = [c.key() for c in configs]
+    results: list[dict[str, Any] | None] = [None] * len(configs)
+    todo = []
+    for i, key in enumerate(keys):
+        done = out / key / "result.json"
+        if done.exists():
+            results[i] = {**json.loads(done.read_text()), "skipped": True}
+        else:
+            todo.append(i)
+    _write_index(out, configs, keys, results)
+    if todo:
+        own = isinstance(executor, str)
+        ex = make_executor(executor, scheduler, **executor_kw) if own else executor
+        try:
+            fresh = ex.map(run_config, [(configs[i].to_dict(), str(out)) for i in todo], progress=progress)
+        finally:
+            if own:
+                ex.close()
+        for i, r in zip(todo, fresh):
+            results[i] = {**r, "skipped": False}
+        _write_index(out, configs, keys, results)
+    return results  # type: ignore[return-value]
+
+
+def _write_index(out: Path, configs: list[TrainConfig], keys: list[str], results: list[Any]) -> None:
+    path = out / "index.json"
+    index = json.loads(path.read_text()) if path.exists() else {}
+    for c, k, r in zip(configs, keys, results):
+        index[k] = {"config": c.key_dict(), "status": None if r is None else r.get("status")}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def load_sweep_file(path: str | Path) -> tuple[list[TrainConfig], dict[str, Any]]:
+    """(configurations, options) from a sweep file: keys ``base`` and ``grid`` (see the module docstring), and
+    optionally ``out``."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix == ".toml":
+        import tomllib
+
+        spec = tomllib.loads(text)
+    else:
+        spec = json.loads(text)
+    unknown = set(spec) - {"base", "grid", "out"}
+    if unknown:
+        raise ValueError(f"{path}: unknown sweep keys {sorted(unknown)} (expected base, grid, out)")
+    grid = spec.get("grid", {})
+    for k, v in grid.items():
+        if not isinstance(v, list) or not v:
+            raise ValueError(f"{path}: grid axis {k!r} must be a non-empty list")
+    return expand_grid(spec.get("base", {}), grid), {"out": spec.get("out")}
+
+
+__all__ = ["LocalExecutor", "DaskExecutor", "make_executor", "expand_grid", "run_config", "run_sweep",
+           "load_sweep_file", "require_distributed"]

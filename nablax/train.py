@@ -1,0 +1,607 @@
+"""Minibatch training with per-epoch measurements, checkpoints and exact resumption (gradients-explode spec §9).
+
+    cfg = TrainConfig(arch="batch-tanh", data="digits", depth=10, width=32, epochs=5, lr=0.01)
+    trainer = Trainer(cfg, out="runs/bt")        # or Trainer.resume("runs/bt")
+    trainer.fit()                                # a tqdm bar; one checkpoint per epoch
+
+One step on a minibatch (X, y):  forward at θ(t) with batch statistics (running statistics updated), the mean
+softmax cross-entropy E, dE/dθ by ``Trace.backward``, the optimiser's step (SGD with momentum, Adam, RMSprop), and
+the callbacks (``metrics.training.TrainingCallback``) before and after it.
+
+Per epoch (epoch 0 is the network at θ(0)), written to ``metrics.jsonl`` (one JSON object per epoch) and
+``arrays.npz`` (per-epoch arrays stacked along axis 0):
+    train_error, train_loss   the whole training set, evaluation batches of the training batch size, batch
+                              statistics (spec §9)
+    gsc                       GSC(L, 0) from ``gsc.bottom`` to the error layer on a fixed training subset of
+                              ``eval_batch`` points, one backward pass (``metrics.gsc.gsc_to_error``); the array
+                              ``gsc_positions`` holds GSC(p, 0) at every position
+    relative_update, bound    per linear layer, averaged over the epoch's steps (``metrics.training.UpdateSizes``)
+    residual_opnorm(_rel)     ||W_i(t) - W_i(0)||_2 (and / ||W_i(0)||_2) per linear layer (spec §2.10)
+    effective_depth           at the threshold ``ed_eps`` and swept over ``ed_eps_grid``; the array
+                              ``lambda_contributions`` is C[λ] (``metrics.effective_depth.EffectiveDepth``)
+    lr                        the step size used during the epoch
+At the end: ``network.npz`` (θ(T)), the Taylor experiment (``metrics.taylor``) and ``result.json``.
+
+Step-size schedule (spec §9 project default; the paper's is unknown): divide the step size by ``lr_decay`` (3) when
+the training error has not improved by the relative margin ``plateau_tol`` for ``patience`` epochs.
+``grid_search_lr`` picks the step size from a x3 grid by the training error after a few epochs.
+
+Resumption: ``checkpoint.npz`` (no pickles) holds the parameters, θ(0), the batch-norm running statistics, the
+optimiser's buffers, the shuffling generator's state, the schedule, the history and every callback's
+accumulators, written atomically after every epoch. A run killed at any point and resumed from it ends with
+results identical, bit for bit, to an uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy
+
+from .architectures import build
+from .data import Dataset, load_dataset
+from .figures import _plain
+from .losses import SoftmaxCrossEntropy
+from .metrics.effective_depth import DEFAULT_EPS, EPS_GRID, EffectiveDepth
+from .metrics.gsc import gsc_to_error
+from .metrics.taylor import taylor_errors
+from .metrics.training import Step, TrainingCallback, UpdateSizes, residual_opnorms
+from .optim import make_optimizer
+
+CHECKPOINT = "checkpoint.npz"
+GSC_BOTTOMS = ("linear1", "input")
+NOT_IN_KEY = ("cifar", "cifar_md5")  # where the data lives (and its expected checksum) does not change a result
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a run. Defaults are the spec §9 project protocol (CIFAR-10 MLPs: 50 blocks of
+    width 100 plus an output layer, plain SGD, batch 256, step size /3 on plateaus, at most 500 epochs); the paper's
+    own settings are unknown. ``head`` (ResNets: a final norm -> nonlinearity before the output, spec §8.2) defaults
+    to present. ``cifar`` is the path of the CIFAR-10 archive and ``cifar_md5`` its expected MD5 (default: the
+    published one; only for test archives); neither is part of the run's key."""
+
+    arch: str = "batch-tanh"
+    data: str = "cifar10"
+    depth: int = 50
+    width: int = 100
+    init: str = "gaussian"
+    head: bool = True
+    norm_affine: bool = False
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.0
+    batch_size: int = 256
+    epochs: int = 500
+    seed: int = 0
+    n_train: int | None = None
+    drop_last: bool = True
+    lr_decay: float = 3.0
+    patience: int = 5
+    plateau_tol: float = 0.01
+    eval_batch: int = 1000
+    gsc_bottom: str = "linear1"
+    measure_effective_depth: bool = True
+    ed_eps: float = DEFAULT_EPS
+    ed_eps_grid: list[float] = field(default_factory=lambda: list(EPS_GRID))
+    ed_accumulate: str = "sum_of_norms"
+    ed_layer_weight: str = "one"
+    ed_every: int = 1
+    update_norm: str = "fro"
+    bound_scale: float = 1.0
+    taylor: bool = True
+    taylor_block_end: str = "linear_output"
+    taylor_bn_stats: str = "batch_differentiated"
+    taylor_top_bn: str = "batch"
+    dtype: str = "float64"
+    backend: str = "numpy"
+    cifar: str | None = None
+    cifar_md5: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.gsc_bottom not in GSC_BOTTOMS:
+            raise ValueError(f"gsc_bottom must be one of {GSC_BOTTOMS}, got {self.gsc_bottom!r}")
+        for name in ("lr", "batch_size", "epochs", "lr_decay", "eval_batch"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training options {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+    def key_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.to_dict().items() if k not in NOT_IN_KEY}
+
+    def key(self) -> str:
+        """A stable hash of everything that determines the result (``nablax.figures.config_key``)."""
+        from .figures import config_key
+
+        return config_key(self.key_dict())
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(data: str, cifar: str | None, md5: str | None, n_train: int | None, seed: int, dtype: str) -> Dataset:
+    return load_dataset(data, cifar=cifar, n_train=n_train, seed=seed, dtype=dtype, **({"md5": md5} if md5 else {}))
+
+
+def dataset_for(config: TrainConfig) -> Dataset:
+    """The (cached) data set of a configuration."""
+    return _dataset(config.data, config.cifar, config.cifar_md5, config.n_train, config.seed, config.dtype)
+
+
+def default_callbacks(config: TrainConfig) -> list[TrainingCallback]:
+    cbs: list[TrainingCallback] = [UpdateSizes(config.update_norm, config.bound_scale)]
+    if config.measure_effective_depth:
+        cbs.append(EffectiveDepth(config.ed_eps, tuple(config.ed_eps_grid), config.ed_accumulate,
+                                  config.ed_layer_weight, config.ed_every))
+    return cbs
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        write(fh)
+    tmp.replace(path)
+
+
+class Trainer:
+    """One training run of a ``TrainConfig``; ``out`` (optional) is its folder for results and checkpoints."""
+
+    def __init__(self, config: TrainConfig, *, data: Dataset | None = None, out: str | Path | None = None,
+                 callbacks: list[TrainingCallback] | None = None, progress: bool = True) -> None:
+        self.config = c = config
+        self.data = data if data is not None else dataset_for(c)
+        if self.data.y_train is None:
+            raise ValueError(f"data set {self.data.name!r} has no labels to train on")
+        resnet = c.arch.endswith("(ResNet)")
+        self.net = build(c.arch, depth=c.depth, width=c.width, in_dim=self.data.in_dim, out_dim=self.data.n_classes,
+                         init=c.init, seed=c.seed, dtype=c.dtype, backend=c.backend, norm_affine=c.norm_affine,
+                         **({"head": c.head} if resnet else {}))
+        self.params0 = self.net.copy_params()
+        kw = {"momentum": c.momentum} if c.optimizer == "sgd" else {}
+        self.opt = make_optimizer(c.optimizer, c.lr, **kw)
+        self.rng = numpy.random.default_rng([c.seed, 1])  # minibatch order; the weights used stream [seed]
+        self.loss = SoftmaxCrossEntropy()
+        self.callbacks = default_callbacks(c) if callbacks is None else list(callbacks)
+        self.progress = progress
+        n = self.data.n_train
+        self.eval_idx = numpy.sort(numpy.random.default_rng([c.seed, 2]).permutation(n)[: min(c.eval_batch, n)])
+        self.batch_size = min(c.batch_size, n)
+        positions = self.net.positions()
+        self.bottom = 0 if c.gsc_bottom == "input" else next(p.index for p in positions if p.n_lin >= 1)
+        self.epoch = 0
+        self.steps = 0
+        self.status = "running"
+        self.history: list[dict[str, Any]] = []
+        self.arrays: dict[str, list[numpy.ndarray]] = {}
+        self.schedule = {"best_error": None, "bad_epochs": 0, "n_decays": 0}
+        self.out = Path(out) if out is not None else None
+        self._started = False
+
+    # -- the training loop ----------------------------------------------------------------------------
+    def _xy(self, idx: Any) -> tuple[Any, Any]:
+        xp = self.net.backend.xp
+        return xp.asarray(self.data.x_train[idx]), xp.asarray(self.data.y_train[idx])
+
+    def loss_and_grads(self, x: Any, y: Any, update_stats: bool = False) -> tuple[float, dict[str, Any], Any, Any]:
+        """(E, dE/dθ, trace, dE/d(output)) of the minibatch (x, y) at the current parameters, training mode."""
+        tr = self.net.forward(x, train=True, update_stats=update_stats)
+        e = self.loss.value(tr.output, y)
+        g = self.loss.grad(tr.output, y)
+        _, grads = tr.backward(g)
+        return e, grads, tr, g
+
+    def train_step(self, x: Any, y: Any) -> float:
+        e, grads, tr, g = self.loss_and_grads(x, y, update_stats=True)
+        if not math.isfinite(e):
+            raise Diverged(f"loss is {e} at step {self.steps}")
+        step = Step(tr, g, e, grads, self.opt.lr, self.steps)
+        for cb in self.callbacks:
+            cb.before_step(self, step)
+        self.opt.step(self.net.named_params(), grads)
+        for cb in self.callbacks:
+            cb.after_step(self, step)
+        self.steps += 1
+        return e
+
+    def _batches(self) -> list[numpy.ndarray]:
+        n, bs = self.data.n_train, self.batch_size
+        perm = self.rng.permutation(n)
+        stop = (n // bs) * bs if self.config.drop_last else n
+        return [perm[i:i + bs] for i in range(0, stop, bs) if len(perm[i:i + bs]) > 1]
+
+    def train_epoch(self) -> None:
+        from tqdm import tqdm
+
+        batches = self._batches()
+        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}", unit="step", leave=False, file=sys.stderr,
+                   disable=not self.progress)
+        for idx in bar:
+            e = self.train_step(*self._xy(idx))
+            bar.set_postfix(loss=f"{e:.4f}", refresh=False)
+
+    def fit(self, epochs: int | None = None, stop_after: int | None = None) -> dict[str, Any] | None:
+        """Train up to ``epochs`` (default: the config's). ``stop_after`` stops once that many epochs are done
+        (as if the process were killed after that checkpoint). Returns the result when the run finished."""
+        from tqdm import tqdm
+
+        epochs = self.config.epochs if epochs is None else epochs
+        self._start()
+        bar = tqdm(total=epochs, initial=self.epoch, desc=self.config.arch, unit="epoch", file=sys.stderr,
+                   disable=not self.progress)
+        while self.epoch < epochs and self.status == "running":
+            if stop_after is not None and self.epoch >= stop_after:
+                bar.close()
+                return None
+            lr = self.opt.lr
+            try:
+                self.train_epoch()
+            except Diverged:
+                self.status = "diverged"
+            self.epoch += 1
+            rec = self._end_epoch(lr)
+            bar.update(1)
+            bar.set_postfix(err=f"{rec['train_error']:.3f}", lr=f"{lr:.3g}", ed=rec.get("effective_depth"),
+                            refresh=False)
+        bar.close()
+        return self.finish()
+
+    def _start(self) -> None:
+        if self._started:
+            return
+        for cb in self.callbacks:
+            cb.start(self)
+        self._started = True
+        if not self.history:
+            if self.out is not None:
+                self.out.mkdir(parents=True, exist_ok=True)
+                (self.out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1, sort_keys=True))
+                self.net.save(self.out / "network_init.npz")
+            self._end_epoch(None)
+
+    # -- measurements ---------------------------------------------------------------------------------
+    def evaluate(self, x: Any = None, y: Any = None) -> tuple[float, float]:
+        """(classification error, mean loss) over (x, y) (default: the training set) in evaluation batches of the
+        training batch size, fixed order, batch statistics (running statistics untouched)."""
+        xp = self.net.backend.xp
+        x = self.data.x_train if x is None else x
+        y = self.data.y_train if y is None else y
+        n, wrong, total = len(y), 0.0, 0.0
+        for i in range(0, n, self.batch_size):
+            xb, yb = xp.asarray(x[i:i + self.batch_size]), xp.asarray(y[i:i + self.batch_size])
+            out = self.net(xb, train=True)
+            wrong += float((out.argmax(axis=1) != yb).sum())
+            total += self.loss.value(out, yb) * len(yb)
+        return wrong / n, total / n
+
+    def gsc(self) -> numpy.ndarray:
+        """GSC(p, 0) for every position p on the fixed evaluation subset (NaN where undefined)."""
+        x, y = self._xy(self.eval_idx)
+        tr = self.net.forward(x, train=True)
+        e = self.loss.value(tr.output, y)
+        if not (math.isfinite(e) and e > 0):
+            return numpy.full(len(tr.values), numpy.nan)
+        return gsc_to_error(tr, self.loss.grad(tr.output, y), e).value
+
+    def _end_epoch(self, lr: float | None) -> dict[str, Any]:
+        err, loss = self.evaluate()
+        if not math.isfinite(loss):
+            self.status = "diverged"
+        gsc = self.gsc()
+        opnorm, opnorm_rel = residual_opnorms(self.net, self.params0)
+        rec: dict[str, Any] = {"epoch": self.epoch, "steps": self.steps, "lr": lr, "train_error": err,
+                               "train_loss": loss, "gsc": float(gsc[self.bottom]), "status": self.status}
+        arrays = {"gsc_positions": gsc, "residual_opnorm": opnorm, "residual_opnorm_rel": opnorm_rel}
+        for cb in self.callbacks:
+            scalars, arrs = cb.end_epoch(self)
+            rec.update(scalars)
+            arrays.update(arrs)
+        self.history.append(_plain(rec))
+        for k, v in arrays.items():
+            self.arrays.setdefault(k, []).append(numpy.asarray(v, dtype=float))
+        self._schedule(err)
+        self.save()
+        return rec
+
+    def _schedule(self, err: float) -> None:
+        s, c = self.schedule, self.config
+        if s["best_error"] is None or err < s["best_error"] * (1 - c.plateau_tol):
+            s["best_error"], s["bad_epochs"] = err, 0
+            return
+        s["bad_epochs"] += 1
+        if s["bad_epochs"] >= c.patience:
+            self.opt.lr /= c.lr_decay
+            s["bad_epochs"] = 0
+            s["n_decays"] += 1
+
+    def finish(self) -> dict[str, Any]:
+        """Taylor experiment, final network and ``result.json``."""
+        if self.status == "running":
+            self.status = "done"
+        result: dict[str, Any] = {"key": self.config.key(), "config": self.config.to_dict(), "status": self.status,
+                                  "epochs": self.epoch, "steps": self.steps, "final": self.history[-1]}
+        if self.config.taylor and self.status == "done":
+            c = self.config
+            xp = self.net.backend.xp
+            t = taylor_errors(self.net, self.params0, xp.asarray(self.data.x_train), xp.asarray(self.data.y_train),
+                              batch_size=self.batch_size, block_end=c.taylor_block_end, bn_stats=c.taylor_bn_stats,
+                              top_bn=c.taylor_top_bn)
+            result["taylor"] = {"r": t.r, "k": t.k, "error": t.error, "loss": t.loss,
+                                "error_original": t.error_original, "settings": t.settings}
+        ed = next((cb for cb in self.callbacks if isinstance(cb, EffectiveDepth)), None)
+        if ed is not None:
+            result["effective_depth_settings"] = ed.settings()
+        result = _plain(result)
+        if self.out is not None:
+            self.net.save(self.out / "network.npz")
+            (self.out / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True))
+        return result
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def save(self) -> None:
+        """Write metrics.jsonl, arrays.npz and checkpoint.npz (each atomically) if the run has a folder."""
+        if self.out is None:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.history)
+        _atomic_write(self.out / "metrics.jsonl", lambda fh: fh.write(lines.encode()))
+        stacked = {k: numpy.stack(v) for k, v in self.arrays.items()}
+        _atomic_write(self.out / "arrays.npz", lambda fh: numpy.savez(fh, **stacked))
+        arrays, meta = self._state()
+        arrays["__meta__"] = numpy.array(json.dumps(meta, sort_keys=True))
+        _atomic_write(self.out / CHECKPOINT, lambda fh: numpy.savez(fh, **arrays))
+
+    def _state(self) -> tuple[dict[str, numpy.ndarray], dict[str, Any]]:
+        host = self.net.backend.asnumpy
+        arrays: dict[str, numpy.ndarray] = {}
+        arrays.update({f"param/{k}": host(v) for k, v in self.net.named_params().items()})
+        arrays.update({f"param0/{k}": host(v) for k, v in self.params0.items()})
+        arrays.update({f"state/{k}": host(v) for k, v in self.net.named_state().items()})
+        opt = self.opt.state_dict()
+        for kind, bufs in opt["buffers"].items():
+            arrays.update({f"opt/{kind}/{k}": host(v) for k, v in bufs.items()})
+        cb_json: dict[str, dict[str, Any]] = {}
+        for cb in self.callbacks:
+            for k, v in cb.state_dict().items():
+                if hasattr(v, "shape"):
+                    arrays[f"cb/{cb.name}/{k}"] = host(v)
+                else:
+                    cb_json.setdefault(cb.name, {})[k] = v
+        arrays.update({f"hist/{k}": numpy.stack(v) for k, v in self.arrays.items()})
+        meta = {"config": self.config.key_dict(), "epoch": self.epoch, "steps": self.steps, "status": self.status,
+                "opt": {"lr": opt["lr"], "t": opt["t"]}, "rng": self.rng.bit_generator.state,
+                "schedule": self.schedule, "history": self.history, "callbacks": cb_json}
+        return arrays, meta
+
+    @classmethod
+    def resume(cls, out: str | Path, *, data: Dataset | None = None, callbacks: list[TrainingCallback] | None = None,
+               progress: bool = True, **where: Any) -> "Trainer":
+        """The run in folder ``out`` at its last checkpoint (the configuration is read from ``config.json``);
+        ``where`` may point ``cifar`` / ``cifar_md5`` elsewhere (they are not part of the result)."""
+        out = Path(out)
+        config = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+        for k, v in where.items():
+            if k not in NOT_IN_KEY:
+                raise ValueError(f"resume can only change {NOT_IN_KEY}, not {k!r}")
+            if v is not None:
+                setattr(config, k, v)
+        trainer = cls(config, data=data, out=out, callbacks=callbacks, progress=progress)
+        trainer.load_checkpoint(out / CHECKPOINT)
+        return trainer
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        xp = self.net.backend.xp
+        with numpy.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(str(arrays.pop("__meta__")))
+        if meta["config"] != _plain(self.config.key_dict()):
+            raise ValueError(f"{path}: the checkpoint belongs to a different configuration")
+
+        def group(prefix: str) -> dict[str, Any]:
+            return {k[len(prefix):]: xp.asarray(v) for k, v in arrays.items() if k.startswith(prefix)}
+
+        self.net.set_params(group("param/"))
+        for k, v in group("param0/").items():
+            self.params0[k][...] = v
+        state = self.net.named_state()
+        for k, v in group("state/").items():
+            state[k][...] = v
+        buffers: dict[str, dict[str, Any]] = {}
+        for k, v in group("opt/").items():
+            kind, _, name = k.partition("/")
+            buffers.setdefault(kind, {})[name] = v
+        self.opt.load_state_dict({"lr": meta["opt"]["lr"], "t": meta["opt"]["t"], "buffers": buffers})
+        self.rng.bit_generator.state = meta["rng"]
+        self.epoch, self.steps, self.status = meta["epoch"], meta["steps"], meta["status"]
+        self.schedule, self.history = meta["schedule"], meta["history"]
+        hist = {k[len("hist/"):]: v for k, v in arrays.items() if k.startswith("hist/")}
+        self.arrays = {k: list(v) for k, v in hist.items()}
+        for cb in self.callbacks:
+            cb.start(self)
+            cb.load_state_dict({**meta["callbacks"].get(cb.name, {}), **group(f"cb/{cb.name}/")})
+        self._started = True
+        self.save()  # rewrite metrics.jsonl and arrays.npz from the checkpoint (drops anything written after it)
+
+
+def run(config: TrainConfig, out: str | Path, *, resume: bool = True, data: Dataset | None = None,
+        progress: bool = True) -> dict[str, Any]:
+    """Run ``config`` in folder ``out``: return the stored result if it finished, resume from its checkpoint if it
+    has one (``resume=True``), else start fresh."""
+    out = Path(out)
+    if (out / "result.json").exists() and resume:
+        result = json.loads((out / "result.json").read_text())
+        if result["key"] != config.key():
+            raise ValueError(f"{out} holds a finished run of a different configuration")
+        return result
+    if (out / CHECKPOINT).exists():
+        if not resume:
+            raise FileExistsError(f"{out} holds a run already: resume it, or choose another folder")
+        trainer = Trainer.resume(out, data=data, progress=progress, cifar=config.cifar, cifar_md5=config.cifar_md5)
+        if trainer.config.key() != config.key():
+            raise ValueError(f"{out} holds a run of a different configuration")
+    else:
+        trainer = Trainer(config, data=data, out=out, progress=progress)
+    return trainer.fit()
+
+
+def load_run(out: str | Path) -> dict[str, Any]:
+    """A run folder's records: ``history`` (list of per-epoch dicts), ``arrays`` (stacked per epoch), ``result``."""
+    out = Path(out)
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    with numpy.load(out / "arrays.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    result = json.loads((out / "result.json").read_text()) if (out / "result.json").exists() else None
+    return {"history": history, "arrays": arrays, "result": result, "dir": str(out)}
+
+
+# --- step-size search and the figures' training protocol ----------------------------------------------------
+
+
+def lr_grid(lo: float = 1e-4, hi: float = 1.0, factor: float = 3.0) -> list[float]:
+    """A geometric step-size grid lo, lo*factor, ... up to hi (the spec's x3 grid)."""
+    out, lr = [], lo
+    while lr <= hi * (1 + 1e-9):
+        out.append(float(f"{lr:.6g}"))
+        lr *= factor
+    return out
+
+
+def _search_configs(config: TrainConfig, lrs: list[float], epochs: int) -> list[TrainConfig]:
+    trial = dataclasses.replace(config, epochs=epochs, taylor=False, measure_effective_depth=False)
+    return [dataclasses.replace(trial, lr=lr) for lr in lrs]
+
+
+def _pick_lr(configs: list[TrainConfig], results: list[dict[str, Any]]) -> tuple[float, list[dict[str, Any]]]:
+    table = [{"lr": c.lr, "train_error": r["final"]["train_error"] if r["status"] == "done" else 1.0,
+              "status": r["status"]} for c, r in zip(configs, results)]
+    best = min(table, key=lambda row: (row["train_error"], -row["lr"]))
+    return best["lr"], table
+
+
+def grid_search_lr(config: TrainConfig, lrs: list[float], out: str | Path, *, epochs: int = 3,
+                   executor: Any = "local", scheduler: str | None = None, progress: bool = True) -> tuple[float, list[dict[str, Any]]]:
+    """Train ``config`` for ``epochs`` at every step size of ``lrs`` (through the sweep runner, resumably, without
+    effective depth or Taylor) and return the step size with the lowest final training error (diverged runs
+    count as error 1; ties go to the larger step size), with the table of (lr, error, status)."""
+    from .sweep import run_sweep
+
+    configs = _search_configs(config, lrs, epochs)
+    return _pick_lr(configs, run_sweep(configs, out, executor=executor, scheduler=scheduler, progress=progress))
+
+
+# Project protocols for the training figures (spec §9; every choice here is ours, not the paper's).
+QUICK_PROTOCOL = {"data": "digits", "depth": 12, "width": 32, "batch_size": 128, "epochs": 6, "eval_batch": 500,
+                  "patience": 3, "lr": 0.01}
+QUICK_RESNET_PROTOCOL = {**QUICK_PROTOCOL, "depth": 6}
+CIFAR_PROTOCOL = {"data": "cifar10", "depth": 50, "width": 100, "batch_size": 256, "epochs": 500, "eval_batch": 1000}
+CIFAR_RESNET_PROTOCOL = {**CIFAR_PROTOCOL, "depth": 25}
+CIFAR_LR_GRID = lr_grid(1e-4, 1.0)
+CIFAR_SEARCH_EPOCHS = 5
+QUICK_LR_GRID = [0.01, 0.03, 0.1]
+QUICK_SEARCH_EPOCHS = 1
+
+
+def figure_runs(archs: list[str], out: str | Path, *, quick: bool, seed: int = 0, cifar: str | None = None,
+                executor: Any = "local", scheduler: str | None = None, overrides: dict[str, Any] | None = None,
+                progress: bool = True) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Train each architecture with the figures' protocol and return ({arch: load_run(...)}, protocol settings).
+
+    quick   digits, small nets (``QUICK_PROTOCOL``, ResNets ``QUICK_RESNET_PROTOCOL``), a few epochs, the step size
+            from ``QUICK_LR_GRID`` by training error after ``QUICK_SEARCH_EPOCHS`` epochs
+    full    CIFAR-10 (``cifar`` = its path), 50 blocks of width 100 (ResNets: 25 blocks), SGD batch 256, the step
+            size from the x3 grid ``CIFAR_LR_GRID`` by training error after ``CIFAR_SEARCH_EPOCHS`` epochs, then up
+            to 500 epochs with the step size /3 on plateaus.
+    ``overrides`` replaces any TrainConfig field, and ``lr_grid`` / ``search_epochs`` (``lr_grid=None``: no search,
+    the config's ``lr``). Everything goes through the sweep runner, keyed by configuration
+    (``out/lr_search``, ``out/runs``), so an interrupted run resumes and finished runs are skipped.
+    """
+    from .sweep import make_executor, run_sweep
+
+    out = Path(out)
+    over = dict(overrides or {})
+    grid = over.pop("lr_grid", QUICK_LR_GRID if quick else CIFAR_LR_GRID)
+    search_epochs = int(over.pop("search_epochs", QUICK_SEARCH_EPOCHS if quick else CIFAR_SEARCH_EPOCHS))
+    resnet = all(a.endswith("(ResNet)") for a in archs)
+    if quick:
+        base = dict(QUICK_RESNET_PROTOCOL if resnet else QUICK_PROTOCOL)
+    else:
+        base = dict(CIFAR_RESNET_PROTOCOL if resnet else CIFAR_PROTOCOL)
+    base.update(seed=seed, cifar=cifar)
+    base.update(over)
+    configs = [TrainConfig.from_dict({**base, "arch": a}) for a in archs]
+    ex = make_executor(executor, scheduler) if isinstance(executor, str) else executor
+    chosen: dict[str, Any] = {}
+    try:
+        if grid:
+            trials = [_search_configs(c, list(grid), search_epochs) for c in configs]
+            flat = run_sweep([t for ts in trials for t in ts], out / "lr_search", executor=ex, progress=progress)
+            for i, ts in enumerate(trials):
+                lr, table = _pick_lr(ts, flat[i * len(grid):(i + 1) * len(grid)])
+                configs[i] = dataclasses.replace(configs[i], lr=lr)
+                chosen[configs[i].arch] = {"lr": lr, "table": table}
+        run_sweep(configs, out / "runs", executor=ex, progress=progress)
+    finally:
+        if isinstance(executor, str):
+            ex.close()
+    runs = {c.arch: load_run(out / "runs" / c.key()) for c in configs}
+    settings = {"protocol": "quick (digits)" if quick else "CIFAR-10 (spec §9 project defaults)",
+                "config": {k: v for k, v in configs[0].to_dict().items() if k not in ("arch", "lr", *NOT_IN_KEY)},
+                "lr_grid": grid, "lr_search_epochs": search_epochs if grid else None, "lr_search": chosen or None,
+                "ours": "all protocol choices are project defaults (spec §9: the paper's batch size, step sizes, "
+                        "schedule and preprocessing are unknown)"}
+    return runs, settings
+
+
+FIG3_RESNETS = ["layer-ReLU (ResNet)", "batch-ReLU (ResNet)", "layer-tanh (ResNet)", "batch-tanh (ResNet)",
+                "layer-SeLU (ResNet)"]
+
+
+def resnet_training_panel(record: Any, panel: str = "D", ax: Any = None, *, quick: bool = True,
+                          out: str | Path = "figures", seed: int = 0, cifar: str | None = None,
+                          archs: list[str] | None = None, executor: Any = "local", scheduler: str | None = None,
+                          overrides: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Fig. 3's training panel: effective depth vs epoch for the ResNets trained with the figures' protocol.
+
+    Adds panel ``panel`` to the ``nablax.figures.FigureRecord`` ``record`` (one series per architecture, with the
+    threshold sweep as extra fields) and draws it on the matplotlib axis ``ax`` if given. Runs go to
+    ``out/fig3_runs`` (resumable). Returns the protocol settings, to merge into the figure's settings.
+    """
+    archs = FIG3_RESNETS if archs is None else archs
+    runs, settings = figure_runs(archs, Path(out) / "fig3_runs", quick=quick, seed=seed, cifar=cifar,
+                                 executor=executor, scheduler=scheduler, overrides=overrides, progress=progress)
+    record.panel(panel, "effective depth during training", "epoch", "effective depth")
+    for arch, run_ in runs.items():
+        epochs = [h["epoch"] for h in run_["history"]]
+        depth = [h.get("effective_depth") for h in run_["history"]]
+        sweep = {e: [h["effective_depth_sweep"][e] for h in run_["history"]] for e in run_["history"][-1]["effective_depth_sweep"]}
+        record.add(panel, arch, epochs, depth, eps_sweep=sweep)
+        if ax is not None:
+            ax.step(epochs, depth, where="post", label=arch)
+    if ax is not None:
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("effective depth")
+        ax.legend(fontsize=7)
+    return settings
+
+
+__all__ = ["TrainConfig", "Trainer", "Diverged", "run", "load_run", "lr_grid", "grid_search_lr", "figure_runs",
+           "resnet_training_panel", "dataset_for", "default_callbacks", "QUICK_PROTOCOL", "CIFAR_PROTOCOL",
+           "FIG3_RESNETS"]

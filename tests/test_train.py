@@ -1,0 +1,249 @@
+"""Training: the loss goes down on digits for every architecture, gradients inside a step match finite
+differences, per-epoch metrics against closed forms, the schedule, kill-and-resume is bit-identical, the CLI, and
+the figure-2 script end to end on tiny settings."""
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gradcheck import FD_RTOL, central_difference, rel_err
+from nablax import cli, data
+from nablax.architectures import GE_MLPS, GE_RESNETS
+from nablax.figures import FigureRecord
+from nablax.metrics.effective_depth import EffectiveDepth
+from nablax.metrics.training import TrainingCallback, UpdateSizes, linear_keys
+from nablax.train import (Trainer, TrainConfig, figure_runs, grid_search_lr, load_run, lr_grid, resnet_training_panel,
+                          run)
+
+FIGURES = Path(__file__).resolve().parent.parent / "paper_figures" / "gradients_explode"
+
+
+def tiny(**kw):
+    base = dict(arch="batch-tanh", data="digits", depth=3, width=12, batch_size=64, epochs=2, eval_batch=100,
+                n_train=320, lr=0.05, taylor=False)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("arch", [a for a in GE_MLPS if a != "SeLU wide"] + GE_RESNETS)
+def test_training_reduces_the_loss_on_digits(arch):
+    t = Trainer(tiny(arch=arch, lr=0.1, measure_effective_depth=False), progress=False)
+    t.fit()
+    losses = [h["train_loss"] for h in t.history]
+    assert losses[2] < losses[1] < losses[0] and losses[2] < 0.95 * losses[0], losses
+    assert t.history[-1]["train_error"] < t.history[0]["train_error"]
+
+
+@pytest.mark.parametrize("arch", ["batch-tanh", "SeLU", "batch-ReLU (ResNet)"])
+def test_parameter_gradients_match_finite_differences_inside_a_step(arch, rng):
+    t = Trainer(tiny(arch=arch), progress=False)
+    t._start()
+    t.fit(epochs=1)  # move away from θ(0) first
+    x, y = t._xy(np.arange(64))
+    e, grads, _, _ = t.loss_and_grads(x, y)
+    params = t.net.named_params()
+    direction = {k: rng.standard_normal(v.shape) for k, v in params.items()}
+    theta = t.net.copy_params()
+
+    def loss_at(h):
+        t.net.set_params({k: theta[k] + h * direction[k] for k in theta})
+        return t.loss.value(t.net(x, train=True), y)
+
+    fd = central_difference(loss_at, 0.0, 1.0)
+    t.net.set_params(theta)
+    analytic = sum(float((grads[k] * direction[k]).sum()) for k in grads)
+    assert rel_err(analytic, fd) < FD_RTOL
+    # ... and the step applies exactly these gradients (plain SGD: θ <- θ - lr g)
+    lr = t.opt.lr
+    t.train_step(x, y)
+    for k, v in t.net.named_params().items():
+        np.testing.assert_allclose(v, theta[k] - lr * grads[k], rtol=1e-12, atol=1e-15)
+
+
+def test_epoch_records_and_closed_forms():
+    t = Trainer(tiny(epochs=1, batch_size=320), progress=False)  # one step per epoch
+    t._start()
+    keys = linear_keys(t.net)
+    w0 = t.net.copy_params()
+    x, y = t._xy(np.arange(320))
+    e, grads, _, _ = t.loss_and_grads(x, y)
+    t.fit()
+    arr = {k: np.stack(v) for k, v in t.arrays.items()}
+    D = t.net.n_linear
+    assert len(t.history) == 2 and t.history[0]["epoch"] == 0 and t.history[1]["steps"] == 1
+    assert arr["relative_update"].shape == (2, D) and np.all(np.isnan(arr["relative_update"][0]))
+    lr = t.config.lr
+    for i, k in enumerate(keys):  # one plain SGD step: ||ΔW|| / ||W|| = lr ||g|| / ||W||, ||W(1) - W(0)||_2 = lr ||g||_2
+        g, w = grads[k], w0[k]
+        assert arr["relative_update"][1, i] == pytest.approx(lr * np.linalg.norm(g) / np.linalg.norm(w), rel=1e-10)
+        assert arr["bound"][1, i] == pytest.approx(e / (np.linalg.norm(w) * np.linalg.norm(g)), rel=1e-10)
+        assert arr["residual_opnorm"][1, i] == pytest.approx(lr * np.linalg.norm(g, 2), rel=1e-8)
+        assert arr["residual_opnorm_rel"][1, i] == pytest.approx(lr * np.linalg.norm(g, 2) / np.linalg.norm(w, 2), rel=1e-8)
+    assert np.all(arr["residual_opnorm"][0] == 0)
+    assert arr["lambda_contributions"].shape == (2, D)
+    assert t.history[1]["gsc"] == pytest.approx(arr["gsc_positions"][1][1])  # gsc.bottom: after linear layer 1
+    t2 = Trainer(tiny(epochs=1, gsc_bottom="input"), progress=False)
+    t2._start()
+    assert t2.history[0]["gsc"] == pytest.approx(np.stack(t2.arrays["gsc_positions"])[0][0])
+
+
+def test_spectral_update_norm_and_plateau_schedule():
+    t = Trainer(tiny(epochs=4, plateau_tol=1.0, patience=1, lr=0.05), progress=False,
+                callbacks=[UpdateSizes(norm="spectral")])
+    t.fit()
+    lrs = [h["lr"] for h in t.history[1:]]  # an improvement by 100% is never reached: /3 after every epoch
+    assert lrs == pytest.approx([0.05, 0.05 / 3, 0.05 / 9, 0.05 / 27])
+    assert t.schedule["n_decays"] == 4
+    assert np.all(np.isfinite(np.stack(t.arrays["relative_update"])[1:]))
+
+
+class Crash(TrainingCallback):
+    """Kills the run (an exception out of the training loop) at a given step, mid-epoch."""
+
+    name = "crash"
+
+    def __init__(self, at):
+        self.at = at
+
+    def before_step(self, trainer, step):
+        if step.index == self.at:
+            raise KeyboardInterrupt
+
+
+def _files(folder):
+    run_ = load_run(folder)
+    return (folder / "metrics.jsonl").read_bytes(), run_["arrays"], (folder / "result.json").read_text()
+
+
+@pytest.mark.parametrize("kw", [dict(optimizer="sgd", momentum=0.9, plateau_tol=0.2, patience=1),
+                                dict(optimizer="adam", lr=0.003, ed_accumulate="norm_of_sum", arch="layer-SeLU (ResNet)"),
+                                dict(optimizer="rmsprop", lr=0.003, arch="batch-ReLU")])
+def test_kill_and_resume_is_identical_to_an_uninterrupted_run(kw, tmp_path):
+    cfg = tiny(epochs=4, taylor=True, **kw)
+    whole = Trainer(cfg, out=tmp_path / "whole", progress=False)
+    whole.fit()
+    # a run killed mid-epoch 3 (after the epoch-2 checkpoint), then resumed in a fresh Trainer
+    steps_per_epoch = 320 // 64
+    cbs = lambda: [UpdateSizes(), EffectiveDepth(cfg.ed_eps, tuple(cfg.ed_eps_grid), cfg.ed_accumulate)]  # noqa: E731
+    killed = Trainer(cfg, out=tmp_path / "killed", progress=False, callbacks=cbs() + [Crash(2 * steps_per_epoch + 2)])
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    assert [json.loads(s)["epoch"] for s in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+    resumed = Trainer.resume(tmp_path / "killed", progress=False)
+    assert resumed.epoch == 2
+    resumed.fit()
+    a, b = _files(tmp_path / "whole"), _files(tmp_path / "killed")
+    assert a[0] == b[0]
+    assert a[1].keys() == b[1].keys() and all(np.array_equal(a[1][k], b[1][k], equal_nan=True) for k in a[1])
+    assert a[2] == b[2]
+    for k, v in whole.net.named_params().items():
+        np.testing.assert_array_equal(v, resumed.net.named_params()[k])
+    for k, v in whole.net.named_state().items():
+        np.testing.assert_array_equal(v, resumed.net.named_state()[k])
+    # stop_after (the same kill at an epoch boundary) through run(), which resumes by itself
+    Trainer(cfg, out=tmp_path / "stopped", progress=False).fit(stop_after=1)
+    assert run(cfg, tmp_path / "stopped", progress=False) == json.loads(a[2])
+    assert _files(tmp_path / "stopped")[0] == a[0]
+
+
+def test_run_folders_refuse_mixing(tmp_path):
+    cfg = tiny(epochs=1)
+    Trainer(cfg, out=tmp_path / "r", progress=False).fit(epochs=1, stop_after=0)
+    with pytest.raises(FileExistsError):
+        run(cfg, tmp_path / "r", resume=False, progress=False)
+    with pytest.raises(ValueError, match="different configuration"):
+        run(dataclasses.replace(cfg, lr=0.1), tmp_path / "r", progress=False)
+    with pytest.raises(ValueError, match="unknown training options"):
+        TrainConfig.from_dict({"arch": "SeLU", "learning_rate": 1})
+    with pytest.raises(ValueError):
+        TrainConfig(gsc_bottom="middle")
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_divergence_is_recorded_not_raised(tmp_path):
+    res = run(tiny(arch="SeLU", lr=1e6, epochs=3, taylor=True), tmp_path / "d", progress=False)
+    assert res["status"] == "diverged" and "taylor" not in res
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_step_size_grid_search(tmp_path):
+    assert lr_grid(1e-4, 1.0) == pytest.approx([1e-4 * 3 ** i for i in range(9)], rel=1e-5)
+    lr, table = grid_search_lr(tiny(arch="SeLU"), [1e-6, 0.05, 1e6], tmp_path / "s", epochs=1, progress=False)
+    assert lr == 0.05
+    by_lr = {row["lr"]: row for row in table}
+    assert by_lr[1e6]["status"] == "diverged" and by_lr[1e6]["train_error"] == 1.0
+
+
+def test_cli_train_and_resume(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "cli"
+    args = ["train", "--arch", "SeLU", "--data", "digits", "--depth", "2", "--width", "8", "--epochs", "2",
+            "--n-train", "200", "--batch-size", "50", "--out", str(out), "--set", "eval_batch=100"]
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    assert "effective depth" in text and "Taylor" in text
+    assert cli.main(args) == 2 and "--resume" in capsys.readouterr().err
+    assert cli.main(["train", "--out", str(out), "--resume"]) == 0
+    assert cli.main(["train", "--out", str(out), "--resume", "--lr", "0.5"]) == 2  # other settings: refused
+    monkeypatch.setenv("NABLAX_DATA", str(tmp_path / "none"))
+    assert cli.main(["train", "--data", "cifar10", "--depth", "2", "--out", str(tmp_path / "c")]) == 2
+    assert "--cifar PATH" in capsys.readouterr().err
+
+
+def _fig2():
+    sys.path.insert(0, str(FIGURES))
+    try:
+        import fig2
+    finally:
+        sys.path.remove(str(FIGURES))
+    return fig2
+
+
+TINY_FIGURE = {"depth": 2, "width": 8, "epochs": 2, "n_train": 200, "batch_size": 50, "eval_batch": 100,
+               "lr_grid": [0.01, 0.1], "search_epochs": 1}
+
+
+def test_fig2_quick_end_to_end(tmp_path):
+    fig2 = _fig2()
+    assert fig2.main(["--quick", "--out", str(tmp_path)], overrides=TINY_FIGURE) == 0
+    rec = json.loads((tmp_path / "fig2.json").read_text())
+    assert (tmp_path / "fig2.png").exists() and set(rec["panels"]) == set("ABCDEF")
+    for key, panel in rec["panels"].items():
+        assert list(panel["series"]) == fig2.NAMES, key
+    assert len(rec["panels"]["A"]["series"]["SeLU"]["x"]) == 3  # 2 blocks + output layer
+    assert rec["panels"]["F"]["series"]["SeLU"]["x"] == [0, 1]
+    assert rec["settings"]["protocol"] == "quick (digits)" and rec["settings"]["lr_search"]
+    # a rerun finds every run finished and only redraws
+    stamp = (tmp_path / "fig2_runs" / "runs" / "index.json").stat().st_mtime_ns
+    assert fig2.main(["--quick", "--out", str(tmp_path)], overrides=TINY_FIGURE) == 0
+    assert json.loads((tmp_path / "fig2.json").read_text()) == rec
+    assert (tmp_path / "fig2_runs" / "runs" / "index.json").stat().st_mtime_ns >= stamp
+
+
+def test_fig2_full_protocol_needs_cifar(tmp_path, capsys, monkeypatch):
+    fig2 = _fig2()
+    monkeypatch.setenv("NABLAX_DATA", str(tmp_path / "none"))
+    assert fig2.main(["--out", str(tmp_path)]) == 2
+    assert "CIFAR-10" in capsys.readouterr().err
+    # with an archive in the CIFAR-10 format (a test archive and its own checksum) the full protocol's path runs
+    md5 = data.write_cifar_like_archive(tmp_path / data.CIFAR10_ARCHIVE, n_per_batch=20)
+    over = {**TINY_FIGURE, "n_train": None, "lr_grid": [0.01, 0.05], "cifar_md5": md5, "eval_batch": 50}
+    runs, settings = figure_runs(["SeLU"], tmp_path / "f", quick=False, cifar=str(tmp_path), overrides=over,
+                                 progress=False)
+    assert settings["protocol"].startswith("CIFAR-10") and settings["config"]["data"] == "cifar10"
+    assert runs["SeLU"]["result"]["status"] == "done" and len(settings["lr_search"]["SeLU"]["table"]) == 2
+    assert runs["SeLU"]["result"]["config"]["depth"] == 2 and len(runs["SeLU"]["history"]) == 3
+
+
+def test_resnet_training_panel(tmp_path):
+    rec = FigureRecord("test", {})
+    settings = resnet_training_panel(rec, "D", quick=True, out=tmp_path, archs=["layer-tanh (ResNet)", "batch-ReLU (ResNet)"],
+                                     overrides={**TINY_FIGURE, "lr_grid": None}, progress=False)
+    series = rec.panels["D"]["series"]
+    assert list(series) == ["layer-tanh (ResNet)", "batch-ReLU (ResNet)"]
+    for s in series.values():
+        assert s["x"] == [0, 1, 2] and s["y"][0] == 1 and all(1 <= d <= 5 for d in s["y"])
+        assert s["eps_sweep"]["0.0001"][-1] >= s["eps_sweep"]["0.1"][-1]
+    assert settings["config"]["depth"] == 2
