@@ -75,6 +75,183 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gsc(args: argparse.Namespace) -> int:
+    """Per-position GSC to the reference position, with the pre-activation std and sign diversity of every
+    nonlinearity, for a gradients-explode architecture at initialisation on Gaussian noise."""
+    import numpy
+    from tqdm import tqdm
+
+    from . import build
+    from .metrics.domain import domain_metrics
+    from .metrics.gsc import gsc_to
+    from .metrics.jacobian import paper_index
+
+    bar = tqdm(total=3, desc="gsc", unit="step", file=sys.stderr, leave=False)
+    net = build(args.arch, depth=args.depth, width=args.width, in_dim=args.in_dim, init=args.init, seed=args.seed)
+    x = numpy.random.default_rng([args.seed, 1]).standard_normal((args.batch,) + net.in_shape)
+    bar.set_postfix_str("forward")
+    tr = net.forward(x, hold_stats=args.bn_stats == "batch_constant")
+    bar.update()
+    bar.set_postfix_str(f"GSC sweep ({args.method})")
+    g = gsc_to(tr, args.reference, method=args.method, n_probes=args.probes, rng=args.seed)
+    bar.update()
+    d = domain_metrics(tr)
+    bar.update()
+    bar.close()
+    how = g.method + (f", {g.n_probes} probes, +- one standard error" if g.method == "hutchinson" else "")
+    print(f"{args.arch}: depth {args.depth}, width {net.meta['width']}, input {net.meta['in_dim']}, init {args.init}, "
+          f"seed {args.seed}; {args.batch} Gaussian-noise points; batch norm {args.bn_stats}; GSC batch-level, {how}; "
+          f"reference position {g.hi} ({args.reference}); pre-activation std raw, sign diversity per neuron across "
+          f"data, on the input of each nonlinearity in that row")
+    dom: dict[int, list[tuple[float, float]]] = {}
+    for p, sd, dv in zip(d.position, d.preact_std, d.sign_diversity):
+        dom.setdefault(int(p), []).append((sd, dv))
+    pos = net.positions()
+    print(f"{'pos':>4} {'paper l':>7}  {'layer':10} {'n_lin':>5} {'GSC(p->ref)':>22}  {'preact std':>13} {'sign div':>13}")
+    for i, p in enumerate(g.positions):
+        gs = f"{g.value[i]:.5g}" + (f" +- {g.stderr[i]:.2g}" if g.method == "hutchinson" else "")
+        rows = dom.get(int(p), [])
+        sd = "/".join(f"{a:.3f}" for a, _ in rows)
+        dv = "/".join(f"{b:.3f}" for _, b in rows)
+        print(f"{p:4d} {paper_index(int(p), len(net.layers)):7d}  {pos[p].kind:10} {pos[p].n_lin:5d} {gs:>22}  {sd:>13} {dv:>13}")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+        ax[0].semilogy([pos[p].n_lin for p in g.positions], g.value, "-")
+        ax[0].set(title=f"{args.arch}: GSC to position {g.hi}", xlabel="linear layers from the input", ylabel="GSC")
+        ax[1].plot(d.index, d.preact_std, "o-", ms=3)
+        ax[1].set(title="pre-activation std", xlabel="nonlinearity layer", ylabel="pre-activation std (raw)",
+                  ylim=(0, 1.1 * max(1.0, float(numpy.max(d.preact_std)))))
+        ax[2].plot(d.index, d.sign_diversity, "o-", ms=3)
+        ax[2].set(title="sign diversity", xlabel="nonlinearity layer", ylabel="sign diversity", ylim=(0, 0.52))
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=110)
+        print(f"wrote {args.plot}")
+    return 0 if numpy.isfinite(g.value).all() else 1
+
+
+def cmd_shatter(args: argparse.Namespace) -> int:
+    """df/dx of a shattered-gradients net on the 1-D grid: ACF at a few lags, co-activity per ReLU layer, a plot."""
+    import numpy
+
+    from . import build
+    from .metrics import shatter as sh
+
+    net = build(args.arch, depth=args.depth, beta=args.beta, seed=args.seed, bias_std=args.bias_std)
+    x = sh.grid(kind=args.grid, net=net)
+    g = net.backend.asnumpy(sh.grid_gradient(net, x, args.bn_mode))
+    print(f"{args.arch}, depth {args.depth}, beta {args.beta}, seed {args.seed}, bn_mode {args.bn_mode}, "
+          f"grid {args.grid} (M = {len(g)}): df/dx mean {g.mean():.6g}, std {g.std():.3g}")
+    try:
+        r = sh.acf(g)
+        print("ACF  " + "  ".join(f"lag {k}: {r[k]:+.4f}" for k in args.lags if k < len(r)))
+    except sh.UndefinedACF as err:
+        r = None
+        print(f"ACF  undefined: {err}")
+    try:
+        act = sh.activity(net.forward(x, hold_stats=True))
+        print("ReLU layer   active  co-active   (inputs: the grid)")
+        for l, a, c in zip(act.layers, act.active, act.coactive):
+            print(f"{l:10d}   {a:.3f}   {c:.3f}")
+    except ValueError as err:
+        act = None
+        print(f"activity: {err}")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(1, 4, figsize=(16, 3.6))
+        ax[0].plot(g, lw=0.8)
+        ax[0].set(title=f"{args.arch} ({args.depth})", xlabel="grid index", ylabel="df/dx")
+        if r is not None:
+            ax[1].imshow(sh.covariance_image(g), cmap="gray_r")
+            ax[2].plot(r, label=args.arch)
+        ax[1].set(title="covariance image")
+        ax[2].set(title="autocorrelation", xlabel="lag", ylabel="ACF")
+        if act is not None:
+            ax[3].plot(act.layers, act.active, "o-", label="active")
+            ax[3].plot(act.layers, act.coactive, "s-", label="co-active")
+            ax[3].legend()
+        ax[3].set(title="ReLU activity on the grid", xlabel="layer", ylim=(0, 1))
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=110)
+        print(f"wrote {args.plot}")
+    return 0 if numpy.isfinite(g).all() else 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one network with per-epoch metrics and checkpoints (``nablax.train``); ``--resume`` continues a run."""
+    import dataclasses
+    import json
+
+    from .data import DataUnavailable
+    from .train import CHECKPOINT, TrainConfig, run
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if getattr(args, f.name, None) is not None}
+    for item in args.set or []:
+        k, _, v = item.partition("=")
+        try:
+            given[k] = json.loads(v)
+        except ValueError:
+            given[k] = v
+    out = Path(args.out)
+    try:
+        if args.resume and (out / CHECKPOINT).exists():
+            stored = json.loads((out / "config.json").read_text())
+            clash = {k: (stored.get(k), v) for k, v in given.items() if k != "cifar" and stored.get(k) != v}
+            if clash:
+                print(f"{out} holds a run with other settings (stored, given): {clash}", file=sys.stderr)
+                return 2
+            config = TrainConfig.from_dict({**stored, **given})
+        else:
+            config = TrainConfig.from_dict(given)
+            if (out / CHECKPOINT).exists():
+                print(f"{out} already holds a run: add --resume to continue it, or choose another --out", file=sys.stderr)
+                return 2
+        result = run(config, out, resume=True)
+    except DataUnavailable as err:
+        print(f"data unavailable: {err}", file=sys.stderr)
+        return 2
+    final = result["final"]
+    print(f"{config.arch} on {config.data}: {result['status']} after {result['epochs']} epochs; training error "
+          f"{final['train_error']}, loss {final['train_loss']}, GSC(L,0) {final['gsc']}, "
+          f"effective depth {final.get('effective_depth')} (eps {config.ed_eps}; sweep {final.get('effective_depth_sweep')})")
+    if "taylor" in result:
+        print("Taylor: training error vs reduction r: " + " ".join(f"{r}:{e:.3f}" for r, e in
+                                                              zip(result["taylor"]["r"], result["taylor"]["error"])))
+    print(f"results in {out}/ (metrics.jsonl, arrays.npz, result.json, network.npz)")
+    return 0 if result["status"] == "done" else 1
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run a grid of training configurations (``nablax.sweep``), skipping finished runs."""
+    from .data import DataUnavailable
+    from .sweep import load_sweep_file, run_sweep
+
+    configs, opts = load_sweep_file(args.config)
+    out = args.out or opts.get("out") or "runs"
+    kw = {"n_workers": args.workers, "processes": args.processes} if args.executor == "dask" and not args.scheduler else {}
+    try:
+        results = run_sweep(configs, out, executor=args.executor, scheduler=args.scheduler, **kw)
+    except DataUnavailable as err:
+        print(f"data unavailable: {err}", file=sys.stderr)
+        return 2
+    print(f"{'key':16} {'arch':22} {'lr':>8} {'seed':>4} {'status':9} {'error':>7} {'eff.depth':>9}  skipped")
+    for c, r in zip(configs, results):
+        f = r["final"]
+        print(f"{c.key():16} {c.arch:22} {c.lr:8.3g} {c.seed:4d} {r['status']:9} {f['train_error']:7.4g} "
+              f"{str(f.get('effective_depth')):>9}  {r['skipped']}")
+    print(f"{len(results)} runs under {out}/ (index.json maps keys to configurations)")
+    return 0 if all(r["status"] == "done" for r in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nablax", description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action="version", version=f"nablax {__version__}")
@@ -90,6 +267,69 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="architectures, backends and the network file format")
     i.set_defaults(func=cmd_info)
+
+    g = sub.add_parser("gsc", help="gradients explode: per-layer GSC, pre-activation std and sign diversity at init")
+    g.add_argument("--arch", default="batch-ReLU", help="a gradients-explode name: ReLU, layer-ReLU, batch-ReLU, tanh, "
+                   "layer-tanh, batch-tanh, SeLU, SeLU wide, or '<norm>-<nonlinearity> (ResNet)' (default batch-ReLU)")
+    g.add_argument("--depth", type=int, default=50, help="blocks (default 50)")
+    g.add_argument("--width", type=int, default=None, help="default 100 (SeLU wide: 400)")
+    g.add_argument("--in-dim", type=int, default=100, help="input dimension (spec input.dim, default 100)")
+    g.add_argument("--batch", type=int, default=1000, help="Gaussian-noise points, also the batch-norm batch (default 1000)")
+    g.add_argument("--init", default="gaussian", choices=["gaussian", "orthogonal", "looks_linear"],
+                   help="looks_linear = the orthogonal initial state (ReLU MLPs)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--method", default="auto", choices=["auto", "exact", "hutchinson"],
+                   help="Jacobian norms: auto = exact unless batch-coupled at a large batch")
+    g.add_argument("--probes", type=int, default=16, help="Hutchinson probes (default 16)")
+    g.add_argument("--reference", default="last_block", choices=["last_block", "last_linear", "output"],
+                   help="where GSCs are measured to (spec gsc.reference, default last_block)")
+    g.add_argument("--bn-stats", default="batch_differentiated", choices=["batch_differentiated", "batch_constant"],
+                   help="batch-norm statistics in the Jacobian: differentiated through (default) or held constant")
+    g.add_argument("--plot", help="save GSC, pre-activation std and sign diversity panels to this PNG")
+    g.set_defaults(func=cmd_gsc)
+
+    s = sub.add_parser("shatter", help="shattered gradients: df/dx on the 1-D grid, its ACF, co-activity per layer")
+    s.add_argument("--arch", default="fnn-bn", help="one-layer, fnn-bn, fnn-no-bn-bias, fnn-no-bn, resnet-bn, "
+                   "resnet-no-bn, resnet-bn-2w, resnet-bn-post, highway, crelu-ll, prelu-ll (default fnn-bn)")
+    s.add_argument("--depth", type=int, default=24)
+    s.add_argument("--beta", type=float, default=1.0, help="residual branch scale (highway: the gate b)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--bias-std", type=float, default=None, help="bias std (one-layer; resnets: random biases)")
+    s.add_argument("--bn-mode", default="constant_stats",
+                   choices=["constant_stats", "through_stats", "through_stats_diag"])
+    s.add_argument("--grid", default="linspace", choices=["linspace", "arange"])
+    s.add_argument("--lags", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32])
+    s.add_argument("--plot", help="save a plot (df/dx, covariance image, ACF, activity) to this PNG")
+    s.set_defaults(func=cmd_shatter)
+
+    t = sub.add_parser("train", help="gradients explode: train a network with per-epoch metrics, checkpoints, --resume")
+    t.add_argument("--arch", help="a gradients-explode name, e.g. batch-tanh, layer-tanh, batch-ReLU, SeLU, "
+                   "'batch-ReLU (ResNet)' (default batch-tanh)")
+    t.add_argument("--data", choices=["cifar10", "digits", "gaussian"], help="default cifar10 (needs --cifar)")
+    t.add_argument("--cifar", help="CIFAR-10: cifar-10-python.tar.gz, a folder holding it, or the extracted folder")
+    t.add_argument("--depth", type=int, help="blocks (default 50: 51 linear layers with the output layer)")
+    t.add_argument("--width", type=int, help="default 100")
+    t.add_argument("--epochs", type=int, help="default 500")
+    t.add_argument("--lr", type=float, help="step size (default 0.01; divided by 3 on plateaus)")
+    t.add_argument("--optimizer", choices=["sgd", "adam", "rmsprop"], help="default sgd")
+    t.add_argument("--momentum", type=float, help="SGD momentum (default 0)")
+    t.add_argument("--batch-size", type=int, help="default 256")
+    t.add_argument("--n-train", type=int, help="use only this many training points")
+    t.add_argument("--seed", type=int, help="default 0")
+    t.add_argument("--ed-eps", type=float, help="effective-depth threshold (default 0.01; a sweep is reported too)")
+    t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any other TrainConfig field, e.g. taylor=false")
+    t.add_argument("--out", required=True, help="run folder (metrics.jsonl, arrays.npz, checkpoint.npz, result.json)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.set_defaults(func=cmd_train)
+
+    w = sub.add_parser("sweep", help="run a grid of training configurations (local or Dask), skipping finished runs")
+    w.add_argument("config", help="sweep file (JSON or .toml): {\"out\": DIR, \"base\": {...}, \"grid\": {...}}")
+    w.add_argument("--executor", choices=["local", "dask"], default="local")
+    w.add_argument("--scheduler", help="address of a running Dask scheduler (default: start a LocalCluster)")
+    w.add_argument("--workers", type=int, default=2, help="LocalCluster workers (default 2)")
+    w.add_argument("--processes", action="store_true", help="LocalCluster workers as processes (default threads)")
+    w.add_argument("--out", help="sweep folder (default: the file's \"out\", else runs/)")
+    w.set_defaults(func=cmd_sweep)
     return p
 
 

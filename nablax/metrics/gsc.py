@@ -19,6 +19,12 @@ Jacobian norms come from the engine's one identity-seeded sweep (``Trace.jacobia
 GSC(p -> hi) for EVERY p <= hi at once. For a pass that couples samples (batch norm with batch statistics) the
 exact batch-level norm needs B * d_hi seeds; above ``exact_limit`` seeds the Hutchinson estimate is used and
 reported with its standard error (``method="auto"``, the default). The result says which method ran.
+
+Where the GSC is measured to and from (spec §13, Open): ``hi`` may name a reference position,
+``"last_block"`` (the random-initialisation figures' default: after the last nonlinearity), ``"last_linear"``
+or ``"output"``; ``gsc_bottom_to_error`` gives the paper's GSC(L, 0) from ``bottom="linear1"`` (default, the
+output of linear layer 1) or ``"input"``. ``GSCResult.paper_layers()`` renames positions to the paper's
+backward-counted layers (``metrics.jacobian.paper_index``).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 import numpy
 
 from ..network import Trace
+from .jacobian import bottom_position, paper_index, reference_position
 
 AGGREGATIONS = ("batch", "per_example_mean", "per_example_geomean")
 METHODS = ("auto", "exact", "hutchinson")
@@ -54,18 +61,30 @@ class GSCResult:
     squared: bool
     n_probes: int | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    n_layers: int | None = None  # P, for the paper's numbering
 
     def at(self, p: int) -> float:
         return float(self.value[list(self.positions).index(p)])
+
+    def paper_layers(self) -> tuple[numpy.ndarray, int]:
+        """(k for every position, l of ``hi``) in the paper's numbering: value[i] is the paper's GSC(k[i], l)."""
+        if self.n_layers is None:
+            raise ValueError("this result does not know the network's layer count")
+        k = numpy.array([paper_index(int(p), self.n_layers) for p in self.positions])
+        return k, paper_index(self.hi, self.n_layers)
 
 
 def _sq_frobenius(a: Any) -> Any:
     return (a * a).reshape(a.shape[0], -1).sum(axis=1)
 
 
-def gsc_to(trace: Trace, hi: int | None = None, lo: int = 0, *, aggregation: str = "batch", squared: bool = False,
-           method: str = "auto", n_probes: int = 4, rng: Any = None, exact_limit: int = DEFAULT_EXACT_LIMIT) -> GSCResult:
-    """GSC(p -> hi) for every position p in lo..hi, from one sweep back from ``hi`` (default: the output)."""
+def gsc_to(trace: Trace, hi: int | str | None = None, lo: int = 0, *, aggregation: str = "batch",
+           squared: bool = False, method: str = "auto", n_probes: int = 4, rng: Any = None,
+           exact_limit: int = DEFAULT_EXACT_LIMIT) -> GSCResult:
+    """GSC(p -> hi) for every position p in lo..hi, from one sweep back from ``hi`` (default: the output;
+    a name from ``metrics.jacobian.REFERENCES`` picks a reference position)."""
+    if isinstance(hi, str):
+        hi = reference_position(trace.network, hi)
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     if method not in METHODS:
@@ -92,7 +111,8 @@ def gsc_to(trace: Trace, hi: int | None = None, lo: int = 0, *, aggregation: str
             val = per.mean(axis=1) if squared else numpy.sqrt(per).mean(axis=1)
         else:
             val = numpy.exp(numpy.log(per).mean(axis=1) * (1.0 if squared else 0.5))
-        return GSCResult(positions, val, numpy.zeros_like(val), hi, "exact", aggregation, squared)
+        return GSCResult(positions, val, numpy.zeros_like(val), hi, "exact", aggregation, squared,
+                         n_layers=len(trace.network.layers))
 
     seeds = b * trace.values[hi][0].size if trace.couples_batch else trace.values[hi][0].size
     use_exact = method == "exact" or (method == "auto" and (not trace.couples_batch or seeds <= exact_limit))
@@ -103,6 +123,7 @@ def gsc_to(trace: Trace, hi: int | None = None, lo: int = 0, *, aggregation: str
     else:
         mean, se = trace.hutchinson_sq_norms(hi, lo, n_probes=n_probes, rng=rng)
         jac, err = be.asnumpy(mean), be.asnumpy(se)
+        jac[-1], err[-1] = b * d_lo[-1], 0.0  # J(hi <- hi) = I: its norm is known, so GSC(hi, hi) = 1 exactly
         used, probes = "hutchinson", n_probes
     scale = f_sq.sum(axis=1) / (b * d_lo * f_hi.sum())
     sq = jac * scale
@@ -111,7 +132,7 @@ def gsc_to(trace: Trace, hi: int | None = None, lo: int = 0, *, aggregation: str
     else:
         val = numpy.sqrt(sq)
         stderr = numpy.where(jac > 0, val * err / (2 * numpy.where(jac > 0, jac, 1.0)), 0.0)  # delta method
-    return GSCResult(positions, val, stderr, hi, used, aggregation, squared, probes)
+    return GSCResult(positions, val, stderr, hi, used, aggregation, squared, probes, n_layers=len(trace.network.layers))
 
 
 def gsc(trace: Trace, lo: int, hi: int | None = None, **kw: Any) -> GSCResult:
@@ -151,7 +172,15 @@ def gsc_to_error(trace: Trace, dE_dout: Any, error: float, *, lo: int = 0, squar
         val[p - lo] = num / (b * f[0].size * error * error)
     if not squared:
         val = numpy.sqrt(val)
-    return GSCResult(positions, val, numpy.zeros_like(val), hi + 1, "exact", "batch", squared)
+    return GSCResult(positions, val, numpy.zeros_like(val), hi + 1, "exact", "batch", squared, n_layers=hi)
+
+
+def gsc_bottom_to_error(trace: Trace, dE_dout: Any, error: float, *, bottom: str = "linear1",
+                        squared: bool = False) -> float:
+    """The paper's GSC(L, 0): from the bottom layer to the error layer (spec §1.1, §2.3). ``bottom`` is Open:
+    ``"linear1"`` (default, the output of linear layer 1, the paper's f_L) or ``"input"`` (position 0)."""
+    lo = bottom_position(trace.network, bottom)
+    return float(gsc_to_error(trace, dE_dout, error, lo=lo, squared=squared).value[0])
 
 
 def relative_sensitivity_check(trace: Trace, lo: int, hi: int, rng: Any, eps: float = 1e-6) -> float:
