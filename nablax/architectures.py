@@ -17,6 +17,10 @@ Shattered-gradients nets (spec §2.3, §6), scalar input by default (in_dim=1, o
     "resnet-no-bn"       Dense, then depth blocks  h <- h + beta W relu(h), linear output
     "crelu-ll"           looks-linear CReLU net: orthogonal Dense, then depth-1 x [CReLU -> LL Dense], CReLU, LL output
     "prelu-ll"           looks-linear PReLU net: depth x [orthogonal Dense -> PReLU(a=1)], orthogonal output
+    "resnet-bn-2w"       option: depth-1 blocks with two weight layers  h <- h + beta W2 relu(BN(W1 relu(BN(h))))
+    "resnet-bn-post"     option: post-activation, Dense -> BN -> relu, then depth-1 blocks  h <- relu(h + beta BN(W h))
+    "highway"            scalar-gated blocks  h <- a h + b W relu(h), b = beta, a = sqrt(1 - beta^2) (no BN); the
+                         highway corollary's gate t is beta^2 (t = 1/L: beta = sqrt(1/depth)); the skip is a Dense a*I
 ``init`` for the gradients-explode nets: "gaussian" (default), "orthogonal" (orthogonal matrices with the same
 gain), "looks_linear" (the orthogonal initial state of spec §7; ReLU nets only).
 """
@@ -37,7 +41,8 @@ NONLINEARITIES: dict[str, Callable[[], Layer]] = {"ReLU": ReLU, "tanh": Tanh, "S
 NORMS = {"": None, "layer": "layer", "batch": "batch"}
 GE_MLPS = [f"{n + '-' if n else ''}{a}" for n in NORMS for a in NONLINEARITIES] + ["SeLU wide"]
 GE_RESNETS = [f"{n}-{a} (ResNet)" for n in ("layer", "batch") for a in NONLINEARITIES]
-SG_NETS = ["one-layer", "fnn-bn", "fnn-no-bn-bias", "fnn-no-bn", "resnet-bn", "resnet-no-bn", "crelu-ll", "prelu-ll"]
+SG_NETS = ["one-layer", "fnn-bn", "fnn-no-bn-bias", "fnn-no-bn", "resnet-bn", "resnet-no-bn", "crelu-ll", "prelu-ll",
+           "resnet-bn-2w", "resnet-bn-post", "highway"]
 ARCHITECTURES = GE_MLPS + GE_RESNETS + SG_NETS
 SELU_WIDE_WIDTH = 400
 
@@ -95,6 +100,9 @@ def build(name: str, depth: int = 50, width: int | None = None, in_dim: int | No
         raise ValueError(f"depth must be a positive integer, got {depth!r}")
     if init not in inits.INIT_SCHEMES:
         raise ValueError(f"unknown init {init!r}; choose one of {inits.INIT_SCHEMES}")
+    if name in CONV_NETS:  # image input: see the convnet section at the end of this module
+        return _build_convnet(name, depth, width, in_dim, out_dim, init, seed, backend, dtype, beta, eps, norm_affine,
+                              orth_method)
     b = _Builder(seed, backend, dtype, eps, norm_affine)
     meta = {"arch": name, "depth": int(depth), "init": init, "seed": seed if isinstance(seed, int) else None,
             "beta": beta, "norm_affine": norm_affine, "eps": eps}
@@ -113,7 +121,7 @@ def build(name: str, depth: int = 50, width: int | None = None, in_dim: int | No
         if init == "looks_linear" and act != "ReLU":
             raise ValueError(f"init='looks_linear' (the orthogonal initial state) exists for ReLU nets only, not {name!r}")
         if resnet:
-            layers = _ge_resnet(b, norm, act, depth, width, in_dim, out_dim, init, head, orth_method)
+            layers = _ge_resnet(b, norm, act, depth, width, in_dim, out_dim, init, head, orth_method, beta)
         else:
             layers = _ge_mlp(b, norm, act, depth, width, in_dim, out_dim, init, orth_method)
     meta.update(width=width, in_dim=in_dim, out_dim=out_dim)
@@ -149,7 +157,7 @@ def _ge_mlp(b: _Builder, norm: str | None, act: str, depth: int, width: int, in_
 
 
 def _ge_resnet(b: _Builder, norm: str | None, act: str, depth: int, width: int, in_dim: int, out_dim: int | None,
-               init: str, head: bool, method: str) -> list[Layer]:
+               init: str, head: bool, method: str, beta: float = 1.0) -> list[Layer]:
     if init == "looks_linear":
         raise ValueError("init='looks_linear' is defined for plain ReLU MLPs; ResNets start near-orthogonal already")
     layers: list[Layer] = [b.dense(_ge_weight(b, in_dim, width, "linear", init, method))]
@@ -159,7 +167,7 @@ def _ge_resnet(b: _Builder, norm: str | None, act: str, depth: int, width: int, 
             n = b.norm(norm, width)
             branch += ([n] if n is not None else []) + [NONLINEARITIES[act]()]
             branch.append(b.dense(_ge_weight(b, width, width, act, init, method)))
-        layers.append(Residual(branch))
+        layers.append(Residual(branch, beta=beta))
     if head:
         n = b.norm(norm, width)
         layers += ([n] if n is not None else []) + [NONLINEARITIES[act]()]
@@ -210,6 +218,36 @@ def _sg_resnet(b, depth, width, in_dim, out_dim, beta, bn: bool, bias_std):
     return layers
 
 
+def _sg_resnet_variant(b, depth, width, in_dim, out_dim, beta, two_weights: bool, post: bool):
+    """Options of spec §2.3(c): two weight layers per block, or post-activation blocks (both with BN, He weights)."""
+    layers: list[Layer] = [b.dense(inits.gaussian(in_dim, width, b.rng, 2.0), bias=False), b.norm("batch", width)]
+    if post:
+        layers.append(ReLU())
+    for _ in range(depth - 1):
+        if post:
+            branch = [b.dense(inits.gaussian(width, width, b.rng, 2.0), bias=False), b.norm("batch", width)]
+            layers += [Residual(branch, beta=beta), ReLU()]
+            continue
+        branch = []
+        for _ in range(2 if two_weights else 1):
+            branch += [b.norm("batch", width), ReLU(), b.dense(inits.gaussian(width, width, b.rng, 2.0), bias=False)]
+        layers.append(Residual(branch, beta=beta))
+    layers.append(b.dense(inits.gaussian(width, out_dim, b.rng, 1.0), bias=False))
+    return layers
+
+
+def _sg_highway(b, depth, width, in_dim, out_dim, beta, bias_std, method):
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"highway gate beta = b must lie in [0, 1] (a = sqrt(1 - b^2)), got {beta}")
+    gate = numpy.sqrt(1.0 - beta * beta) * numpy.eye(width)
+    layers: list[Layer] = [b.dense(inits.gaussian(in_dim, width, b.rng, 1.0), bias=False)]
+    for _ in range(depth):
+        branch = [ReLU(), b.dense(inits.gaussian(width, width, b.rng, 2.0), bias=False)]
+        layers.append(Residual(branch, skip=b.dense(gate, bias=False), beta=beta))
+    layers.append(b.dense(inits.gaussian(width, out_dim, b.rng, 1.0), bias=False))
+    return layers
+
+
 def _sg_crelu_ll(b, depth, width, in_dim, out_dim, beta, bias_std, method):
     layers: list[Layer] = [b.dense(inits.orthogonal(in_dim, width, b.rng, 1.0, method))]
     for _ in range(depth - 1):
@@ -237,6 +275,172 @@ _SG_BUILDERS: dict[str, Callable[..., list[Layer]]] = {
     "resnet-no-bn": lambda b, L, w, i, o, beta, bs, m: _sg_resnet(b, L, w, i, o, beta, bn=False, bias_std=bs),
     "crelu-ll": _sg_crelu_ll,
     "prelu-ll": _sg_prelu_ll,
+    "resnet-bn-2w": lambda b, L, w, i, o, beta, bs, m: _sg_resnet_variant(b, L, w, i, o, beta, True, False),
+    "resnet-bn-post": lambda b, L, w, i, o, beta, bs, m: _sg_resnet_variant(b, L, w, i, o, beta, False, True),
+    "highway": _sg_highway,
 }
 
 __all__ = ["build", "ARCHITECTURES", "GE_MLPS", "GE_RESNETS", "SG_NETS"]
+
+
+# === convnets (shattered-gradients spec §6.5, §7, §8) =====================================================
+#
+# Names (image input, ``in_dim`` = the image shape (C, H, W), default (3, 32, 32), or a number of features for flat
+# data, see ``_build_convnet``; ``out_dim`` = classes, default 10):
+#   §7, one stage of constant width (default 64), 3x3 convs, stride 1, "same" padding:
+#     "conv-fnn"               [conv -> BN -> ReLU] x (depth - 1), global average pool, Dense
+#     "conv-resnet"            stem conv, (depth - 2) / 2 pre-activation blocks
+#                              x <- x + beta conv(relu(BN(conv(relu(BN(x)))))), then BN -> ReLU -> pool -> Dense
+#   §8, three stages of widths C, 2C, 4C (default C = 16), stride-2 3x3 conv at each stage change:
+#     "conv-crelu-ll"          [conv -> BN -> CReLU] with looks-linear kernels [K, -K] on orthogonal base kernels,
+#                              and a looks-linear Dense head: exactly affine at initialisation (linear without BN)
+#     "conv-crelu-unmirrored"  the same with the two kernel halves drawn independently (no mirroring)
+#     "conv-relu"              plain [conv -> BN -> ReLU] with He kernels
+#     "conv-resnet-staged"     the resnet above in three stages (1x1 stride-2 projection skips at stage changes)
+# Depth counts weight layers as He et al. (2016) do: the convs of the main path plus the linear head (so "2" is
+# one conv and a Dense, and the §8 depths 14, 26, 50, 98, 198 are 6n + 2 with n blocks per stage); projection
+# skips are not counted. This counting and every layout detail are project choices (spec §7 "Open").
+# The paper's convnet resnets use beta = 0.1: pass it (build's default beta is 1). ``convnet()`` exposes every
+# option (stages, kernel construction, BN on/off, kernel size).
+
+CONV_NETS = ["conv-fnn", "conv-resnet", "conv-crelu-ll", "conv-crelu-unmirrored", "conv-relu", "conv-resnet-staged"]
+_CONV_KINDS = {"conv-fnn": ("relu", 1), "conv-resnet": ("resnet", 1), "conv-crelu-ll": ("crelu-ll", 3),
+               "conv-crelu-unmirrored": ("crelu-unmirrored", 3), "conv-relu": ("relu", 3),
+               "conv-resnet-staged": ("resnet", 3)}
+CONV_ORTH = ("flat", "delta")
+
+
+def _conv_kernel(b: _Builder, c_out: int, c_in: int, k: int, scheme: str, conv_orth: str, gain: float,
+                 method: str) -> numpy.ndarray:
+    """(c_out, c_in, k, k): He Gaussian N(0, gain / (c_in k^2)), or orthogonal (flattened or delta, spec §6.5)."""
+    if scheme == "he":
+        return inits.gaussian(c_in * k * k, c_out, b.rng, gain).T.reshape(c_out, c_in, k, k)
+    if conv_orth == "delta":
+        return inits.delta_orthogonal(c_out, c_in, k, b.rng, gain, method)
+    return inits.flat_orthogonal(c_out, c_in, k, b.rng, gain, method)
+
+
+def _stage_counts(n: int, stages: int) -> list[int]:
+    return [n // stages + (i < n % stages) for i in range(stages)]
+
+
+def convnet(name: str, depth: int, width: int | None = None, in_shape: tuple[int, int, int] | None = None,
+            n_classes: int = 10, *, beta: float = 1.0, stages: int | None = None, kernel_init: str = "he",
+            conv_orth: str = "flat", bn: bool = True, kernel_size: int = 3, seed: Any = 0, backend: str = "numpy",
+            dtype: Any = "float64", eps: float = 1e-5, norm_affine: bool = False, orth_method: str = "qr") -> Network:
+    """A convnet of ``CONV_NETS`` (layouts above) with every option exposed.
+
+    kernel_init  "he" (default, spec §7) or "orthogonal" for the ReLU nets and resnets (gain 2); the CReLU nets
+                 always use orthogonal base kernels (gain 1)
+    conv_orth    orthogonal kernel construction: "flat" (default, spec §6.5 (i)) or "delta" (§6.5 (ii), a modern
+                 choice, Xiao et al. 2018)
+    stages       1 (constant width, §7 default) or 3 (§8 default); widths double and stride 2 at each change
+    bn           False drops every batch norm (for the exact-linearity checks of looks-linear nets)
+    """
+    if name not in _CONV_KINDS:
+        raise ValueError(f"unknown convnet {name!r}; known: {', '.join(CONV_NETS)}")
+    kind, default_stages = _CONV_KINDS[name]
+    stages = default_stages if stages is None else int(stages)
+    width = (64 if default_stages == 1 else 16) if width is None else int(width)
+    in_shape = (3, 32, 32) if in_shape is None else tuple(int(s) for s in in_shape)
+    if kernel_init not in ("he", "orthogonal"):
+        raise ValueError(f"kernel_init must be 'he' or 'orthogonal', got {kernel_init!r}")
+    if conv_orth not in CONV_ORTH:
+        raise ValueError(f"conv_orth must be one of {CONV_ORTH}, got {conv_orth!r}")
+    if not isinstance(depth, (int, numpy.integer)) or depth < 2:
+        raise ValueError(f"a convnet needs depth >= 2 (a conv and the linear head), got {depth!r}")
+    if kind == "resnet" and depth % 2:
+        raise ValueError(f"resnet depth counts the stem, two convs per block and the head: it is even, got {depth}")
+    b = _Builder(seed, backend, dtype, eps, norm_affine)
+    k, pad = int(kernel_size), int(kernel_size) // 2
+    scheme = "orthogonal" if kind.startswith("crelu") else kernel_init
+    gain = 1.0 if kind.startswith("crelu") else 2.0  # orthogonal gain: 1 for the (linear) LL nets, 2 for ReLU nets
+
+    def conv(c_out: int, c_in: int, stride: int = 1, size: int = k, on_crelu: bool = False) -> Conv2d:
+        """A conv without bias; ``on_crelu``: its input is CReLU output (2 c_in channels, mirrored in crelu-ll)."""
+        if on_crelu and kind == "crelu-ll":
+            kernel = inits.looks_linear_kernel(_conv_kernel(b, c_out, c_in, size, scheme, conv_orth, gain, orth_method))
+        elif on_crelu:
+            halves = [_conv_kernel(b, c_out, c_in, size, scheme, conv_orth, gain, orth_method) for _ in range(2)]
+            kernel = numpy.concatenate(halves, axis=1)
+        else:
+            kernel = _conv_kernel(b, c_out, c_in, size, scheme, conv_orth, gain, orth_method)
+        return Conv2d(b.array(kernel), None, stride, size // 2)
+
+    def norm(c: int) -> list[Layer]:
+        return [BatchNorm.create(c, conv=True, affine=norm_affine, eps=eps, xp=b.be.xp, dtype=b.dtype)] if bn else []
+
+    crelu = kind.startswith("crelu")
+    act = (lambda: CReLU(axis=-3)) if crelu else ReLU
+    layers: list[Layer] = [conv(width, in_shape[0])]
+    c = width
+    if kind == "resnet":
+        for s, n_blocks in enumerate(_stage_counts((depth - 2) // 2, stages)):
+            for j in range(n_blocks):
+                down = s > 0 and j == 0
+                c_out = 2 * c if down else c
+                branch = (norm(c) + [ReLU(), conv(c_out, c, 2 if down else 1)]
+                          + norm(c_out) + [ReLU(), conv(c_out, c_out)])
+                skip = conv(c_out, c, 2, size=1) if down else None
+                layers.append(Residual(branch, skip=skip, beta=beta))
+                c = c_out
+        layers += norm(c) + [ReLU()]
+    else:
+        layers += norm(c) + [act()]
+        for s, n_convs in enumerate(_stage_counts(depth - 2, stages)):
+            for j in range(n_convs):
+                down = s > 0 and j == 0
+                c_out = 2 * c if down else c
+                layers += [conv(c_out, c, 2 if down else 1, on_crelu=crelu)] + norm(c_out) + [act()]
+                c = c_out
+    layers.append(GlobalAvgPool())
+    if kind == "crelu-ll":
+        w = inits.looks_linear(inits.orthogonal(c, n_classes, b.rng, 1.0, orth_method))
+    elif kind == "crelu-unmirrored":
+        w = inits.orthogonal(2 * c, n_classes, b.rng, 1.0, orth_method)
+    else:
+        w = inits.gaussian(c, n_classes, b.rng, 1.0)
+    layers.append(b.dense(w, bias=False))
+    meta = {"arch": name, "depth": int(depth), "width": width, "in_shape": list(in_shape), "out_dim": n_classes,
+            "beta": beta, "stages": stages, "kernel_init": scheme, "conv_orth": conv_orth, "bn": bn,
+            "kernel_size": k, "seed": seed if isinstance(seed, int) else None, "norm_affine": norm_affine, "eps": eps}
+    return Network(layers, in_shape, name=name, meta=meta)
+
+
+def image_shape(d: int) -> tuple[int, int, int]:
+    """The image shape of a flattened input of d features: (3, n, n) when d = 3 n^2, else (1, n, n) when d = n^2
+    (the two cannot both hold). CIFAR-10's 3072 -> (3, 32, 32); digits' 64 -> (1, 8, 8)."""
+    for c in (3, 1):
+        n = int(round(math.sqrt(d / c)))
+        if c * n * n == d:
+            return (c, n, n)
+    raise ValueError(f"{d} features are neither 3 n^2 nor n^2: pass the image shape (C, H, W) as in_dim")
+
+
+def _build_convnet(name: str, depth: int, width: int | None, in_dim: Any, out_dim: int | None, init: str, seed: Any,
+                   backend: str, dtype: Any, beta: float, eps: float, norm_affine: bool, orth_method: str) -> Network:
+    """``build()`` for the conv names. ``in_dim`` is the image shape (C, H, W), or a number of features d, and then
+    the net takes flattened images (B, d) and starts with an Unflatten to ``image_shape(d)`` (this is how the
+    training loop, whose data sets are flat, builds convnets). ``init``: "gaussian" (the name's own scheme),
+    "orthogonal" (orthogonal kernels for the ReLU nets) or "looks_linear" (conv-crelu-ll only)."""
+    if init == "looks_linear" and name != "conv-crelu-ll":
+        raise ValueError(f"init='looks_linear' for convnets is the name 'conv-crelu-ll', not {name!r}")
+    flat = isinstance(in_dim, (int, numpy.integer))
+    shape = image_shape(int(in_dim)) if flat else in_dim
+    if shape is not None and len(shape) != 3:
+        raise ValueError(f"convnets take in_dim = the image shape (C, H, W) or a number of features, got {in_dim!r}")
+    net = convnet(name, depth, width, shape, 10 if out_dim is None else out_dim, beta=beta,
+                  kernel_init="orthogonal" if init == "orthogonal" else "he", seed=seed, backend=backend,
+                  dtype=dtype, eps=eps, norm_affine=norm_affine, orth_method=orth_method)
+    if not flat:
+        return net
+    return Network([Unflatten(net.in_shape)] + net.layers, (int(in_dim),), name=net.name,
+                   meta={**net.meta, "in_dim": int(in_dim)})
+
+
+import math  # noqa: E402
+
+from .layers import Conv2d, GlobalAvgPool, Unflatten  # noqa: E402  (the convnet section is appended to this module)
+
+ARCHITECTURES.extend(CONV_NETS)
+__all__ += ["CONV_NETS", "convnet", "image_shape"]

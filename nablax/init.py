@@ -7,6 +7,7 @@ in the row convention of ``Dense`` (W has shape (d_in, d_out), y = x W), unless 
     orthogonal_state   the orthogonal initial state of ReLU nets (gradients-explode spec §7): every weight is a
                        mirrored orthogonal matrix and the network is the linear map A U_D ... U_2 V at initialisation
     delta_orthogonal   a conv kernel whose centre tap is orthogonal and whose other taps are 0
+    looks_linear_kernel  the CReLU channel mirror concat([K, -K], in_channels) of a conv kernel K
 """
 
 from __future__ import annotations
@@ -96,3 +97,15 @@ def flat_orthogonal(c_out: int, c_in: int, k: int, rng: numpy.random.Generator, 
                     method: str = "qr") -> numpy.ndarray:
     """Conv kernel (c_out, c_in, k, k): the (c_out, c_in k k) reshape has orthonormal rows or columns (Saxe)."""
     return numpy.sqrt(gain) * orthonormal(c_out, c_in * k * k, rng, method).reshape(c_out, c_in, k, k)
+
+
+def looks_linear_kernel(base: numpy.ndarray) -> numpy.ndarray:
+    """Looks-linear conv kernel for a CReLU input (shattered-gradients spec §6.5): base K (c_out, c, kh, kw) acting
+    on z with c channels gives K_LL = concat([K, -K], axis=in_channels), shape (c_out, 2c, kh, kw).
+
+    CReLU(z) = [relu(z); relu(-z)] on channels, and convolution is linear with zero padding (relu(0) = 0), so
+    ``K_LL * CReLU(z) = K * relu(z) - K * relu(-z) = K * z`` exactly, for any K, stride and padding.
+    """
+    if base.ndim != 4:
+        raise ValueError(f"a conv kernel must be 4-D (c_out, c_in, kh, kw), got shape {base.shape}")
+    return numpy.concatenate([base, -base], axis=1)

@@ -65,7 +65,7 @@ class TrainConfig:
     """Everything that determines a run. Defaults are the spec §9 project protocol (CIFAR-10 MLPs: 50 blocks of
     width 100 plus an output layer, plain SGD, batch 256, step size /3 on plateaus, at most 500 epochs); the paper's
     own settings are unknown. ``head`` (ResNets: a final norm -> nonlinearity before the output, spec §8.2) defaults
-    to present. ``cifar`` is the path of the CIFAR-10 archive and ``cifar_md5`` its expected MD5 (default: the
+    to present; ``beta`` scales residual branches (1: the plain ResNet). ``cifar`` is the path of the CIFAR-10 archive and ``cifar_md5`` its expected MD5 (default: the
     published one; only for test archives); neither is part of the run's key."""
 
     arch: str = "batch-tanh"
@@ -74,6 +74,7 @@ class TrainConfig:
     width: int = 100
     init: str = "gaussian"
     head: bool = True
+    beta: float = 1.0
     norm_affine: bool = False
     optimizer: str = "sgd"
     lr: float = 0.01
@@ -173,7 +174,7 @@ class Trainer:
             raise ValueError(f"data set {self.data.name!r} has no labels to train on")
         resnet = c.arch.endswith("(ResNet)")
         self.net = build(c.arch, depth=c.depth, width=c.width, in_dim=self.data.in_dim, out_dim=self.data.n_classes,
-                         init=c.init, seed=c.seed, dtype=c.dtype, backend=c.backend, norm_affine=c.norm_affine,
+                         init=c.init, seed=c.seed, dtype=c.dtype, backend=c.backend, norm_affine=c.norm_affine, beta=c.beta,
                          **({"head": c.head} if resnet else {}))
         self.params0 = self.net.copy_params()
         kw = {"momentum": c.momentum} if c.optimizer == "sgd" else {}

@@ -216,14 +216,17 @@ def run_figure(module: str, tmp_path, overrides=TINY):
     return mod, json.loads((tmp_path / f"{module}.json").read_text())
 
 
-@pytest.mark.parametrize("module, panels", [("fig1", "ABC"), ("fig3", "AB"), ("orthogonal_init", "ABC")])
+@pytest.mark.parametrize("module, panels", [("fig1", "ABC"), ("fig3", "ABD"), ("orthogonal_init", "ABC")])
 def test_figure_json_has_every_legend_name_and_panel(module, panels, tmp_path):
-    mod, rec = run_figure(module, tmp_path)
+    training = {"depth": 2, "width": 8, "epochs": 2, "lr_grid": None, "lr": 0.1}
+    mod, rec = run_figure(module, tmp_path, {**TINY, "training": training} if module == "fig3" else TINY)
     assert (tmp_path / f"{module}.png").exists()
     names = mod.NAMES if hasattr(mod, "NAMES") else mod.ARCHS + [a + mod.ORTHO for a in mod.ARCHS]
     assert sorted(rec["panels"]) == list(panels)
     for key, panel in rec["panels"].items():
         assert list(panel["series"]) == names
+        if key == "D":
+            continue  # training curves: one run per architecture, no band
         for s in panel["series"].values():
             assert len(s["x"]) == len(s["y"]) == len(s["lo"]) == len(s["hi"]) > 0
             assert all(lo <= y * (1 + 1e-12) and y <= hi * (1 + 1e-12) for lo, y, hi in zip(s["lo"], s["y"], s["hi"]))
@@ -236,7 +239,8 @@ def test_figure_json_has_every_legend_name_and_panel(module, panels, tmp_path):
         assert rec["settings"]["gsc.jacobian"]["batch-ReLU"]["method"] == "hutchinson"
         assert rec["settings"]["gsc.jacobian"]["ReLU"]["method"] == "exact"
         assert len(rec["panels"]["B"]["series"]["ReLU"]["x"]) == TINY["depth"]
-    if module == "fig3":
+    if module == "fig3":  # panel D: effective depth during training, starting at 1 at initialisation
+        assert all(s["y"][0] == 1 and s["y"][-1] >= 1 for s in rec["panels"]["D"]["series"].values())
         assert len(rec["panels"]["B"]["series"]["layer-ReLU (ResNet)"]["x"]) == 2 * TINY["depth"]
         assert len(gsc_panel["batch-ReLU (ResNet)"]["dilution_seed0"]["k"]) == TINY["depth"]
     if module == "orthogonal_init":  # exact GSC 1 from every hidden position of the plain ReLU net

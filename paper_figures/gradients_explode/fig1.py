@@ -136,7 +136,8 @@ def plot(rec: FigureRecord, colors: dict[str, str], suptitle: str) -> Any:
         for legend, s in panel["series"].items():
             c = colors.get(legend)
             ls = "--" if "orthogonal" in legend else "-"
-            ax.plot(s["x"], s["y"], ls, color=c, label=legend, lw=1.4)
+            steps = "steps-post" if panel["ylabel"] == "effective depth" else "default"
+            ax.plot(s["x"], s["y"], ls, color=c, label=legend, lw=1.4, drawstyle=steps)
             if "lo" in s:
                 ax.fill_between(s["x"], s["lo"], s["hi"], color=c, alpha=0.2, lw=0)
         ax.set_title(f"{key}: {panel['title']}", fontsize=10)
@@ -146,6 +147,8 @@ def plot(rec: FigureRecord, colors: dict[str, str], suptitle: str) -> Any:
             ax.set_yscale("log")
         if panel["ylabel"] == "sign diversity":
             ax.set_ylim(0, 0.52)
+        if panel["ylabel"] == "effective depth":
+            ax.yaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     numpy.atleast_1d(axes)[0].legend(fontsize=8)
     fig.suptitle(suptitle, fontsize=11)
