@@ -41,6 +41,10 @@ class Backend:
     asnumpy: Callable[[Any], numpy.ndarray]
     sync: Callable[[], None]
 
+    def __reduce__(self) -> tuple:
+        """Pickle (copy.deepcopy, Dask) by name: the backend is looked up again where it is unpickled."""
+        return (get_backend, (self.name,))
+
 
 def _noop() -> None:
     return None

@@ -20,6 +20,9 @@ from pathlib import Path
 from . import __version__
 
 
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def find_figure_scripts(root: Path | None = None) -> list[Path]:
     """Every paper figure script: ``paper_figures/<paper>/<name>.py``, in a stable order."""
     candidates = [root] if root else [Path.cwd() / "paper_figures", Path(__file__).resolve().parent.parent / "paper_figures"]
@@ -50,6 +53,8 @@ def cmd_figures(args: argparse.Namespace) -> int:
             cmd.append("--quick")
         t0 = time.perf_counter()
         env = {**os.environ, "MPLBACKEND": "Agg"}
+        for var in BLAS_THREAD_VARS:  # the figures multiply small matrices: extra BLAS threads only wait
+            env.setdefault(var, "1")
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         dt = time.perf_counter() - t0
         if res.returncode != 0:
@@ -57,7 +62,8 @@ def cmd_figures(args: argparse.Namespace) -> int:
             tqdm.write(f"FAILED {name} ({dt:.1f}s):\n{res.stderr[-3000:]}", file=sys.stderr)
         else:
             for line in res.stdout.strip().splitlines():
-                tqdm.write(f"{name}: {line}")
+                if args.verbose or line.startswith("wrote "):
+                    tqdm.write(f"{name}: {line}")
     print(f"{len(scripts) - len(failed)} of {len(scripts)} figures written under {out}/")
     return 1 if failed else 0
 
@@ -263,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--only", nargs="*", help="substrings of <paper>/<figure> to run, e.g. gradients_explode/fig1")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--root", help="the paper_figures/ folder (default: found from the current directory)")
+    f.add_argument("-v", "--verbose", action="store_true", help="show every line the figure scripts print")
     f.set_defaults(func=cmd_figures)
 
     i = sub.add_parser("info", help="architectures, backends and the network file format")

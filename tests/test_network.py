@@ -164,7 +164,7 @@ def test_positions_metadata():
     res = nablax.build("layer-ReLU (ResNet)", depth=2, width=3, out_dim=2, head=True)
     pos = res.positions()
     assert [p.n_lin for p in pos] == [0, 1, 3, 5, 5, 5, 6]
-    assert [p.on_stream for p in pos] == [True, False, True, True, False, False, False]
+    assert [p.on_stream for p in pos] == [True, True, True, True, False, False, False]
     assert res.n_linear == 6
 
 
@@ -298,3 +298,15 @@ def test_sequential_by_hand_matches_build():
     W = np.arange(6.0).reshape(2, 3) / 10
     net = Network([Dense(W), ReLU()], 2)
     assert np.allclose(net(np.array([[1.0, -1.0]])), np.maximum(np.array([[1.0, -1.0]]) @ W, 0))
+
+
+def test_networks_deepcopy_and_pickle(rng):
+    import copy
+    import pickle
+
+    net = small("batch-ReLU (ResNet)", seed=11)
+    x = rng.standard_normal((3, 4))
+    for twin in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        assert np.array_equal(twin(x), net(x))
+        twin.named_params()["0.W"][0, 0] += 1.0  # a real copy, not a view
+        assert not np.array_equal(twin(x), net(x))
