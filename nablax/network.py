@@ -23,12 +23,15 @@ from typing import Any, Iterator
 import numpy
 
 from .backend import Backend, array_module, backend_of
+from . import kernels
+from .layers.activations import Elementwise, PReLU
 from .layers.base import LAYER_KINDS, Array, Cache, Layer, Mode, backward_chain, flat_size, forward_chain, iter_leaves
 from .layers.residual import Residual
 
 FILE_FORMAT = "nablax-network"
 FILE_VERSION = 1
 DEFAULT_MAX_ELEMENTS = 1 << 24  # per chunk of probe signals: 128 MiB in float64
+SWEEP_CHUNK_ELEMENTS = 1 << 17  # exact sweeps go in chunks this small (1 MiB in float64) to stay in cache
 
 
 class NetworkFileError(ValueError):
@@ -44,7 +47,7 @@ class Position:
     n_lin     linear layers among layers 1..p (compositional depth reached)
     n_act     nonlinearity layers among layers 1..p
     block     residual blocks among layers 1..p
-    on_stream True at the input, at block ends, and everywhere in a network without residual blocks
+    on_stream True at the input, at block inputs and outputs, and everywhere in a network without residual blocks
     """
 
     index: int
@@ -103,7 +106,8 @@ class Network:
             n_act += _n_act(layer)
             is_block = isinstance(layer, Residual)
             block += is_block
-            out.append(Position(p, layer.kind, n_lin, n_act, block, is_block or not has_blocks))
+            feeds_block = p < len(self.layers) and isinstance(self.layers[p], Residual)
+            out.append(Position(p, layer.kind, n_lin, n_act, block, is_block or feeds_block or not has_blocks))
         return out
 
     def named_params(self) -> dict[str, Array]:
@@ -286,7 +290,18 @@ def describe_file_format() -> str:
   layers.<i>.<name>                 each array, e.g. layers.0.W (d_in, d_out), layers.0.b (d_out,)
   layers.<i>.branch.<j>.<name>      arrays inside residual block i
 Layers in forward order; dense weights in row convention (y = x W + b). Array names per kind: dense W [b];
-batchnorm running_mean running_var [gamma beta]; layernorm [gamma beta]; prelu a."""
+batchnorm running_mean running_var [gamma beta]; layernorm [gamma beta]; prelu a;
+conv2d K (c_out, c_in, kh, kw) [b] (config: stride, padding). Image data is (B, C, H, W)."""
+
+
+def _diagonal_derivative(layer: Layer, cache: Cache) -> Array | None:
+    """phi'(z) of shape (B, *feat) for a layer whose vjp is ``dy * phi'(z)`` (activations, PReLU), else None."""
+    return cache.d if isinstance(layer, (Elementwise, PReLU)) else None
+
+
+def _sq_norms(v: Array, b: int) -> Array:
+    """Per-sample squared norms (float64, (B,)) of a chunk of signals v (k, B, *feat)."""
+    return kernels.sq_norms(v.reshape(v.shape[0], b, -1))
 
 
 class Trace:
@@ -425,9 +440,9 @@ class Trace:
         seed_pos, n_per = (dst, d_dst) if method == "vjp" else (src, d_src)
         n_seeds = n_per if not batch_level else b * n_per
         out_flat = xp.empty((n_seeds, b * (d_src if method == "vjp" else d_dst)), dtype=self.values[0].dtype)
-        for rows in self._probe_chunks(n_seeds, max_elements, self._widest(src, dst)):
+        for rows in self._probe_chunks(n_seeds, min(max_elements, SWEEP_CHUNK_ELEMENTS), self._widest(src, dst)):
             seeds = self._identity_seeds(seed_pos, rows, per_sample=not batch_level)
-            sig = self.pullback(seeds, dst, src) if method == "vjp" else self.pushforward(seeds, src, dst)
+            sig = self._pull_chunk(seeds, dst, src) if method == "vjp" else self.pushforward(seeds, src, dst)
             out_flat[rows] = sig.reshape(rows.stop - rows.start, -1)
         if not batch_level:
             d_other = d_src if method == "vjp" else d_dst
@@ -463,17 +478,65 @@ class Trace:
         return self._sweep_sq_norms(dst, src, per_sample=False, max_elements=max_elements)
 
     def _sweep_sq_norms(self, dst: int, src: int, per_sample: bool, max_elements: int) -> Array:
+        """Squared norms of the identity-seeded sweep from dst: per sample (n_pos, B), or batch-level (n_pos,).
+
+        Batch-level seeds e_(b,j) first meet the layer before dst; when that layer is diagonal (an activation,
+        dy * phi'(z)) they leave it as phi'(z_bj) e_(b,j), so only the seeds with phi'(z_bj) != 0 are pulled
+        further (about half of them after a ReLU): fewer FLOPs, the same exact norms.
+        """
         xp = self.xp
         b = self.batch_size
         d_dst = flat_size(self.values[dst].shape[1:])
-        n_seeds = d_dst if per_sample else b * d_dst
-        out = xp.zeros((dst - src + 1, b) if per_sample else (dst - src + 1,), dtype=self.values[0].dtype)
-        for rows in self._probe_chunks(n_seeds, max_elements, self._widest(src, dst)):
-            seeds = self._identity_seeds(dst, rows, per_sample)
-            for p, v in self.pullbacks(seeds, dst, src):
-                sq = (v * v).reshape(v.shape[0], b, -1)
-                out[p - src] += sq.sum(axis=(0, 2)) if per_sample else sq.sum()
-        return out
+        acc = xp.zeros((dst - src + 1, b), dtype="float64")  # per-sample sums (float64 also for float32 nets)
+        chunk = min(max_elements, SWEEP_CHUNK_ELEMENTS)
+        widest = self._widest(src, dst)
+        diag = _diagonal_derivative(self.network.layers[dst - 1], self.caches[dst - 1]) if dst > src else None
+        if per_sample or diag is None:
+            for rows in self._probe_chunks(d_dst if per_sample else b * d_dst, chunk, widest):
+                self._pull_chunk(self._identity_seeds(dst, rows, per_sample), dst, src, acc)
+        else:
+            acc[dst - src] = d_dst  # b * d_dst unit seeds at dst
+            scale = diag.reshape(-1)
+            live = xp.flatnonzero(scale)
+            for rows in self._probe_chunks(int(live.size), chunk, widest):
+                idx = live[rows]
+                seeds = xp.zeros((idx.size, scale.size), dtype=scale.dtype)
+                seeds[xp.arange(idx.size), idx] = scale[idx]
+                self._pull_chunk(seeds.reshape((idx.size,) + tuple(diag.shape)), dst - 1, src, acc)
+        out = acc.astype(self.values[0].dtype)
+        return out if per_sample else out.sum(axis=1)
+
+    def _pull_chunk(self, v: Array, dst: int, src: int, acc: Array | None = None) -> Array:
+        """Pull a chunk of probe signals v (k, *shape_dst) from dst back to src and return it at src.
+
+        With ``acc`` (float64, (dst - src + 1, B) or larger), add every position's per-sample squared norms
+        to ``acc[p - src]`` on the way; a diagonal layer (an activation) and the norms on both sides of it take
+        one fused kernel (``kernels.scale_sq_norms``). Without ``acc`` diagonal layers multiply in place: v is
+        copied once at the start, and every later signal is a fresh vjp result or a view of one, so nothing
+        outside the sweep is overwritten.
+        """
+        xp = self.xp
+        v = xp.array(v, copy=True, order="C")
+        known = None  # per-sample squared norms of v when a fused kernel already gave them
+        for p in range(dst, src, -1):
+            layer, cache = self.network.layers[p - 1], self.caches[p - 1]
+            d = _diagonal_derivative(layer, cache)
+            if d is not None and acc is None:
+                v = xp.multiply(v, d, out=v) if v.flags.c_contiguous else v * d
+            elif d is not None:
+                b = d.shape[0]
+                v3 = v.reshape(-1, b, d.size // b)
+                out, n_in, known = kernels.scale_sq_norms(v3, d.reshape(b, -1))  # a fresh out vectorises best
+                acc[p - src] += n_in
+                v = out.reshape(v.shape)
+            else:
+                if acc is not None:
+                    acc[p - src] += known if known is not None else _sq_norms(v, self.values[p].shape[0])
+                known = None
+                v = layer.vjp(cache, v)
+        if acc is not None:
+            acc[0] += known if known is not None else _sq_norms(v, self.values[src].shape[0])
+        return v
 
     def hutchinson_sq_norms(self, dst: int | None = None, src: int = 0, *, n_probes: int = 4,
                             rng: numpy.random.Generator | int | None = None, probe: str = "gaussian") -> tuple[Array, Array]:

@@ -1,0 +1,86 @@
+"""Fused kernels for the hot path of the exact-Jacobian sweeps, dispatched by array type and a setting.
+
+Two operations on a chunk of probe signals ``v`` of shape ``(k, B, n)`` (k probes, B samples, n entries per
+sample) and an activation derivative ``d`` of shape ``(B, n)``:
+
+    scale_sq_norms(v, d, out=None) -> (v * d, n_in, n_out)   n_in[b] = sum_{i,j} v[i,b,j]^2, n_out likewise
+    sq_norms(v)                    -> n                       n[b] = sum_{i,j} v[i,b,j]^2  (float64, shape (B,))
+
+Which implementation runs (``set_cpu_kernels``, or the environment variable ``NABLAX_KERNELS``):
+
+    "auto" (default)  Numba for NumPy arrays of at least ``AUTO_MIN_ELEMENTS`` entries (where it measurably
+                      beats NumPy, see BENCHMARKS.md), the NumPy reference below that (no compile time for
+                      small problems) and whenever Numba is missing
+    "numba"           Numba for every NumPy array it can take (C-contiguous float32/float64 of one dtype)
+    "numpy"           always the NumPy reference (``cpu.*_reference``)
+
+CuPy arrays always take the reference, which runs on any array module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator
+
+from ..backend import numba_available
+from . import cpu
+
+CPU_KERNELS = ("auto", "numba", "numpy")
+AUTO_MIN_ELEMENTS = 1 << 15
+_setting = {"cpu": os.environ.get("NABLAX_KERNELS", "auto")}
+if _setting["cpu"] not in CPU_KERNELS:  # a bad environment value must not break the import
+    _setting["cpu"] = "auto"
+
+
+def set_cpu_kernels(name: str) -> str:
+    """Choose "auto", "numba" or "numpy" for NumPy arrays; returns the previous setting."""
+    if name not in CPU_KERNELS:
+        raise ValueError(f"cpu kernels must be one of {CPU_KERNELS}, got {name!r}")
+    previous, _setting["cpu"] = _setting["cpu"], name
+    return previous
+
+
+def cpu_kernels() -> str:
+    """The current setting ("auto", "numba" or "numpy")."""
+    return _setting["cpu"]
+
+
+@contextlib.contextmanager
+def use_cpu_kernels(name: str) -> Iterator[None]:
+    """``with use_cpu_kernels("numpy"): ...`` runs a block with another setting."""
+    previous = set_cpu_kernels(name)
+    try:
+        yield
+    finally:
+        set_cpu_kernels(previous)
+
+
+def _numba_takes(*arrays: Any) -> bool:
+    mode = _setting["cpu"]
+    if mode == "numpy" or not numba_available():
+        return False
+    if not all(type(a).__module__ == "numpy" and a.flags.c_contiguous for a in arrays):
+        return False
+    dtypes = {a.dtype.name for a in arrays}
+    if len(dtypes) != 1 or dtypes.pop() not in ("float32", "float64"):
+        return False
+    return mode == "numba" or arrays[0].size >= AUTO_MIN_ELEMENTS
+
+
+def scale_sq_norms(v: Any, d: Any, out: Any | None = None) -> tuple[Any, Any, Any]:
+    """(v * d, n_in, n_out) for v (k, B, n) and d (B, n); ``out`` (may be v itself) receives v * d."""
+    if _numba_takes(v, d) and (out is None or _numba_takes(out)):
+        return cpu.scale_sq_norms_numba(v, d, out)
+    return cpu.scale_sq_norms_reference(v, d, out)
+
+
+def sq_norms(v: Any) -> Any:
+    """Per-sample squared norms of v (k, B, n), summed over probes and features: float64 (B,)."""
+    if _numba_takes(v):
+        return cpu.sq_norms_numba(v)
+    return cpu.sq_norms_reference(v)
+
+
+__all__ = ["CPU_KERNELS", "AUTO_MIN_ELEMENTS", "set_cpu_kernels", "cpu_kernels", "use_cpu_kernels",
+           "scale_sq_norms", "sq_norms"]
