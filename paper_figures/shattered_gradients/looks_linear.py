@@ -15,7 +15,7 @@ Training (a project choice; the paper's 1-D experiments stop at initialisation):
 grid points with the mean squared error (nablax.losses.MeanSquaredError), full batch, Adam (lr 1e-4), all
 parameters free (the mirrored halves diverge after the first step). Paper setting: the training nets have depth 50
 and width 100 (the 200-layer net costs seconds per step on 2 CPU cores), 100 steps; --quick: depth 16, width 40,
-20 steps, and 50-layer nets of width 100 in panels A-B. df/dx uses batch-norm statistics held constant; the BN
+20 steps with lr 1e-3, and 50-layer nets of width 100 in panels A-B. df/dx uses batch-norm statistics held constant; the BN
 net trains with batch statistics. Every training run is cached under OUT/.cache.
 """
 
@@ -38,7 +38,7 @@ TRAINED = LL + [("feedforward", "fnn-bn", "tab:red")]
 PAPER = {"init_depth": 200, "width": 200, "train_depth": 50, "train_width": 100, "steps": 100,
          "snapshots": [0, 3, 10, 30, 100], "lr": 1e-4}
 QUICK = {**PAPER, "init_depth": 50, "width": 100, "train_depth": 16, "train_width": 40, "steps": 20,
-         "snapshots": [0, 3, 10, 20]}
+         "snapshots": [0, 3, 10, 20], "lr": 1e-3}  # fewer steps: a larger step size
 FIXED = {"task": "y = sin(pi x) on linspace(-2, 2, 256)", "loss": "mse", "optimizer": "Adam(beta1 0.9, beta2 0.999)",
          "batch": "full grid", "orth.method": "qr", "orth.gain": 1.0, "ll.biases": "0 at init, trained",
          "bn_mode (df/dx)": "constant_stats", "bn (training)": "batch statistics"}
