@@ -1,9 +1,11 @@
-"""The ``nablax`` command.
+"""nablax: hand-written gradients of deep networks, and the measurements of two papers on them.
 
     nablax figures [--quick] [--out DIR] [--only NAME ...]   regenerate the paper figures (paper_figures/)
     nablax info                                              architectures, backends, file format
     nablax gsc ...                                           per-layer GSC, pre-activation std, sign diversity
     nablax shatter ...                                       shattered-gradients measurements on the 1-D grid
+    nablax train ... --out DIR [--resume]                    train with per-epoch metrics and checkpoints
+    nablax sweep CONFIG [--executor local|dask]              a grid of training runs, finished ones skipped
 
 Each subcommand lives in a ``cmd_<name>`` function below; long-running ones show a progress bar.
 """
