@@ -5,7 +5,7 @@
     Adam      m <- b1 m + (1 - b1) g;     s <- b2 s + (1 - b2) g^2
               p <- p - lr (m / (1 - b1^t)) / (sqrt(s / (1 - b2^t)) + eps)
 
-``state_dict()`` / ``load_state_dict()`` expose the buffers so training can be checkpointed and resumed exactly.
+``state_dict()`` / ``load_state_dict()`` copy the buffers out and in so training can be checkpointed and resumed exactly.
 """
 
 from __future__ import annotations
@@ -41,11 +41,12 @@ class Optimizer:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        return {"lr": self.lr, "t": self.t, "buffers": {k: dict(v) for k, v in self.buffers.items()}}
+        return {"lr": self.lr, "t": self.t,
+                "buffers": {k: {n: a.copy() for n, a in v.items()} for k, v in self.buffers.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.lr, self.t = float(state["lr"]), int(state["t"])
-        self.buffers = {k: dict(v) for k, v in state["buffers"].items()}
+        self.buffers = {k: {n: a.copy() for n, a in v.items()} for k, v in state["buffers"].items()}
 
 
 class SGD(Optimizer):
