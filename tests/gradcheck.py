@@ -20,6 +20,13 @@ def rel_err(a, b) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), np.linalg.norm(b), 1e-300))
 
 
+def dot_err(a, b, scale) -> float:
+    """|a - b| / scale for two dot products <p, q> whose natural size is scale = ||p|| ||q||. A plain relative
+    error of the two scalars would flake when a random <p, q> happens to be near zero (cancellation); a wrong sign
+    or a missing factor still gives an O(|<p, q>| / scale) ~ 1 / sqrt(n) error, far above the tolerances here."""
+    return float(abs(a - b) / max(scale, 1e-300))
+
+
 def central_difference(f, x, u, h=FD_STEP):
     return (f(x + h * u) - f(x - h * u)) / (2 * h)
 
@@ -42,8 +49,9 @@ def check_layer_derivatives(layer, x, mode, rng, n_probe=3, f=None):
     jtv = layer.vjp(cache, v)
     assert ju.shape == y.shape and jtv.shape == x.shape
     assert rel_err(ju, fd) < FD_RTOL, f"jvp vs finite differences: {rel_err(ju, fd):.2e}"
-    assert rel_err(np.vdot(v, ju), np.vdot(jtv, u)) < ADJOINT_RTOL, "vjp is not the adjoint of jvp"
-    assert rel_err(np.vdot(jtv, u), np.vdot(v, fd)) < FD_RTOL, "vjp vs finite differences"
+    scale = np.linalg.norm(v) * np.linalg.norm(ju) + np.linalg.norm(jtv) * np.linalg.norm(u)
+    assert dot_err(np.vdot(v, ju), np.vdot(jtv, u), scale) < ADJOINT_RTOL, "vjp is not the adjoint of jvp"
+    assert dot_err(np.vdot(jtv, u), np.vdot(v, fd), scale) < FD_RTOL, "vjp vs finite differences"
 
     # leading probe axes: (2, n_probe, B, ...) signals give the stacked single-signal answers
     U = rng.standard_normal((2, n_probe) + x.shape)
@@ -84,7 +92,8 @@ def check_param_derivatives(layer, x, mode, rng):
         dp = rng.standard_normal(p.shape)
         assert grads[name].shape == p.shape
         tangent = layer.param_jvp(cache, {name: dp})
-        assert rel_err(np.vdot(v, tangent), np.vdot(grads[name], dp)) < ADJOINT_RTOL, f"param_jvp/grad adjoint {name}"
+        scale = np.linalg.norm(v) * np.linalg.norm(tangent) + np.linalg.norm(grads[name]) * np.linalg.norm(dp)
+        assert dot_err(np.vdot(v, tangent), np.vdot(grads[name], dp), scale) < ADJOINT_RTOL, f"param adjoint {name}"
         keep = p.copy()
         p += FD_STEP * dp
         y_plus = layer.forward(x, mode)[0]
