@@ -6,6 +6,8 @@ sample) and an activation derivative ``d`` of shape ``(B, n)``:
     scale_sq_norms(v, d, out=None) -> (v * d, n_in, n_out)   n_in[b] = sum_{i,j} v[i,b,j]^2, n_out likewise
     sq_norms(v)                    -> n                       n[b] = sum_{i,j} v[i,b,j]^2  (float64, shape (B,))
 
+and the batch-norm pullback with batch statistics, ``batch_standardize_vjp(g, y, sigma)`` (see ``cpu``).
+
 Which implementation runs (``set_cpu_kernels``, or the environment variable ``NABLAX_KERNELS``):
 
     "auto" (default)  Numba for NumPy arrays of at least ``AUTO_MIN_ELEMENTS`` entries (where it measurably
@@ -23,12 +25,14 @@ import contextlib
 import os
 from typing import Any, Iterator
 
-from ..backend import numba_available
+from ..backend import NUMPY, numba_available
 from . import cpu
 
+_NDARRAY = NUMPY.xp.ndarray
+
 CPU_KERNELS = ("auto", "numba", "numpy")
-AUTO_MIN_ELEMENTS = 1 << 15
-_setting = {"cpu": os.environ.get("NABLAX_KERNELS", "auto")}
+AUTO_MIN_ELEMENTS = 1 << 13
+_setting: dict[str, Any] = {"cpu": os.environ.get("NABLAX_KERNELS", "auto")}
 if _setting["cpu"] not in CPU_KERNELS:  # a bad environment value must not break the import
     _setting["cpu"] = "auto"
 
@@ -57,15 +61,15 @@ def use_cpu_kernels(name: str) -> Iterator[None]:
 
 
 def _numba_takes(*arrays: Any) -> bool:
+    """Numba runs when the setting allows it and the arrays are C-contiguous NumPy float32/64 of one dtype."""
     mode = _setting["cpu"]
-    if mode == "numpy" or not numba_available():
+    if mode == "numpy" or (mode == "auto" and arrays[0].size < AUTO_MIN_ELEMENTS):
         return False
-    if not all(type(a).__module__ == "numpy" and a.flags.c_contiguous for a in arrays):
+    dtype = arrays[0].dtype
+    if dtype.char not in "fd" or not all(type(a) is _NDARRAY and a.dtype == dtype and a.flags.c_contiguous
+                                         for a in arrays):
         return False
-    dtypes = {a.dtype.name for a in arrays}
-    if len(dtypes) != 1 or dtypes.pop() not in ("float32", "float64"):
-        return False
-    return mode == "numba" or arrays[0].size >= AUTO_MIN_ELEMENTS
+    return numba_available()
 
 
 def scale_sq_norms(v: Any, d: Any, out: Any | None = None) -> tuple[Any, Any, Any]:
@@ -73,6 +77,13 @@ def scale_sq_norms(v: Any, d: Any, out: Any | None = None) -> tuple[Any, Any, An
     if _numba_takes(v, d) and (out is None or _numba_takes(out)):
         return cpu.scale_sq_norms_numba(v, d, out)
     return cpu.scale_sq_norms_reference(v, d, out)
+
+
+def batch_standardize_vjp(g: Any, y: Any, sigma: Any) -> Any:
+    """(g - mean_b(g) - y mean_b(g y)) / sigma over the batch axis of g (k, B, d); y (B, d), sigma (1, d)."""
+    if _numba_takes(g, y):
+        return cpu.batch_standardize_vjp_numba(g, y, sigma)
+    return cpu.batch_standardize_vjp_reference(g, y, sigma)
 
 
 def sq_norms(v: Any) -> Any:
@@ -83,4 +94,4 @@ def sq_norms(v: Any) -> Any:
 
 
 __all__ = ["CPU_KERNELS", "AUTO_MIN_ELEMENTS", "set_cpu_kernels", "cpu_kernels", "use_cpu_kernels",
-           "scale_sq_norms", "sq_norms"]
+           "scale_sq_norms", "sq_norms", "batch_standardize_vjp"]

@@ -7,23 +7,32 @@ sample) back through the network. Between two matrix products it multiplies by a
     scale_sq_norms   out = v * d,   n_in[b] = sum_{i,j} v[i,b,j]^2,   n_out[b] = sum_{i,j} out[i,b,j]^2
     sq_norms         n[b] = sum_{i,j} v[i,b,j]^2
 
+and, for batch norm with batch statistics (y the standardised batch (B, n), sigma its per-feature scale):
+
+    batch_standardize_vjp   out = (v - mean_b(v) - y * mean_b(v * y)) / sigma     (means over the batch axis)
+
 NumPy needs three passes over v for the first (a multiply and two reductions); the Numba kernel reads v once,
-writes out once. ``out`` may be ``v`` itself, but a separate ``out`` is faster (no aliasing, so the loop vectorises).
+writes out once. ``out`` may be ``v`` itself (the sweep works in place: no fresh buffer to fault in).
 Norms are accumulated and returned in float64.
 
 Numba is imported lazily through ``nablax.backend.numba_module()``; without it ``compiled()`` is None and the
 callers (``nablax.kernels``) use the NumPy references. Kernels compile on first use (and are cached on disk).
+They are written with ``prange`` but compiled serial by default: on 2 cores, a parallel kernel between two
+multi-threaded BLAS products measured no faster (its thread pool and the BLAS's compete); set the environment
+variable ``NABLAX_NUMBA_PARALLEL=1`` before the first call to compile them parallel.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 from ..backend import array_module, numba_module
 
 Array = Any
-PARALLEL = __import__("os").environ.get("NABLAX_NUMBA_PARALLEL", "0") == "1"
+SAMPLE_BLOCK = 64  # samples per prange iteration (one scratch row each)
+PARALLEL = os.environ.get("NABLAX_NUMBA_PARALLEL", "0") == "1"
 
 
 # --- NumPy references (any array module) -----------------------------------------------------------------
@@ -43,6 +52,14 @@ def scale_sq_norms_reference(v: Array, d: Array, out: Array | None = None) -> tu
     return out, n_in, sq_norms_reference(out)
 
 
+def batch_standardize_vjp_reference(g: Array, y: Array, sigma: Array) -> Array:
+    """The batch-norm pullback with batch statistics, over the batch axis of g (k, B, d):
+    (g - mean_b(g) - y * mean_b(g * y)) / sigma, with y (B, d) and sigma (1, d) (``layers.norm.standardize_vjp``)."""
+    from ..layers.norm import standardize_vjp  # noqa: PLC0415 (layers import this package)
+
+    return standardize_vjp(g, y, sigma, (-2,))
+
+
 # --- Numba -----------------------------------------------------------------------------------------------
 
 
@@ -53,24 +70,29 @@ def compiled() -> Any | None:
     if numba is None:
         return None
     njit, prange = numba.njit, numba.prange
+    np = __import__("numpy")  # inside compiled code only (numba needs the module object for np.empty)
 
-    @njit(parallel=PARALLEL, fastmath=True, cache=True)
+    @njit(parallel=PARALLEL, fastmath=True, cache=True, nogil=True)
     def scale_sq_norms(v, d, out, n_in, n_out):  # pragma: no cover - compiled
         k, b, n = v.shape
-        for s in prange(b):
-            acc_in = 0.0
-            acc_out = 0.0
-            for i in range(k):
-                for j in range(n):
-                    x = v[i, s, j]
-                    y = x * d[s, j]
-                    out[i, s, j] = y
-                    acc_in += x * x
-                    acc_out += y * y
-            n_in[s] = acc_in
-            n_out[s] = acc_out
+        for blk in prange((b + SAMPLE_BLOCK - 1) // SAMPLE_BLOCK):
+            row = np.empty(n, dtype=v.dtype)  # a private copy of one row: out may be v, and the loop below
+            for s in range(blk * SAMPLE_BLOCK, min(b, (blk + 1) * SAMPLE_BLOCK)):  # must not read an alias of
+                acc_in = 0.0                                                        # out, or it will not vectorise
+                acc_out = 0.0
+                for i in range(k):
+                    for j in range(n):
+                        row[j] = v[i, s, j]
+                    for j in range(n):
+                        x = row[j]
+                        y = x * d[s, j]
+                        out[i, s, j] = y
+                        acc_in += x * x
+                        acc_out += y * y
+                n_in[s] = acc_in
+                n_out[s] = acc_out
 
-    @njit(parallel=PARALLEL, fastmath=True, cache=True)
+    @njit(parallel=PARALLEL, fastmath=True, cache=True, nogil=True)
     def sq_norms(v, n_out):  # pragma: no cover - compiled
         k, b, n = v.shape
         for s in prange(b):
@@ -81,11 +103,29 @@ def compiled() -> Any | None:
                     acc += x * x
             n_out[s] = acc
 
+    @njit(parallel=PARALLEL, fastmath=True, cache=True, nogil=True)
+    def batch_standardize_vjp(g, y, inv_sigma, out):  # pragma: no cover - compiled
+        k, b, n = g.shape
+        for i in prange(k):
+            m1 = np.zeros(n)  # mean over the batch of g, and of g * y (float64 sums)
+            m2 = np.zeros(n)
+            for s in range(b):
+                for j in range(n):
+                    x = g[i, s, j]
+                    m1[j] += x
+                    m2[j] += x * y[s, j]
+            for j in range(n):
+                m1[j] /= b
+                m2[j] /= b
+            for s in range(b):
+                for j in range(n):
+                    out[i, s, j] = (g[i, s, j] - m1[j] - y[s, j] * m2[j]) * inv_sigma[j]
+
     class Kernels:
         pass
 
     ns = Kernels()
-    ns.scale_sq_norms, ns.sq_norms = scale_sq_norms, sq_norms
+    ns.scale_sq_norms, ns.sq_norms, ns.batch_standardize_vjp = scale_sq_norms, sq_norms, batch_standardize_vjp
     return ns
 
 
@@ -105,3 +145,14 @@ def sq_norms_numba(v: Array) -> Array:
     n = array_module(v).empty(v.shape[1], dtype="float64")
     compiled().sq_norms(v, n)
     return n
+
+
+def batch_standardize_vjp_numba(g: Array, y: Array, sigma: Array) -> Array:
+    """The fused batch-norm pullback: same contract as ``batch_standardize_vjp_reference`` (NumPy arrays only);
+    two passes over g (the two batch means, then the output) instead of about eight."""
+    xp = array_module(g, y)
+    out = xp.empty(g.shape, dtype=g.dtype)
+    inv_sigma = (1.0 / sigma.reshape(-1)).astype(g.dtype)
+    compiled().batch_standardize_vjp(g, y, inv_sigma, out)
+    return out
+

@@ -50,7 +50,7 @@ class Dense(Layer):
     def forward(self, x: Array, mode: Mode = Mode()) -> tuple[Array, Cache]:
         y = x @ self.W
         if self.b is not None:
-            y = y + self.b
+            y += self.b  # y is a fresh product: add in place
         return y, Cache(x=x)
 
     def vjp(self, cache: Cache, dy: Array) -> Array:

@@ -1,0 +1,191 @@
+"""Fused kernels (nablax.kernels) against their NumPy references, and the sweeps that use them.
+
+Every Numba kernel is compared with its reference on random inputs (float64 to rounding, float32 to its own
+precision), in place and out of place; the dispatcher's settings and its fallback without Numba are checked;
+and the sweep's structural shortcuts (only the seeds a final rectifier lets through) are checked against the
+plain sweep and the explicit Jacobians.
+"""
+
+import numpy as np
+import pytest
+
+import nablax
+from gradcheck import check_layer_derivatives, rel_err
+from nablax import kernels
+from nablax.backend import numba_available
+from nablax.kernels import cpu
+from nablax.layers import BatchNorm
+from nablax.layers.base import Mode
+
+needs_numba = pytest.mark.skipif(not numba_available(), reason="needs numba")
+TOL = {np.float64: 1e-12, np.float32: 1e-5}
+SHAPES = [(1, 1, 1), (3, 5, 7), (1, 130, 9), (17, 2, 33)]  # k probes, B samples, n entries; B > SAMPLE_BLOCK too
+
+
+def _data(shape, dtype, rng):
+    v = rng.standard_normal(shape).astype(dtype)
+    d = rng.standard_normal(shape[1:]).astype(dtype)
+    return v, d
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_scale_sq_norms_numba_matches_reference(shape, dtype, rng):
+    v, d = _data(shape, dtype, rng)
+    want_out, want_in, want_n = cpu.scale_sq_norms_reference(v, d)
+    assert want_out.dtype == dtype and want_in.dtype == np.float64
+    assert rel_err(want_in, (v.astype(float) ** 2).sum(axis=(0, 2))) < 1e-12  # the reference is what it says
+    out, n_in, n_out = cpu.scale_sq_norms_numba(v, d)
+    assert out.dtype == dtype and n_in.shape == (shape[1],) and n_out.dtype == np.float64
+    assert rel_err(out, want_out) < TOL[dtype]
+    assert rel_err(n_in, want_in) < TOL[dtype] and rel_err(n_out, want_n) < TOL[dtype]
+    inplace = v.copy()
+    out2, n_in2, n_out2 = cpu.scale_sq_norms_numba(inplace, d, out=inplace)
+    assert out2 is inplace and rel_err(inplace, want_out) < TOL[dtype]
+    assert rel_err(n_in2, want_in) < TOL[dtype] and rel_err(n_out2, want_n) < TOL[dtype]
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_sq_norms_numba_matches_reference(shape, dtype, rng):
+    v, _ = _data(shape, dtype, rng)
+    want = cpu.sq_norms_reference(v)
+    assert rel_err(want, (v.astype(float) ** 2).sum(axis=(0, 2))) < 1e-12
+    assert rel_err(cpu.sq_norms_numba(v), want) < TOL[dtype]
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(1, 3, 1), (3, 6, 4), (2, 70, 5)])
+def test_batch_standardize_vjp_numba_matches_reference(shape, dtype, rng):
+    g, _ = _data(shape, dtype, rng)
+    z = rng.standard_normal(shape[1:])
+    y = ((z - z.mean(0)) / z.std(0)).astype(dtype)
+    sigma = rng.uniform(0.5, 2.0, (1, shape[2])).astype(dtype)
+    want = cpu.batch_standardize_vjp_reference(g, y, sigma)
+    # the reference by hand: (g - mean_b g - y mean_b(g y)) / sigma
+    by_hand = (g - g.mean(axis=1, keepdims=True) - y * (g * y).mean(axis=1, keepdims=True)) / sigma
+    assert rel_err(want, by_hand) < TOL[dtype]
+    got = cpu.batch_standardize_vjp_numba(g, y, sigma)
+    assert got.dtype == dtype and rel_err(got, want) < 10 * TOL[dtype]
+
+
+@needs_numba
+def test_batchnorm_through_the_numba_kernel_passes_the_derivative_checks(rng):
+    """With batch statistics, BatchNorm.vjp/jvp take the fused kernel under the "numba" setting; the dot-product
+    and finite-difference tests must still hold, with and without probe axes."""
+    layer = BatchNorm.create(5)
+    x = rng.standard_normal((7, 5)) * 2 + 1
+    with kernels.use_cpu_kernels("numba"):
+        check_layer_derivatives(layer, x, Mode(train=True), rng)
+
+
+def test_dispatcher_settings():
+    assert kernels.cpu_kernels() in kernels.CPU_KERNELS
+    with pytest.raises(ValueError):
+        kernels.set_cpu_kernels("fortran")
+    before = kernels.cpu_kernels()
+    with kernels.use_cpu_kernels("numpy"):
+        assert kernels.cpu_kernels() == "numpy"
+    assert kernels.cpu_kernels() == before
+
+
+def test_numpy_setting_and_missing_numba_use_the_reference(rng, monkeypatch):
+    """With "numpy", or without Numba, the compiled kernels are never called, and the answers do not change."""
+    v, d = _data((4, 3, 5), np.float64, rng)
+    want = cpu.scale_sq_norms_reference(v, d)
+
+    def boom():
+        raise AssertionError("the compiled kernels must not run here")
+
+    monkeypatch.setattr(cpu, "compiled", boom)
+    with kernels.use_cpu_kernels("numpy"):
+        got = kernels.scale_sq_norms(v, d)
+    monkeypatch.setattr(kernels, "numba_available", lambda: False)
+    with kernels.use_cpu_kernels("numba"):
+        got2 = kernels.scale_sq_norms(v, d)
+        assert rel_err(kernels.sq_norms(v), want[1]) < 1e-14
+    for a, b in zip(got + got2, want + want):
+        assert rel_err(a, b) < 1e-14
+
+
+def test_non_contiguous_or_mixed_arrays_fall_back(rng):
+    v, d = _data((4, 3, 5), np.float64, rng)
+    with kernels.use_cpu_kernels("numba"):
+        assert not kernels._numba_takes(v[:, :, ::2], d[:, ::2])  # strided
+        assert not kernels._numba_takes(v, d.astype(np.float32))  # mixed dtypes
+        assert not kernels._numba_takes(v.astype(np.int64), d)
+        out, n_in, _ = kernels.scale_sq_norms(v[:, :, ::2], d[:, ::2])
+    assert rel_err(out, v[:, :, ::2] * d[:, ::2]) < 1e-15
+    assert rel_err(n_in, (v[:, :, ::2] ** 2).sum(axis=(0, 2))) < 1e-14
+
+
+# --- the sweeps ---------------------------------------------------------------------------------------
+
+
+def _explicit_sq_norms(tr):
+    """||J_{out<-p}||_F^2 per sample from explicit per-sample Jacobians (one jacobian call per position)."""
+    return np.stack([(tr.jacobian(p) ** 2).reshape(tr.batch_size, -1).sum(axis=1) for p in range(len(tr.values))])
+
+
+@pytest.mark.parametrize("mode", ["numpy", "numba"])
+@pytest.mark.parametrize("name", ["ReLU", "tanh", "layer-ReLU", "SeLU"])
+def test_sweep_matches_explicit_jacobians_with_either_kernel(name, mode, rng):
+    if mode == "numba" and not numba_available():
+        pytest.skip("needs numba")
+    net = nablax.build(name, depth=3, width=6, in_dim=4, seed=5)
+    tr = net.forward(rng.standard_normal((9, 4)))
+    want = _explicit_sq_norms(tr)
+    with kernels.use_cpu_kernels(mode):
+        got = tr.jacobian_sq_norms(max_elements=40)  # several chunks
+        got_one = tr.jacobian_sq_norms()
+    assert rel_err(got, want) < 1e-12 and rel_err(got_one, want) < 1e-12
+
+
+def test_rectifier_output_drops_dead_seeds(rng):
+    """A ReLU net ends in a ReLU: its live-seed plan keeps fewer than d seeds per sample, and the sweep and the
+    Jacobian built from those seeds equal the ones built from all d unit seeds (pulled back one by one)."""
+    net = nablax.build("ReLU", depth=4, width=8, in_dim=3, seed=2)
+    tr = net.forward(rng.standard_normal((6, 3)))
+    dst = len(tr.values) - 1
+    d2, units = tr._live_seed_plan(dst, 0)
+    assert units.shape[1] < 8 and (d2 != 0).sum(axis=1).max() == units.shape[1]
+    full = np.stack([tr.pullback(np.tile(np.eye(8)[j], (6, 1))) for j in range(8)], axis=1)  # (B, 8, 3)
+    assert rel_err(tr.jacobian(), full) < 1e-13
+    assert rel_err(tr.jacobian_sq_norms(), _explicit_sq_norms(tr)) < 1e-12
+
+
+def test_all_outputs_dead_gives_zero_jacobians():
+    """If the final ReLU is off everywhere, every Jacobian below the output is exactly zero."""
+    net = nablax.build("ReLU", depth=2, width=4, in_dim=3, seed=0)
+    net.layers[-2].b[...] = -1e6  # the last Dense's bias kills every unit
+    tr = net.forward(np.ones((5, 3)))
+    assert tr._live_seed_plan(len(tr.values) - 1, 0)[1].shape[1] == 0
+    sq = tr.jacobian_sq_norms()
+    assert np.all(sq[-1] == 4) and np.all(sq[:-1] == 0)
+    assert np.all(tr.jacobian() == 0) and tr.jacobian().shape == (5, 4, 3)
+
+
+@pytest.mark.parametrize("mode", ["numpy", "numba"])
+def test_batch_level_sweep_with_live_seeds_matches_explicit(mode, rng):
+    """batch-ReLU with batch statistics: the batch-level norms from the live seeds only equal the squared norms
+    of the explicit batch-level Jacobians."""
+    if mode == "numba" and not numba_available():
+        pytest.skip("needs numba")
+    net = nablax.build("batch-ReLU", depth=2, width=5, in_dim=3, seed=4)
+    tr = net.forward(rng.standard_normal((6, 3)))
+    assert tr.couples_batch
+    want = np.array([(tr.jacobian(p) ** 2).sum() for p in range(len(tr.values))])
+    with kernels.use_cpu_kernels(mode):
+        got = tr.batch_jacobian_sq_norms(max_elements=30)
+    assert rel_err(got, want) < 1e-12
+
+
+def test_float32_sweep_agrees_with_float64(rng):
+    x = rng.standard_normal((5, 4))
+    nets = {dt: nablax.build("tanh", depth=3, width=6, in_dim=4, seed=1, dtype=dt) for dt in ("float64", "float32")}
+    a = nets["float64"].forward(x).jacobian_sq_norms()
+    b = nets["float32"].forward(x.astype(np.float32)).jacobian_sq_norms()
+    assert b.dtype == np.float32 and rel_err(a, b) < 1e-5
