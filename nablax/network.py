@@ -494,9 +494,10 @@ class Trace:
     def _sweep_sq_norms(self, dst: int, src: int, per_sample: bool, max_elements: int) -> Array:
         """Squared norms of the identity-seeded sweep from dst: per sample (n_pos, B), or batch-level (n_pos,).
 
-        Batch-level seeds e_(b,j) first meet the layer before dst; when that layer is diagonal (an activation,
-        dy * phi'(z)) they leave it as phi'(z_bj) e_(b,j), so only the seeds with phi'(z_bj) != 0 are pulled
-        further (about half of them after a ReLU): fewer FLOPs, the same exact norms.
+        Unit seeds first meet the layer before dst; when that layer is diagonal (an activation, dy * phi'(z)) a
+        seed e_(b,j) leaves it as phi'(z_bj) e_(b,j), so only the seeds with phi'(z_bj) != 0 are pulled further:
+        batch-level, exactly those (about half after a ReLU); per sample, the most any sample has, each sample's
+        own units (``_live_seed_plan``). Fewer FLOPs, the same exact norms. Chunks: ``_chunk``.
         """
         xp = self.xp
         b = self.batch_size
