@@ -119,6 +119,36 @@ def resolve_dtype(dtype: Any) -> numpy.dtype:
     return dt
 
 
+# --- the C allocator ----------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def tune_allocator(trim_threshold: int = 512 << 20, mmap_threshold: int = 32 << 20) -> bool:
+    """Keep freed heap memory in the process instead of handing it back to the OS at once (glibc only).
+
+    A forward pass keeps every layer's activations alive in its Trace and frees them all together when the trace
+    goes. With glibc's defaults that memory is returned to the OS (trimmed, or unmapped for blocks over 128 KiB)
+    and the next pass page-faults it back in: measured on a 50-layer width-100 MLP with a 3072-dim input at batch
+    128, one training step took 39.6 ms with the defaults and 22.0 ms with these thresholds (median of 21, one
+    core; see BENCHMARKS.md). The cost: up to ``trim_threshold`` of freed heap stays resident. Runs once, when
+    nablax is imported; set NABLAX_MALLOC_TUNING=0 to leave the allocator alone. Returns True if it applied.
+    """
+    import ctypes
+    import ctypes.util
+    import os
+    import sys
+
+    if os.environ.get("NABLAX_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_TRIM_THRESHOLD, trim_threshold)) and bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold))
+
+
 # --- Numba ---------------------------------------------------------------------------------------------
 
 

@@ -189,3 +189,18 @@ def test_float32_sweep_agrees_with_float64(rng):
     a = nets["float64"].forward(x).jacobian_sq_norms()
     b = nets["float32"].forward(x.astype(np.float32)).jacobian_sq_norms()
     assert b.dtype == np.float32 and rel_err(a, b) < 1e-5
+
+
+def test_allocator_tuning_is_optional_and_harmless():
+    """Importing nablax tunes glibc's allocator (a speed setting only); NABLAX_MALLOC_TUNING=0 leaves it alone."""
+    import subprocess
+    import sys
+
+    code = "import nablax, sys; from nablax.backend import tune_allocator; sys.exit(0 if tune_allocator() in (True, False) else 1)"
+    for value in ("0", "1"):
+        env = {**__import__("os").environ, "NABLAX_MALLOC_TUNING": value}
+        assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+    off = subprocess.run([sys.executable, "-c", "import nablax; from nablax.backend import tune_allocator; "
+                          "print(tune_allocator())"], env={**__import__("os").environ, "NABLAX_MALLOC_TUNING": "0"},
+                         capture_output=True, text=True)
+    assert off.stdout.strip() == "False"
