@@ -388,11 +388,12 @@ class Trace:
             pass
         return u
 
-    def backward(self, cotangent: Array) -> tuple[Array, dict[str, Array]]:
+    def backward(self, cotangent: Array, *, input_grad: bool = True) -> tuple[Array | None, dict[str, Array]]:
         """Input cotangent and every parameter gradient (named as in ``Network.named_params``) for a
-        cotangent of shape ``(B, *out_shape)`` at the output."""
+        cotangent of shape ``(B, *out_shape)`` at the output. ``input_grad=False`` skips the input cotangent
+        (returned as None): a training step does not need it, and for a wide input it is a large GEMM."""
         self._check_signal(cotangent, len(self.values) - 1, "cotangent")
-        dx, grads = backward_chain(self.network.layers, self.caches, cotangent)
+        dx, grads = backward_chain(self.network.layers, self.caches, cotangent, input_grad)
         return dx, {f"{i}.{k}": v for i, g in enumerate(grads) for k, v in g.items()}
 
     # -- exact Jacobians ------------------------------------------------------------------------------

@@ -207,7 +207,7 @@ class Trainer:
         tr = self.net.forward(x, train=True, update_stats=update_stats)
         e = self.loss.value(tr.output, y)
         g = self.loss.grad(tr.output, y)
-        _, grads = tr.backward(g)
+        _, grads = tr.backward(g, input_grad=False)
         return e, grads, tr, g
 
     def train_step(self, x: Any, y: Any) -> float:

@@ -552,7 +552,7 @@ def job_train(size: dict, dtype: str) -> list[dict]:
 
                 def run():
                     tr = net.forward(x, train=True)
-                    _, grads = tr.backward(loss.grad(tr.output, y))
+                    _, grads = tr.backward(loss.grad(tr.output, y), input_grad=False)
                     opt.step(net.named_params(), grads)
                     return ctx.sync(net.named_params())
 

@@ -123,6 +123,8 @@ def test_network_param_grads_against_fd(name, rng):
     loss = SoftmaxCrossEntropy()
     tr = net.forward(x)
     _, grads = tr.backward(loss.grad(tr.output, y))
+    dx, same = tr.backward(loss.grad(tr.output, y), input_grad=False)  # the training path skips dE/dx
+    assert dx is None and all(np.array_equal(same[k], grads[k]) for k in grads)
     params = net.named_params()
     assert set(grads) == set(params)
     for k, p in params.items():

@@ -140,12 +140,18 @@ def jvp_chain(layers: list[Layer], caches: list[Cache], dx: Array) -> Array:
     return dx
 
 
-def backward_chain(layers: list[Layer], caches: list[Cache], dy: Array) -> tuple[Array, list[dict[str, Array]]]:
-    """Input cotangent and each layer's parameter gradients, in forward order."""
+def backward_chain(layers: list[Layer], caches: list[Cache], dy: Array,
+                   input_grad: bool = True) -> tuple[Array | None, list[dict[str, Array]]]:
+    """Input cotangent and each layer's parameter gradients, in forward order. ``input_grad=False`` skips the
+    first layer's vjp (a training step never uses it) and returns None for the input cotangent."""
     grads = []
-    for layer, cache in zip(reversed(layers), reversed(caches)):
-        dy, g = layer.backward(cache, dy)
-        grads.append(g)
+    for i, (layer, cache) in enumerate(zip(reversed(layers), reversed(caches))):
+        if not input_grad and i == len(layers) - 1:
+            grads.append(layer.param_grads(cache, dy))
+            dy = None
+        else:
+            dy, g = layer.backward(cache, dy)
+            grads.append(g)
     return dy, grads[::-1]
 
 
