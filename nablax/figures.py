@@ -87,6 +87,14 @@ def save_figure(fig: Any, record: FigureRecord, out: str | Path, name: str) -> t
     return png, js
 
 
+def blas_threads(quick: bool) -> Any:
+    """A context for a figure's computation: one BLAS thread for ``--quick`` runs (their matrices are small, and
+    extra threads on 2 busy cores mostly wait), the library's default otherwise."""
+    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
+
+    return threadpool_limits(1 if quick else None)
+
+
 def config_key(config: dict[str, Any]) -> str:
     """A stable short hash of a JSON-able configuration."""
     return hashlib.sha256(json.dumps(_plain(config), sort_keys=True).encode()).hexdigest()[:16]

@@ -397,12 +397,12 @@ class Trace:
         return dx, {f"{i}.{k}": v for i, g in enumerate(grads) for k, v in g.items()}
 
     # -- exact Jacobians ------------------------------------------------------------------------------
-    def _probe_chunks(self, n_probes: int, max_elements: int, widest: int) -> Iterator[slice]:
+    def probe_chunks(self, n_probes: int, max_elements: int, widest: int) -> Iterator[slice]:
         step = max(1, max_elements // max(1, widest))
         for start in range(0, n_probes, step):
             yield slice(start, min(n_probes, start + step))
 
-    def _identity_seeds(self, p: int, rows: slice, per_sample: bool) -> Array:
+    def identity_seeds(self, p: int, rows: slice, per_sample: bool) -> Array:
         """One-hot probes at position p: ``e_j`` in every sample at once (per_sample) or ``e_(b, j)`` (batch-level)."""
         xp, shape = self.xp, tuple(self.values[p].shape)
         b, d = shape[0], flat_size(shape[1:])
@@ -447,7 +447,7 @@ class Trace:
         plan = self._live_seed_plan(dst, src) if method == "vjp" and not batch_level else None
         if plan is not None:  # rows of J that a final rectifier zeroes are not computed
             j = xp.zeros((b, d_dst, d_src), dtype=self.values[0].dtype)
-            for rows in self._probe_chunks(plan[1].shape[1], self._chunk(max_elements), widest):
+            for rows in self.probe_chunks(plan[1].shape[1], self._chunk(max_elements), widest):
                 seeds, units = self._live_seeds(plan, rows, dst - 1)
                 sig = self._pull_chunk(seeds, dst - 1, src)
                 j[xp.arange(b)[None, :], units.T] = sig.reshape(rows.stop - rows.start, b, d_src)
@@ -455,8 +455,8 @@ class Trace:
         seed_pos, n_per = (dst, d_dst) if method == "vjp" else (src, d_src)
         n_seeds = n_per if not batch_level else b * n_per
         out_flat = xp.empty((n_seeds, b * (d_src if method == "vjp" else d_dst)), dtype=self.values[0].dtype)
-        for rows in self._probe_chunks(n_seeds, self._chunk(max_elements), widest):
-            seeds = self._identity_seeds(seed_pos, rows, per_sample=not batch_level)
+        for rows in self.probe_chunks(n_seeds, self._chunk(max_elements), widest):
+            seeds = self.identity_seeds(seed_pos, rows, per_sample=not batch_level)
             sig = self._pull_chunk(seeds, dst, src) if method == "vjp" else self.pushforward(seeds, src, dst)
             out_flat[rows] = sig.reshape(rows.stop - rows.start, -1)
         if not batch_level:
@@ -516,7 +516,7 @@ class Trace:
             start, n_seeds = dst, (d_dst if per_sample else b * d_dst)
 
             def seeds_for(rows: slice) -> Array:
-                return self._identity_seeds(dst, rows, per_sample)
+                return self.identity_seeds(dst, rows, per_sample)
         else:  # batch-level: only the (b, j) that the final diagonal layer lets through
             acc[dst - src] = d_dst  # b * d_dst unit seeds at dst
             scale = diag.reshape(-1)
@@ -529,7 +529,7 @@ class Trace:
                 seeds[xp.arange(idx.size), idx] = scale[idx]
                 return seeds.reshape((idx.size,) + tuple(diag.shape))
 
-        for rows in self._probe_chunks(n_seeds, self._chunk(max_elements), self._widest(src, dst)):
+        for rows in self.probe_chunks(n_seeds, self._chunk(max_elements), self._widest(src, dst)):
             self._pull_chunk(seeds_for(rows), start, src, acc)
         out = acc.astype(self.values[0].dtype)
         return out if per_sample else out.sum(axis=1)

@@ -103,8 +103,8 @@ def _seed_chunks(trace: Trace, p: int, exact: bool, coupled: bool, n_probes: int
         yield trace.xp.asarray(v, dtype=trace.values[p].dtype)
         return
     n = trace.values[p].size if coupled else trace.values[p][0].size
-    for rows in trace._probe_chunks(n, DEFAULT_MAX_ELEMENTS, int(trace.values[p].size)):
-        yield trace._identity_seeds(p, rows, per_sample=not coupled)
+    for rows in trace.probe_chunks(n, DEFAULT_MAX_ELEMENTS, int(trace.values[p].size)):
+        yield trace.identity_seeds(p, rows, per_sample=not coupled)
 
 
 def block_dilution(trace: Trace, p: int, *, method: str = "auto", n_probes: int = 16, rng: Any = None,

@@ -33,13 +33,8 @@ from typing import Any
 
 import numpy
 
-try:  # installed with scikit-learn; only a speed-up
-    from threadpoolctl import threadpool_limits
-except ImportError:  # pragma: no cover
-    from contextlib import nullcontext as threadpool_limits
-
 from nablax.data import DataUnavailable, load_cifar10
-from nablax.figures import FigureRecord, figure_args, save_figure
+from nablax.figures import FigureRecord, blas_threads, figure_args, save_figure
 from nablax.train import figure_runs
 
 NAMES = ["batch-ReLU", "layer-tanh", "batch-tanh", "SeLU"]
@@ -133,8 +128,7 @@ def main(argv: list[str] | None = None, overrides: dict[str, Any] | None = None)
         except DataUnavailable as err:
             print(f"fig2 without --quick trains on CIFAR-10, which is not available here: {err}", file=sys.stderr)
             return 2
-    # the quick nets are tiny: one BLAS thread is faster than several fighting over busy cores
-    with threadpool_limits(1 if args.quick else None):
+    with blas_threads(args.quick):
         runs, proto = figure_runs(NAMES, os.path.join(args.out, "fig2_runs"), quick=args.quick, seed=args.seed,
                                   cifar=cifar, executor=extra.executor, scheduler=extra.scheduler, overrides=overrides)
     rec = build_record(runs, settings_for(args, proto, runs))

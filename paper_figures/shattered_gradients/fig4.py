@@ -17,7 +17,6 @@ under DIR/.cache, so an interrupted run resumes.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 
@@ -26,10 +25,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402  (installed with scikit-learn)
 
 from nablax.architectures import convnet  # noqa: E402
-from nablax.figures import FigureRecord, cached, figure_args, save_figure  # noqa: E402
+from nablax.figures import FigureRecord, blas_threads, cached, figure_args, save_figure  # noqa: E402
 from nablax.metrics.minibatch_gradients import (  # noqa: E402
     GRAD_TARGETS,
     effective_rank,
@@ -93,8 +91,7 @@ def measure(family: str, depth: int, x: numpy.ndarray, y: numpy.ndarray, s: dict
 def main(argv: list[str] | None = None) -> None:
     extra, rest = extra_args(argv)
     args = figure_args(__doc__.split("\n\n")[0], rest, default_out="figures/shattered_gradients")
-    # --quick multiplies small matrices, where a multi-threaded BLAS on a busy machine mostly waits: use one thread
-    with threadpool_limits(1) if args.quick else contextlib.nullcontext():
+    with blas_threads(args.quick):
         run(args, extra)
 
 

@@ -16,7 +16,6 @@ where there is time (a GPU backend is not wired into the training loop yet).
 from __future__ import annotations
 
 import argparse
-import contextlib
 from pathlib import Path
 
 import matplotlib
@@ -24,10 +23,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402  (installed with scikit-learn)
 
 import nablax  # noqa: E402
-from nablax.figures import FigureRecord, figure_args, save_figure  # noqa: E402
+from nablax.figures import FigureRecord, blas_threads, figure_args, save_figure  # noqa: E402
 from nablax.train import TrainConfig, dataset_for  # noqa: E402
 
 MODELS = {"CReLU LL": "conv-crelu-ll", "CReLU unmirrored": "conv-crelu-unmirrored", "ReLU": "conv-relu",
@@ -63,8 +61,7 @@ def test_accuracy(run_dir: str, x: numpy.ndarray, y: numpy.ndarray, batch: int =
 def main(argv: list[str] | None = None) -> None:
     extra, rest = extra_args(argv)
     args = figure_args(__doc__.split("\n\n")[0], rest, default_out="figures/shattered_gradients")
-    # --quick multiplies small matrices, where a multi-threaded BLAS on a busy machine mostly waits: use one thread
-    with threadpool_limits(1) if args.quick else contextlib.nullcontext():
+    with blas_threads(args.quick):
         run(args, extra)
 
 
