@@ -26,12 +26,14 @@ from .backend import Backend, array_module, backend_of
 from . import kernels
 from .layers.activations import Elementwise, PReLU
 from .layers.base import LAYER_KINDS, Array, Cache, Layer, Mode, backward_chain, flat_size, forward_chain, iter_leaves
+from .layers.linear import Dense
 from .layers.residual import Residual
 
 FILE_FORMAT = "nablax-network"
 FILE_VERSION = 1
 DEFAULT_MAX_ELEMENTS = 1 << 24  # per chunk of probe signals: 128 MiB in float64
 SWEEP_CHUNK_BYTES = 1 << 20  # exact sweeps go in chunks of about 1 MiB of signal, which stay in cache (BENCHMARKS.md)
+FEATURE_MAJOR_SWEEPS = True  # float64 sweeps through MLPs keep their signals feature-major (Trace._sweep_derivatives)
 
 
 class NetworkFileError(ValueError):
@@ -299,6 +301,13 @@ def _diagonal_derivative(layer: Layer, cache: Cache) -> Array | None:
     return cache.d if isinstance(layer, (Elementwise, PReLU)) else None
 
 
+def _feature_major_copy(v: Array) -> Array:
+    """A copy of v (k, B, n) that lies in memory as (n, k, B) (see ``Trace._sweep_derivatives``)."""
+    out = array_module(v).empty((v.shape[2], v.shape[0], v.shape[1]), dtype=v.dtype).transpose(1, 2, 0)
+    out[...] = v
+    return out
+
+
 def _sq_norms(v: Array, b: int) -> Array:
     """Per-sample squared norms (float64, (B,)) of a chunk of signals v (k, B, *feat)."""
     return kernels.sq_norms(v.reshape(v.shape[0], b, -1))
@@ -424,47 +433,79 @@ class Trace:
     def _widest(self, lo: int, hi: int) -> int:
         return max(int(self.values[p].size) for p in range(lo, hi + 1))
 
-    def jacobian(self, src: int = 0, dst: int | None = None, *, batch_level: bool | None = None,
-                 method: str = "vjp", max_elements: int = DEFAULT_MAX_ELEMENTS) -> Array:
-        """The exact Jacobian from position src to position dst.
-
-        Per sample ``(B, D_dst, D_src)`` (D = entries per sample), or batch-level ``(B, D_dst, B, D_src)``,
-        which is the default when this pass couples samples. ``method="vjp"`` pulls back identity seeds
-        from dst; ``"jvp"`` pushes identity seeds forward from src. Seeds go in chunks of at most
-        ``max_elements`` signal entries, so memory stays bounded apart from the result itself.
-        """
+    def _jacobian_args(self, src: int | None, dst: int | None, batch_level: bool | None) -> tuple[int, int, bool]:
         src, dst = self._pos(src, 0), self._pos(dst, -1)
         batch_level = self.couples_batch if batch_level is None else batch_level
         if self.couples_batch and not batch_level:
             raise ValueError("this pass couples samples (batch norm with batch statistics): per-sample Jacobians "
                              "do not exist; use batch_level=True, or forward(..., hold_stats=True)")
+        return src, dst, batch_level
+
+    def jacobian_blocks(self, src: int = 0, dst: int | None = None, *, batch_level: bool | None = None,
+                        max_elements: int = DEFAULT_MAX_ELEMENTS) -> Iterator[tuple[slice, Array]]:
+        """The exact Jacobian from position src to position dst, a block of rows at a time (identity seeds at
+        dst, pulled back in chunks): at most one block of ``max_elements`` signal entries is alive at once, so
+        a Jacobian too large for memory can be reduced or written out block by block (``jacobian(out=...)``).
+
+        Yields ``(rows, block)``. Per sample: rows is a slice of dst's D_dst entries and
+        ``block[i, b] = J_b[rows.start + i]``, shape ``(k, B, *shape_src)``. Batch-level (the default when the
+        pass couples samples): rows is a slice of the B * D_dst entries of the whole batch at dst, in sample-major
+        order (entry (b, j) is row ``b * D_dst + j``), and ``block[i]`` is the gradient of that entry with respect
+        to the whole batch at src, ``(k, B, *shape_src)``.
+        """
+        src, dst, batch_level = self._jacobian_args(src, dst, batch_level)
+        d_dst = flat_size(self.values[dst].shape[1:])
+        n_seeds = d_dst if not batch_level else self.batch_size * d_dst
+        sweep = self._sweep_derivatives(src, dst)
+        for rows in self.probe_chunks(n_seeds, self._chunk(max_elements), self._widest(src, dst)):
+            yield rows, self._pull_chunk(self.identity_seeds(dst, rows, per_sample=not batch_level), dst, src, plan=sweep)
+
+    def jacobian(self, src: int = 0, dst: int | None = None, *, batch_level: bool | None = None,
+                 method: str = "vjp", max_elements: int = DEFAULT_MAX_ELEMENTS, out: Array | None = None) -> Array:
+        """The exact Jacobian from position src to position dst.
+
+        Per sample ``(B, D_dst, D_src)`` (D = entries per sample), or batch-level ``(B, D_dst, B, D_src)``,
+        which is the default when this pass couples samples. ``method="vjp"`` pulls back identity seeds
+        from dst; ``"jvp"`` pushes identity seeds forward from src. Seeds go in chunks of at most
+        ``max_elements`` signal entries, so memory stays bounded apart from the result itself; ``out`` (vjp
+        only) receives the result instead of a fresh array, e.g. a disk-backed
+        ``numpy.lib.format.open_memmap(path, "w+", dtype, shape)`` for a batch-level Jacobian larger than memory
+        (``jacobian_blocks`` streams the same rows).
+        """
+        src, dst, batch_level = self._jacobian_args(src, dst, batch_level)
         if method not in ("vjp", "jvp"):
             raise ValueError(f"method must be 'vjp' or 'jvp', got {method!r}")
         xp = self.xp
-        b = self.batch_size
+        b, dtype = self.batch_size, self.values[0].dtype
         d_src, d_dst = flat_size(self.values[src].shape[1:]), flat_size(self.values[dst].shape[1:])
-        widest = self._widest(src, dst)
+        shape = (b, d_dst, b, d_src) if batch_level else (b, d_dst, d_src)
+        if out is not None and (method != "vjp" or tuple(out.shape) != shape or out.dtype != dtype):
+            raise ValueError(f"out must be a {dtype} array of shape {shape} (method 'vjp'), "
+                             f"got {getattr(out, 'dtype', None)} {getattr(out, 'shape', None)} ({method!r})")
         plan = self._live_seed_plan(dst, src) if method == "vjp" and not batch_level else None
         if plan is not None:  # rows of J that a final rectifier zeroes are not computed
-            j = xp.zeros((b, d_dst, d_src), dtype=self.values[0].dtype)
-            for rows in self.probe_chunks(plan[1].shape[1], self._chunk(max_elements), widest):
+            j = xp.zeros(shape, dtype=dtype) if out is None else out
+            if out is not None:
+                j[...] = 0
+            sweep = self._sweep_derivatives(src, dst - 1)
+            for rows in self.probe_chunks(plan[1].shape[1], self._chunk(max_elements), self._widest(src, dst)):
                 seeds, units = self._live_seeds(plan, rows, dst - 1)
-                sig = self._pull_chunk(seeds, dst - 1, src)
+                sig = self._pull_chunk(seeds, dst - 1, src, plan=sweep)
                 j[xp.arange(b)[None, :], units.T] = sig.reshape(rows.stop - rows.start, b, d_src)
             return j
-        seed_pos, n_per = (dst, d_dst) if method == "vjp" else (src, d_src)
-        n_seeds = n_per if not batch_level else b * n_per
-        out_flat = xp.empty((n_seeds, b * (d_src if method == "vjp" else d_dst)), dtype=self.values[0].dtype)
-        for rows in self.probe_chunks(n_seeds, self._chunk(max_elements), widest):
-            seeds = self.identity_seeds(seed_pos, rows, per_sample=not batch_level)
-            sig = self._pull_chunk(seeds, dst, src) if method == "vjp" else self.pushforward(seeds, src, dst)
-            out_flat[rows] = sig.reshape(rows.stop - rows.start, -1)
-        if not batch_level:
-            d_other = d_src if method == "vjp" else d_dst
-            j = out_flat.reshape(n_per, b, d_other).transpose(1, 0, 2)  # (B, seeds, other)
-            return j if method == "vjp" else j.transpose(0, 2, 1)
         if method == "vjp":
-            return out_flat.reshape(b, d_dst, b, d_src)
+            j = xp.empty(shape, dtype=dtype) if out is None else out
+            rows_view = j.reshape(b * d_dst, b * d_src) if batch_level else j.transpose(1, 0, 2)  # seeds first
+            for rows, block in self.jacobian_blocks(src, dst, batch_level=batch_level, max_elements=max_elements):
+                rows_view[rows] = block.reshape(rows_view[rows].shape)
+            return j
+        n_seeds = d_src if not batch_level else b * d_src
+        out_flat = xp.empty((n_seeds, b * d_dst), dtype=dtype)
+        for rows in self.probe_chunks(n_seeds, self._chunk(max_elements), self._widest(src, dst)):
+            out_flat[rows] = self.pushforward(self.identity_seeds(src, rows, not batch_level), src, dst).reshape(
+                rows.stop - rows.start, -1)
+        if not batch_level:
+            return out_flat.reshape(d_src, b, d_dst).transpose(1, 2, 0)
         return out_flat.reshape(b, d_src, b, d_dst).transpose(2, 3, 0, 1)
 
     def jacobian_sq_norms(self, dst: int | None = None, src: int = 0, *,
@@ -529,8 +570,9 @@ class Trace:
                 seeds[xp.arange(idx.size), idx] = scale[idx]
                 return seeds.reshape((idx.size,) + tuple(diag.shape))
 
+        sweep = self._sweep_derivatives(src, start)
         for rows in self.probe_chunks(n_seeds, self._chunk(max_elements), self._widest(src, dst)):
-            self._pull_chunk(seeds_for(rows), start, src, acc)
+            self._pull_chunk(seeds_for(rows), start, src, acc, sweep)
         out = acc.astype(self.values[0].dtype)
         return out if per_sample else out.sum(axis=1)
 
@@ -566,23 +608,53 @@ class Trace:
         seeds[xp.arange(k)[:, None], xp.arange(b)[None, :], units.T] = xp.take_along_axis(d2, units, axis=1).T
         return seeds.reshape((k,) + tuple(self.values[p].shape)), units
 
-    def _pull_chunk(self, v: Array, dst: int, src: int, acc: Array | None = None) -> Array:
+    def _sweep_derivatives(self, src: int, dst: int) -> tuple[bool, dict[int, Array]]:
+        """How a sweep between src and dst runs: ``(feature_major, {p: phi'(z) of layer p, (B, *shape)})`` for
+        every diagonal layer p (an activation) in the range.
+
+        Feature-major: the probe signal, logical shape (k, B, n), lies in memory as (n, k, B), so that its rows
+        (probe, sample) axis is the contiguous one. Why: a pullback through Dense is one product
+        (k B, n_out) @ (n_out, n_in), which OpenBLAS's float64 kernel runs at about 51 GFLOP/s on one core here
+        when the k B rows are contiguous, against 45 when the features are (in column-major terms its M
+        dimension is then the 100 features, which its 16-row blocking does not divide). In whole sweeps that
+        gave 0-7 % in float64 and -8 to +3 % in float32 (BENCHMARKS.md), so it is used for float64 NumPy
+        arrays (and ``FEATURE_MAJOR_SWEEPS``) on chains of Dense and diagonal layers of flat data, where every
+        step keeps the order; the derivatives are then copied transposed ((n, B) in memory, one copy for the
+        length of the sweep) so the fused kernel reads them in the signal's order. Anything else (batch norm,
+        convolutions, residual blocks) keeps the C order its kernels expect. The results do not depend on the
+        order (``tests/test_kernels.py``).
+        """
+        layers, caches = self.network.layers, self.caches
+        derivs = {p: d for p in range(src + 1, dst + 1)
+                  if (d := _diagonal_derivative(layers[p - 1], caches[p - 1])) is not None}
+        feature_major = (FEATURE_MAJOR_SWEEPS and self.network.backend.name == "numpy"
+                         and self.values[src].dtype == numpy.float64
+                         and all(self.values[p].ndim == 2 for p in range(src, dst + 1))
+                         and all(p in derivs or isinstance(layers[p - 1], Dense) for p in range(src + 1, dst + 1)))
+        if feature_major:
+            derivs = {p: self.xp.ascontiguousarray(d.T).T for p, d in derivs.items()}
+        return feature_major, derivs
+
+    def _pull_chunk(self, v: Array, dst: int, src: int, acc: Array | None = None,
+                    plan: tuple[bool, dict[int, Array]] | None = None) -> Array:
         """Pull a chunk of probe signals v (k, *shape_dst) from dst back to src and return it at src.
 
         With ``acc`` (float64, (dst - src + 1, B) or larger), add every position's per-sample squared norms
         to ``acc[p - src]`` on the way; a diagonal layer (an activation) and the norms on both sides of it take
         one fused kernel (``kernels.scale_sq_norms``). Diagonal layers multiply in place: v is copied once at
         the start, and every later signal is a fresh vjp result or a view of one, so nothing outside the sweep
-        is overwritten.
+        is overwritten. ``plan``: ``_sweep_derivatives(src, dst)``, computed once per sweep by callers that pull
+        several chunks.
         """
         xp = self.xp
-        v = xp.array(v, copy=True, order="C")
+        feature_major, derivs = plan if plan is not None else self._sweep_derivatives(src, dst)
+        v = _feature_major_copy(v) if feature_major else xp.array(v, copy=True, order="C")
         known = None  # per-sample squared norms of v when a fused kernel already gave them
         for p in range(dst, src, -1):
             layer, cache = self.network.layers[p - 1], self.caches[p - 1]
-            d = _diagonal_derivative(layer, cache)
+            d = derivs.get(p)
             if d is not None and acc is None:
-                v = xp.multiply(v, d, out=v) if v.flags.c_contiguous else v * d
+                v = xp.multiply(v, d, out=v) if v.flags.writeable else v * d
             elif d is not None:
                 b = d.shape[0]
                 v3 = v.reshape(-1, b, d.size // b)

@@ -22,17 +22,21 @@ TOL = {np.float64: 1e-12, np.float32: 1e-5}
 SHAPES = [(1, 1, 1), (3, 5, 7), (1, 130, 9), (17, 2, 33)]  # k probes, B samples, n entries; B > SAMPLE_BLOCK too
 
 
-def _data(shape, dtype, rng):
+def _data(shape, dtype, rng, layout="C"):
+    """v (k, B, n) and d (B, n), C-contiguous or feature-major (last axis first in memory, ``cpu.layout``)."""
     v = rng.standard_normal(shape).astype(dtype)
     d = rng.standard_normal(shape[1:]).astype(dtype)
+    if layout == "F":
+        v, d = (np.moveaxis(np.ascontiguousarray(np.moveaxis(a, -1, 0)), 0, -1) for a in (v, d))
     return v, d
 
 
 @needs_numba
+@pytest.mark.parametrize("layout", ["C", "F"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_scale_sq_norms_numba_matches_reference(shape, dtype, rng):
-    v, d = _data(shape, dtype, rng)
+def test_scale_sq_norms_numba_matches_reference(shape, dtype, layout, rng):
+    v, d = _data(shape, dtype, rng, layout)
     want_out, want_in, want_n = cpu.scale_sq_norms_reference(v, d)
     assert want_out.dtype == dtype and want_in.dtype == np.float64
     assert rel_err(want_in, (v.astype(float) ** 2).sum(axis=(0, 2))) < 1e-12  # the reference is what it says
@@ -40,17 +44,19 @@ def test_scale_sq_norms_numba_matches_reference(shape, dtype, rng):
     assert out.dtype == dtype and n_in.shape == (shape[1],) and n_out.dtype == np.float64
     assert rel_err(out, want_out) < TOL[dtype]
     assert rel_err(n_in, want_in) < TOL[dtype] and rel_err(n_out, want_n) < TOL[dtype]
-    inplace = v.copy()
+    assert cpu.layout(out) == cpu.layout(v)
+    inplace = v.copy(order="K")
     out2, n_in2, n_out2 = cpu.scale_sq_norms_numba(inplace, d, out=inplace)
     assert out2 is inplace and rel_err(inplace, want_out) < TOL[dtype]
     assert rel_err(n_in2, want_in) < TOL[dtype] and rel_err(n_out2, want_n) < TOL[dtype]
 
 
 @needs_numba
+@pytest.mark.parametrize("layout", ["C", "F"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_sq_norms_numba_matches_reference(shape, dtype, rng):
-    v, _ = _data(shape, dtype, rng)
+def test_sq_norms_numba_matches_reference(shape, dtype, layout, rng):
+    v, _ = _data(shape, dtype, rng, layout)
     want = cpu.sq_norms_reference(v)
     assert rel_err(want, (v.astype(float) ** 2).sum(axis=(0, 2))) < 1e-12
     assert rel_err(cpu.sq_norms_numba(v), want) < TOL[dtype]
@@ -142,6 +148,45 @@ def test_sweep_matches_explicit_jacobians_with_either_kernel(name, mode, rng):
         got = tr.jacobian_sq_norms(max_elements=40)  # several chunks
         got_one = tr.jacobian_sq_norms()
     assert rel_err(got, want) < 1e-12 and rel_err(got_one, want) < 1e-12
+
+
+@pytest.mark.parametrize("mode", ["numpy", "numba"])
+def test_feature_major_sweeps_give_the_same_answers(mode, rng, monkeypatch):
+    """float64 MLP sweeps run feature-major (``Trace._sweep_derivatives``); norms and Jacobians equal the
+    sample-major ones, and float32 or batch-norm sweeps stay sample-major."""
+    from nablax import network
+
+    if mode == "numba" and not numba_available():
+        pytest.skip("needs numba")
+    for name in ("tanh", "ReLU"):
+        net = nablax.build(name, depth=3, width=30, in_dim=5, out_dim=7, seed=5)
+        tr = net.forward(rng.standard_normal((40, 5)))
+        assert tr._sweep_derivatives(0, len(tr.values) - 1)[0]
+        with kernels.use_cpu_kernels(mode):
+            fm = tr.jacobian_sq_norms(max_elements=700), tr.jacobian(max_elements=700)
+            monkeypatch.setattr(network, "FEATURE_MAJOR_SWEEPS", False)
+            assert not tr._sweep_derivatives(0, len(tr.values) - 1)[0]
+            c = tr.jacobian_sq_norms(max_elements=700), tr.jacobian(max_elements=700)
+            monkeypatch.setattr(network, "FEATURE_MAJOR_SWEEPS", True)
+        assert rel_err(fm[0], c[0]) < 1e-13 and rel_err(fm[1], c[1]) < 1e-13
+        assert rel_err(fm[0], _explicit_sq_norms(tr)) < 1e-12
+    for name, dtype in (("batch-ReLU", "float64"), ("tanh", "float32")):
+        tr = nablax.build(name, depth=2, width=6, in_dim=4, seed=1, dtype=dtype).forward(
+            rng.standard_normal((5, 4)).astype(dtype))
+        assert not tr._sweep_derivatives(0, len(tr.values) - 1)[0]
+
+
+def test_dense_keeps_the_signal_layout(rng):
+    """Dense.vjp/jvp return a feature-major signal for a feature-major one (one matrix product either way)."""
+    from nablax.layers import Dense
+
+    layer = Dense(rng.standard_normal((6, 4)), rng.standard_normal(4))
+    _, cache = layer.forward(rng.standard_normal((3, 6)))
+    v, _ = _data((5, 3, 4), np.float64, rng, "F")
+    out = layer.vjp(cache, v)
+    assert cpu.layout(out) == "F" and rel_err(out, v @ layer.W.T) < 1e-15
+    u = np.ascontiguousarray(out)
+    assert cpu.layout(layer.jvp(cache, u)) == "C" and rel_err(layer.jvp(cache, u), u @ layer.W) < 1e-15
 
 
 def test_rectifier_output_drops_dead_seeds(rng):

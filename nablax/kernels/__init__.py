@@ -13,7 +13,8 @@ Which implementation runs (``set_cpu_kernels``, or the environment variable ``NA
     "auto" (default)  Numba for NumPy arrays of at least ``AUTO_MIN_ELEMENTS`` entries (where it measurably
                       beats NumPy, see BENCHMARKS.md), the NumPy reference below that (no compile time for
                       small problems) and whenever Numba is missing
-    "numba"           Numba for every NumPy array it can take (C-contiguous float32/float64 of one dtype)
+    "numba"           Numba for every NumPy array it can take (float32/float64 of one dtype; C-contiguous, or
+                      for the two sweep kernels also all feature-major, see ``cpu.layout``)
     "numpy"           always the NumPy reference (``cpu.*_reference``)
 
 CuPy arrays always take the reference, which runs on any array module.
@@ -60,21 +61,24 @@ def use_cpu_kernels(name: str) -> Iterator[None]:
         set_cpu_kernels(previous)
 
 
-def _numba_takes(*arrays: Any) -> bool:
-    """Numba runs when the setting allows it and the arrays are C-contiguous NumPy float32/64 of one dtype."""
+def _numba_takes(*arrays: Any, layouts: str = "C") -> bool:
+    """Numba runs when the setting allows it and the arrays are NumPy float32/64 of one dtype, all in one of
+    ``layouts`` ("C": C-contiguous; "F": feature-major, see ``cpu.layout``)."""
     mode = _setting["cpu"]
-    if mode == "numpy" or (mode == "auto" and arrays[0].size < AUTO_MIN_ELEMENTS):
+    if mode == "numpy" or (mode == "auto" and max(a.size for a in arrays) < AUTO_MIN_ELEMENTS):
         return False
     dtype = arrays[0].dtype
-    if dtype.char not in "fd" or not all(type(a) is _NDARRAY and a.dtype == dtype and a.flags.c_contiguous
-                                         for a in arrays):
+    if dtype.char not in "fd" or not all(type(a) is _NDARRAY and a.dtype == dtype for a in arrays):
+        return False
+    kinds = {cpu.layout(a) for a in arrays}
+    if len(kinds) != 1 or not kinds <= set(layouts):
         return False
     return numba_available()
 
 
 def scale_sq_norms(v: Any, d: Any, out: Any | None = None) -> tuple[Any, Any, Any]:
     """(v * d, n_in, n_out) for v (k, B, n) and d (B, n); ``out`` (may be v itself) receives v * d."""
-    if _numba_takes(v, d) and (out is None or _numba_takes(out)):
+    if _numba_takes(v, d, *(() if out is None else (out,)), layouts="CF"):
         return cpu.scale_sq_norms_numba(v, d, out)
     return cpu.scale_sq_norms_reference(v, d, out)
 
@@ -88,7 +92,7 @@ def batch_standardize_vjp(g: Any, y: Any, sigma: Any) -> Any:
 
 def sq_norms(v: Any) -> Any:
     """Per-sample squared norms of v (k, B, n), summed over probes and features: float64 (B,)."""
-    if _numba_takes(v):
+    if _numba_takes(v, layouts="CF"):
         return cpu.sq_norms_numba(v)
     return cpu.sq_norms_reference(v)
 

@@ -12,7 +12,9 @@ and, for batch norm with batch statistics (y the standardised batch (B, n), sigm
     batch_standardize_vjp   out = (v - mean_b(v) - y * mean_b(v * y)) / sigma     (means over the batch axis)
 
 NumPy needs three passes over v for the first (a multiply and two reductions); the Numba kernel reads v once,
-writes out once. ``out`` may be ``v`` itself (the sweep works in place: no fresh buffer to fault in).
+writes out once. The two sweep kernels come in both memory orders of v: sample-major (``v`` C-contiguous) and
+feature-major (``v.transpose(2, 0, 1)`` C-contiguous, memory ``(n, k, B)``; ``*_fm``), the order the exact sweeps
+of MLPs use because it gives OpenBLAS its fast matrix-product shape (``nablax.network.Trace._sweep_derivatives``). ``out`` may be ``v`` itself (the sweep works in place: no fresh buffer to fault in).
 Norms are accumulated and returned in float64.
 
 Numba is imported lazily through ``nablax.backend.numba_module()``; without it ``compiled()`` is None and the
@@ -103,6 +105,50 @@ def compiled() -> Any | None:
                     acc += x * x
             n_out[s] = acc
 
+    @njit(fastmath=True, cache=True, nogil=True)
+    def scale_sq_norms_fm(vt, dt, out, n_in, n_out):  # pragma: no cover - compiled
+        n, k, b = vt.shape  # vt, out: (n, k, B) and dt: (n, B), the memory of feature-major v (k, B, n), d (B, n)
+        rows = np.empty((4, b), dtype=vt.dtype)  # private copies of 4 feature rows: out may be vt (see above)
+        acc_in = np.zeros(b)  # float64 per-sample sums, updated once per 4 features
+        acc_out = np.zeros(b)
+        j = 0
+        while j + 4 <= n:
+            for i in range(k):
+                for t in range(4):
+                    for s in range(b):
+                        rows[t, s] = vt[j + t, i, s]
+                for s in range(b):
+                    x0, x1, x2, x3 = rows[0, s], rows[1, s], rows[2, s], rows[3, s]
+                    y0, y1, y2, y3 = x0 * dt[j, s], x1 * dt[j + 1, s], x2 * dt[j + 2, s], x3 * dt[j + 3, s]
+                    out[j, i, s] = y0
+                    out[j + 1, i, s] = y1
+                    out[j + 2, i, s] = y2
+                    out[j + 3, i, s] = y3
+                    acc_in[s] += x0 * x0 + x1 * x1 + x2 * x2 + x3 * x3
+                    acc_out[s] += y0 * y0 + y1 * y1 + y2 * y2 + y3 * y3
+            j += 4
+        for jj in range(j, n):  # the last n % 4 features
+            for i in range(k):
+                for s in range(b):
+                    x = vt[jj, i, s]
+                    y = x * dt[jj, s]
+                    out[jj, i, s] = y
+                    acc_in[s] += x * x
+                    acc_out[s] += y * y
+        n_in[:] = acc_in
+        n_out[:] = acc_out
+
+    @njit(fastmath=True, cache=True, nogil=True)
+    def sq_norms_fm(vt, n_out):  # pragma: no cover - compiled
+        n, k, b = vt.shape
+        acc = np.zeros(b)
+        for j in range(n):
+            for i in range(k):
+                for s in range(b):
+                    x = vt[j, i, s]
+                    acc[s] += x * x
+        n_out[:] = acc
+
     @njit(parallel=PARALLEL, fastmath=True, cache=True, nogil=True)
     def batch_standardize_vjp(g, y, inv_sigma, out):  # pragma: no cover - compiled
         k, b, n = g.shape
@@ -126,24 +172,47 @@ def compiled() -> Any | None:
 
     ns = Kernels()
     ns.scale_sq_norms, ns.sq_norms, ns.batch_standardize_vjp = scale_sq_norms, sq_norms, batch_standardize_vjp
+    ns.scale_sq_norms_fm, ns.sq_norms_fm = scale_sq_norms_fm, sq_norms_fm
     return ns
 
 
+def layout(a: Array) -> str | None:
+    """"C" for a C-contiguous array; "F" (feature-major) when its last axis moved to the front is C-contiguous,
+    e.g. v (k, B, n) stored as (n, k, B), or d (B, n) stored as (n, B); None otherwise."""
+    if a.flags.c_contiguous:
+        return "C"
+    return "F" if a.transpose((a.ndim - 1,) + tuple(range(a.ndim - 1))).flags.c_contiguous else None
+
+
+def _front(a: Array) -> Array:
+    """The C-contiguous memory of a feature-major array: its last axis moved to the front."""
+    return a.transpose((a.ndim - 1,) + tuple(range(a.ndim - 1)))
+
+
 def scale_sq_norms_numba(v: Array, d: Array, out: Array | None = None) -> tuple[Array, Array, Array]:
-    """The fused kernel: same contract as ``scale_sq_norms_reference`` (NumPy arrays only)."""
+    """The fused kernel: same contract as ``scale_sq_norms_reference`` (NumPy arrays only). v, d and out are all
+    C-contiguous or all feature-major (``layout``); a fresh out takes v's layout."""
     xp = array_module(v, d)
+    fm = layout(v) == "F"
     if out is None:
-        out = xp.empty(v.shape, dtype=v.dtype)
+        out = xp.empty((v.shape[2],) + v.shape[:2], dtype=v.dtype).transpose(1, 2, 0) if fm else xp.empty_like(v)
     n_in = xp.empty(v.shape[1], dtype="float64")
     n_out = xp.empty(v.shape[1], dtype="float64")
-    compiled().scale_sq_norms(v, d, out, n_in, n_out)
+    if fm:
+        compiled().scale_sq_norms_fm(_front(v), _front(d), _front(out), n_in, n_out)
+    else:
+        compiled().scale_sq_norms(v, d, out, n_in, n_out)
     return out, n_in, n_out
 
 
 def sq_norms_numba(v: Array) -> Array:
-    """Per-sample squared norms of v (k, B, n): same contract as ``sq_norms_reference`` (NumPy arrays only)."""
+    """Per-sample squared norms of v (k, B, n): same contract as ``sq_norms_reference`` (NumPy arrays only,
+    sample-major or feature-major)."""
     n = array_module(v).empty(v.shape[1], dtype="float64")
-    compiled().sq_norms(v, n)
+    if layout(v) == "F":
+        compiled().sq_norms_fm(_front(v), n)
+    else:
+        compiled().sq_norms(v, n)
     return n
 
 
