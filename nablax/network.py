@@ -14,11 +14,14 @@ position P = len(layers) is the network output. A loss, if any, sits after posit
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy
 
@@ -33,6 +36,7 @@ FILE_FORMAT = "nablax-network"
 FILE_VERSION = 1
 DEFAULT_MAX_ELEMENTS = 1 << 24  # per chunk of probe signals: 128 MiB in float64
 SWEEP_CHUNK_BYTES = 1 << 20  # exact sweeps go in chunks of about 1 MiB of signal, which stay in cache (BENCHMARKS.md)
+SWEEP_THREADS_ENV = "NABLAX_SWEEP_THREADS"  # chunks pulled back at once on the CPU (sweep_threads)
 FEATURE_MAJOR_SWEEPS = True  # float64 sweeps through MLPs keep their signals feature-major (Trace._sweep_derivatives)
 
 
@@ -301,6 +305,38 @@ def _diagonal_derivative(layer: Layer, cache: Cache) -> Array | None:
     return cache.d if isinstance(layer, (Elementwise, PReLU)) else None
 
 
+def sweep_threads() -> int:
+    """How many chunks of an exact sweep run at once on the CPU: ``$NABLAX_SWEEP_THREADS`` if set, else the BLAS's
+    current thread count (so ``OPENBLAS_NUM_THREADS=1`` or a ``threadpoolctl`` limit of 1 keeps sweeps serial),
+    at most the CPUs this process may use. Each chunk then runs with one BLAS thread: on 2 cores two chunks side by
+    side beat two BLAS threads inside every small matrix product (BENCHMARKS.md)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    wanted = os.environ.get(SWEEP_THREADS_ENV)
+    if wanted is not None:
+        if not wanted.isdigit() or int(wanted) < 1:
+            raise ValueError(f"{SWEEP_THREADS_ENV} must be a positive integer, got {wanted!r}")
+        return int(wanted)
+    blas = [lib["num_threads"] for lib in _threadpools().info() if lib["user_api"] == "blas"]
+    return max(1, min([cpus] + blas))
+
+
+@functools.lru_cache(maxsize=None)
+def _threadpools() -> Any:
+    from threadpoolctl import ThreadpoolController  # noqa: PLC0415 (a few ms to set up, so only once)
+
+    return ThreadpoolController()
+
+
+def _chunk_map(work: Callable[[slice], Any], chunks: list[slice], threads: int) -> Iterator[Any]:
+    """``work(rows)`` for every chunk, in order: serially, or on ``threads`` threads with one BLAS thread each
+    (NumPy's matrix products and nablax's Numba kernels release the GIL)."""
+    if threads <= 1 or len(chunks) < 2:
+        yield from map(work, chunks)
+        return
+    with _threadpools().limit(limits=1, user_api="blas"), ThreadPoolExecutor(min(threads, len(chunks))) as pool:
+        yield from pool.map(work, chunks)
+
+
 def _feature_major_copy(v: Array) -> Array:
     """A copy of v (k, B, n) that lies in memory as (n, k, B) (see ``Trace._sweep_derivatives``)."""
     out = array_module(v).empty((v.shape[2], v.shape[0], v.shape[1]), dtype=v.dtype).transpose(1, 2, 0)
@@ -454,11 +490,21 @@ class Trace:
         to the whole batch at src, ``(k, B, *shape_src)``.
         """
         src, dst, batch_level = self._jacobian_args(src, dst, batch_level)
-        d_dst = flat_size(self.values[dst].shape[1:])
-        n_seeds = d_dst if not batch_level else self.batch_size * d_dst
+        block = self._jacobian_block_work(src, dst, batch_level, max_elements)
+        for rows in self._jacobian_chunks(src, dst, batch_level, max_elements):
+            yield rows, block(rows)
+
+    def _jacobian_chunks(self, src: int, dst: int, batch_level: bool, max_elements: int) -> list[slice]:
+        n_seeds = flat_size(self.values[dst].shape[1:]) * (self.batch_size if batch_level else 1)
+        return list(self.probe_chunks(n_seeds, self._chunk(max_elements), self._widest(src, dst)))
+
+    def _jacobian_block_work(self, src: int, dst: int, batch_level: bool, max_elements: int) -> Callable[[slice], Array]:
+        """The rows of J from dst back to src for one chunk of identity seeds at dst."""
         sweep = self._sweep_derivatives(src, dst)
-        for rows in self.probe_chunks(n_seeds, self._chunk(max_elements), self._widest(src, dst)):
-            yield rows, self._pull_chunk(self.identity_seeds(dst, rows, per_sample=not batch_level), dst, src, plan=sweep)
+        return lambda rows: self._pull_chunk(self.identity_seeds(dst, rows, not batch_level), dst, src, plan=sweep)
+
+    def _threads(self) -> int:
+        return sweep_threads() if self.network.backend.name == "numpy" else 1
 
     def jacobian(self, src: int = 0, dst: int | None = None, *, batch_level: bool | None = None,
                  method: str = "vjp", max_elements: int = DEFAULT_MAX_ELEMENTS, out: Array | None = None) -> Array:
@@ -488,16 +534,26 @@ class Trace:
             if out is not None:
                 j[...] = 0
             sweep = self._sweep_derivatives(src, dst - 1)
-            for rows in self.probe_chunks(plan[1].shape[1], self._chunk(max_elements), self._widest(src, dst)):
+
+            def fill_live(rows: slice) -> None:
                 seeds, units = self._live_seeds(plan, rows, dst - 1)
                 sig = self._pull_chunk(seeds, dst - 1, src, plan=sweep)
                 j[xp.arange(b)[None, :], units.T] = sig.reshape(rows.stop - rows.start, b, d_src)
+
+            chunks = list(self.probe_chunks(plan[1].shape[1], self._chunk(max_elements), self._widest(src, dst)))
+            for _ in _chunk_map(fill_live, chunks, self._threads()):
+                pass
             return j
         if method == "vjp":
             j = xp.empty(shape, dtype=dtype) if out is None else out
             rows_view = j.reshape(b * d_dst, b * d_src) if batch_level else j.transpose(1, 0, 2)  # seeds first
-            for rows, block in self.jacobian_blocks(src, dst, batch_level=batch_level, max_elements=max_elements):
-                rows_view[rows] = block.reshape(rows_view[rows].shape)
+            blocks = self._jacobian_block_work(src, dst, batch_level, max_elements)
+
+            def fill(rows: slice) -> None:
+                rows_view[rows] = blocks(rows).reshape(rows_view[rows].shape)
+
+            for _ in _chunk_map(fill, self._jacobian_chunks(src, dst, batch_level, max_elements), self._threads()):
+                pass
             return j
         n_seeds = d_src if not batch_level else b * d_src
         out_flat = xp.empty((n_seeds, b * d_dst), dtype=dtype)
@@ -571,8 +627,15 @@ class Trace:
                 return seeds.reshape((idx.size,) + tuple(diag.shape))
 
         sweep = self._sweep_derivatives(src, start)
-        for rows in self.probe_chunks(n_seeds, self._chunk(max_elements), self._widest(src, dst)):
-            self._pull_chunk(seeds_for(rows), start, src, acc, sweep)
+
+        def pull(rows: slice) -> Array:
+            part = xp.zeros_like(acc)
+            self._pull_chunk(seeds_for(rows), start, src, part, sweep)
+            return part
+
+        for part in _chunk_map(pull, list(self.probe_chunks(n_seeds, self._chunk(max_elements), self._widest(src, dst))),
+                               self._threads()):
+            acc += part
         out = acc.astype(self.values[0].dtype)
         return out if per_sample else out.sum(axis=1)
 

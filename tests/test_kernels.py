@@ -6,6 +6,8 @@ and the sweep's structural shortcuts (only the seeds a final rectifier lets thro
 plain sweep and the explicit Jacobians.
 """
 
+import os
+
 import numpy as np
 import pytest
 
@@ -174,6 +176,28 @@ def test_feature_major_sweeps_give_the_same_answers(mode, rng, monkeypatch):
         tr = nablax.build(name, depth=2, width=6, in_dim=4, seed=1, dtype=dtype).forward(
             rng.standard_normal((5, 4)).astype(dtype))
         assert not tr._sweep_derivatives(0, len(tr.values) - 1)[0]
+
+
+def test_chunks_on_several_threads_give_the_same_answers(rng, monkeypatch):
+    """With NABLAX_SWEEP_THREADS=2 the chunks of a sweep run side by side; norms, batch-level norms and Jacobians
+    equal the serial ones. A bad setting is a clear error."""
+    from nablax import network
+
+    tr = nablax.build("tanh", depth=3, width=20, in_dim=5, seed=5).forward(rng.standard_normal((30, 5)))
+    trb = nablax.build("batch-ReLU", depth=2, width=6, in_dim=4, seed=1).forward(rng.standard_normal((9, 4)))
+    runs = {}
+    for threads in ("1", "2"):
+        monkeypatch.setenv(network.SWEEP_THREADS_ENV, threads)
+        assert network.sweep_threads() == int(threads)
+        runs[threads] = (tr.jacobian_sq_norms(max_elements=700), tr.jacobian(max_elements=700),
+                         trb.batch_jacobian_sq_norms(max_elements=60), trb.jacobian(max_elements=60))
+    for serial, parallel in zip(runs["1"], runs["2"]):
+        assert rel_err(parallel, serial) < 1e-13
+    monkeypatch.setenv(network.SWEEP_THREADS_ENV, "two")
+    with pytest.raises(ValueError, match="NABLAX_SWEEP_THREADS"):
+        network.sweep_threads()
+    monkeypatch.delenv(network.SWEEP_THREADS_ENV)
+    assert 1 <= network.sweep_threads() <= (os.cpu_count() or 1)
 
 
 def test_dense_keeps_the_signal_layout(rng):
