@@ -35,9 +35,10 @@ from .layers.residual import Residual
 FILE_FORMAT = "nablax-network"
 FILE_VERSION = 1
 DEFAULT_MAX_ELEMENTS = 1 << 24  # per chunk of probe signals: 128 MiB in float64
-SWEEP_CHUNK_BYTES = 1 << 20  # exact sweeps go in chunks of about 1 MiB of signal, which stay in cache (BENCHMARKS.md)
+SWEEP_CHUNK_BYTES = 1 << 20  # exact sweeps go in chunks of about 1 MiB of signal, which stay in cache (Trace._chunk)
 SWEEP_THREADS_ENV = "NABLAX_SWEEP_THREADS"  # chunks pulled back at once on the CPU (sweep_threads)
-FEATURE_MAJOR_SWEEPS = True  # float64 sweeps through MLPs keep their signals feature-major (Trace._sweep_derivatives)
+FEATURE_MAJOR_SWEEPS = True  # sweeps through MLPs keep their signals feature-major (Trace._sweep_derivatives) ...
+FEATURE_MAJOR_DTYPES = ("float64",)  # ... in these dtypes, where it measured faster
 
 
 class NetworkFileError(ValueError):
@@ -308,8 +309,10 @@ def _diagonal_derivative(layer: Layer, cache: Cache) -> Array | None:
 def sweep_threads() -> int:
     """How many chunks of an exact sweep run at once on the CPU: ``$NABLAX_SWEEP_THREADS`` if set, else the BLAS's
     current thread count (so ``OPENBLAS_NUM_THREADS=1`` or a ``threadpoolctl`` limit of 1 keeps sweeps serial),
-    at most the CPUs this process may use. Each chunk then runs with one BLAS thread: on 2 cores two chunks side by
-    side beat two BLAS threads inside every small matrix product (BENCHMARKS.md)."""
+    at most the CPUs this process may use. Each chunk then runs with one BLAS thread. On 2 cores, two chunks side by
+    side took 0.60-0.82 of the time of two BLAS threads inside every product in float64 (width-100 MLPs, batch 256
+    and 1000), and 0.77-0.94 in float32 at batch 1000, but 1.06-1.30 in float32 at batch 256
+    (``scripts/bench_sweep_options.py threads``)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     wanted = os.environ.get(SWEEP_THREADS_ENV)
     if wanted is not None:
@@ -463,7 +466,10 @@ class Trace:
 
     def _chunk(self, max_elements: int) -> int:
         """Signal entries per chunk of an exact sweep: at most max_elements, and about SWEEP_CHUNK_BYTES, so that
-        each layer's matrix product and the fused kernels after it work in cache."""
+        each layer's matrix product and the fused kernel after it work in cache (a float64 width-100 product then
+        has about 1300 rows, where OpenBLAS is fastest here). Smaller chunks measured slower on one core in both
+        dtypes (float32 at 512 KiB: up to 10 %); with two chunks side by side, float32 at batch 256 preferred
+        512 KiB (BENCHMARKS.md)."""
         return max(1, min(max_elements, SWEEP_CHUNK_BYTES // self.values[0].dtype.itemsize))
 
     def _widest(self, lo: int, hi: int) -> int:
@@ -677,21 +683,22 @@ class Trace:
 
         Feature-major: the probe signal, logical shape (k, B, n), lies in memory as (n, k, B), so that its rows
         (probe, sample) axis is the contiguous one. Why: a pullback through Dense is one product
-        (k B, n_out) @ (n_out, n_in), which OpenBLAS's float64 kernel runs at about 51 GFLOP/s on one core here
-        when the k B rows are contiguous, against 45 when the features are (in column-major terms its M
-        dimension is then the 100 features, which its 16-row blocking does not divide). In whole sweeps that
-        gave 0-7 % in float64 and -8 to +3 % in float32 (BENCHMARKS.md), so it is used for float64 NumPy
-        arrays (and ``FEATURE_MAJOR_SWEEPS``) on chains of Dense and diagonal layers of flat data, where every
-        step keeps the order; the derivatives are then copied transposed ((n, B) in memory, one copy for the
-        length of the sweep) so the fused kernel reads them in the signal's order. Anything else (batch norm,
-        convolutions, residual blocks) keeps the C order its kernels expect. The results do not depend on the
-        order (``tests/test_kernels.py``).
+        (k B, n_out) @ (n_out, n_in); OpenBLAS runs a chain of them at 49.9 GFLOP/s (float64, one core, 1280
+        rows) with the rows contiguous against 46.0 with the features contiguous (``scripts/bench_gemm.py``; in
+        column-major terms the M dimension is then 100, which a 16-row register blocking does not divide). In
+        whole sweeps that gave 0.92-1.02 of the time in float64 but 0.98-1.13 in float32
+        (``scripts/bench_sweep_options.py layout``), so it is used for NumPy arrays of the
+        ``FEATURE_MAJOR_DTYPES`` (float64; ``FEATURE_MAJOR_SWEEPS = False`` turns it off) on chains of Dense and
+        diagonal layers of flat data, where every step keeps the order; the derivatives are then copied
+        transposed ((n, B) in memory, one copy for the length of the sweep) so the fused kernel reads them in the
+        signal's order. Anything else (batch norm, convolutions, residual blocks) keeps the C order its kernels
+        expect. The results do not depend on the order (``tests/test_kernels.py``).
         """
         layers, caches = self.network.layers, self.caches
         derivs = {p: d for p in range(src + 1, dst + 1)
                   if (d := _diagonal_derivative(layers[p - 1], caches[p - 1])) is not None}
         feature_major = (FEATURE_MAJOR_SWEEPS and self.network.backend.name == "numpy"
-                         and self.values[src].dtype == numpy.float64
+                         and self.values[src].dtype.name in FEATURE_MAJOR_DTYPES
                          and all(self.values[p].ndim == 2 for p in range(src, dst + 1))
                          and all(p in derivs or isinstance(layers[p - 1], Dense) for p in range(src + 1, dst + 1)))
         if feature_major:

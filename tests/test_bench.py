@@ -57,3 +57,16 @@ def test_bench_rejects_unknown_jobs_and_engines(tmp_path, bad):
     cmd = [sys.executable, str(BENCH), "--size", "tiny", "--out", str(tmp_path), *bad]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0
+
+
+def test_bench_memory_runs_small_and_the_three_ways_agree(tmp_path):
+    """scripts/bench_memory.py at a tiny size: norms, streamed blocks and the memmap give one squared norm (the
+    script exits non-zero otherwise) and the table is printed; the memmap file is kept where asked."""
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_memory.py"), "--batch", "12", "--width", "3",
+                          "--depth", "2", "--keep", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    assert "(all three agree)" in res.stdout
+    assert all(f"| {w} |" in res.stdout for w in ("norms", "blocks", "memmap"))
+    import numpy as np
+
+    assert np.load(tmp_path / "jacobian.npy").shape == (12, 3, 12, 3)
