@@ -310,9 +310,9 @@ def sweep_threads() -> int:
     """How many chunks of an exact sweep run at once on the CPU: ``$NABLAX_SWEEP_THREADS`` if set, else the BLAS's
     current thread count (so ``OPENBLAS_NUM_THREADS=1`` or a ``threadpoolctl`` limit of 1 keeps sweeps serial),
     at most the CPUs this process may use. Each chunk then runs with one BLAS thread. On 2 cores, two chunks side by
-    side took 0.60-0.82 of the time of two BLAS threads inside every product in float64 (width-100 MLPs, batch 256
-    and 1000), and 0.77-0.94 in float32 at batch 1000, but 1.06-1.30 in float32 at batch 256
-    (``scripts/bench_sweep_options.py threads``)."""
+    side took 0.60-0.98 of the time of two BLAS threads inside every product in float64 (width-100 MLPs, batch 256
+    and 1000, three runs on a shared machine), and 0.77-0.94 in float32 at batch 1000, but 0.93-1.30 in float32 at
+    batch 256 (``scripts/bench_sweep_options.py threads``, BENCHMARKS.md)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     wanted = os.environ.get(SWEEP_THREADS_ENV)
     if wanted is not None:
@@ -330,14 +330,24 @@ def _threadpools() -> Any:
     return ThreadpoolController()
 
 
-def _chunk_map(work: Callable[[slice], Any], chunks: list[slice], threads: int) -> Iterator[Any]:
-    """``work(rows)`` for every chunk, in order: serially, or on ``threads`` threads with one BLAS thread each
-    (NumPy's matrix products and nablax's Numba kernels release the GIL)."""
-    if threads <= 1 or len(chunks) < 2:
-        yield from map(work, chunks)
-        return
-    with _threadpools().limit(limits=1, user_api="blas"), ThreadPoolExecutor(min(threads, len(chunks))) as pool:
-        yield from pool.map(work, chunks)
+def _run_chunks(work: Callable[[slice, Any], None], chunks: list[slice], threads: int,
+                new_state: Callable[[], Any] = lambda: None) -> list[Any]:
+    """``work(rows, state)`` for every chunk. With ``threads`` > 1 the chunks are dealt into that many groups run
+    side by side, each with its own ``new_state()`` (e.g. an accumulator) and one BLAS thread (NumPy's matrix
+    products and nablax's Numba kernels release the GIL); serially, one group. Returns the groups' states."""
+    n = max(1, min(threads, len(chunks)))
+
+    def run_group(group: list[slice]) -> Any:
+        state = new_state()
+        for rows in group:
+            work(rows, state)
+        return state
+
+    groups = [chunks[i::n] for i in range(n)]
+    if n == 1:
+        return [run_group(chunks)]
+    with _threadpools().limit(limits=1, user_api="blas"), ThreadPoolExecutor(n) as pool:
+        return list(pool.map(run_group, groups))
 
 
 def _feature_major_copy(v: Array) -> Array:
@@ -541,25 +551,23 @@ class Trace:
                 j[...] = 0
             sweep = self._sweep_derivatives(src, dst - 1)
 
-            def fill_live(rows: slice) -> None:
+            def fill_live(rows: slice, _: None) -> None:
                 seeds, units = self._live_seeds(plan, rows, dst - 1)
                 sig = self._pull_chunk(seeds, dst - 1, src, plan=sweep)
                 j[xp.arange(b)[None, :], units.T] = sig.reshape(rows.stop - rows.start, b, d_src)
 
             chunks = list(self.probe_chunks(plan[1].shape[1], self._chunk(max_elements), self._widest(src, dst)))
-            for _ in _chunk_map(fill_live, chunks, self._threads()):
-                pass
+            _run_chunks(fill_live, chunks, self._threads())
             return j
         if method == "vjp":
             j = xp.empty(shape, dtype=dtype) if out is None else out
             rows_view = j.reshape(b * d_dst, b * d_src) if batch_level else j.transpose(1, 0, 2)  # seeds first
             blocks = self._jacobian_block_work(src, dst, batch_level, max_elements)
 
-            def fill(rows: slice) -> None:
+            def fill(rows: slice, _: None) -> None:
                 rows_view[rows] = blocks(rows).reshape(rows_view[rows].shape)
 
-            for _ in _chunk_map(fill, self._jacobian_chunks(src, dst, batch_level, max_elements), self._threads()):
-                pass
+            _run_chunks(fill, self._jacobian_chunks(src, dst, batch_level, max_elements), self._threads())
             return j
         n_seeds = d_src if not batch_level else b * d_src
         out_flat = xp.empty((n_seeds, b * d_dst), dtype=dtype)
@@ -634,13 +642,11 @@ class Trace:
 
         sweep = self._sweep_derivatives(src, start)
 
-        def pull(rows: slice) -> Array:
-            part = xp.zeros_like(acc)
+        def pull(rows: slice, part: Array) -> None:
             self._pull_chunk(seeds_for(rows), start, src, part, sweep)
-            return part
 
-        for part in _chunk_map(pull, list(self.probe_chunks(n_seeds, self._chunk(max_elements), self._widest(src, dst))),
-                               self._threads()):
+        chunks = list(self.probe_chunks(n_seeds, self._chunk(max_elements), self._widest(src, dst)))
+        for part in _run_chunks(pull, chunks, self._threads(), lambda: xp.zeros_like(acc)):
             acc += part
         out = acc.astype(self.values[0].dtype)
         return out if per_sample else out.sum(axis=1)
