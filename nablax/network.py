@@ -37,6 +37,7 @@ FILE_VERSION = 1
 DEFAULT_MAX_ELEMENTS = 1 << 24  # per chunk of probe signals: 128 MiB in float64
 SWEEP_CHUNK_BYTES = 1 << 20  # exact sweeps go in chunks of about 1 MiB of signal, which stay in cache (Trace._chunk)
 SWEEP_THREADS_ENV = "NABLAX_SWEEP_THREADS"  # chunks pulled back at once on the CPU (sweep_threads)
+SAMPLE_BLOCK_BYTES = 4 << 20  # per-sample MLP sweeps of large batches go a block of samples at a time (Trace._sample_blocks)
 FEATURE_MAJOR_SWEEPS = True  # sweeps through MLPs keep their signals feature-major (Trace._sweep_derivatives) ...
 FEATURE_MAJOR_DTYPES = ("float64",)  # ... in these dtypes, where it measured faster
 
@@ -544,6 +545,13 @@ class Trace:
         if out is not None and (method != "vjp" or tuple(out.shape) != shape or out.dtype != dtype):
             raise ValueError(f"out must be a {dtype} array of shape {shape} (method 'vjp'), "
                              f"got {getattr(out, 'dtype', None)} {getattr(out, 'shape', None)} ({method!r})")
+        blocks = self._sample_blocks(src, dst) if method == "vjp" and not batch_level else None
+        if blocks is not None:
+            j = xp.empty(shape, dtype=dtype) if out is None else out
+            for s0, s1 in blocks:
+                self._sample_block(s0, s1, src, dst).jacobian(src, dst, batch_level=False, max_elements=max_elements,
+                                                              out=j[s0:s1])
+            return j
         plan = self._live_seed_plan(dst, src) if method == "vjp" and not batch_level else None
         if plan is not None:  # rows of J that a final rectifier zeroes are not computed
             j = xp.zeros(shape, dtype=dtype) if out is None else out
@@ -612,6 +620,10 @@ class Trace:
         own units (``_live_seed_plan``). Fewer FLOPs, the same exact norms. Chunks: ``_chunk``.
         """
         xp = self.xp
+        blocks = self._sample_blocks(src, dst) if per_sample else None
+        if blocks is not None:
+            return xp.concatenate([self._sample_block(s0, s1, src, dst)._sweep_sq_norms(dst, src, True, max_elements)
+                                   for s0, s1 in blocks], axis=1)
         b = self.batch_size
         d_dst = flat_size(self.values[dst].shape[1:])
         acc = xp.zeros((dst - src + 1, b), dtype="float64")  # per-sample sums (float64 also for float32 nets)
@@ -704,12 +716,47 @@ class Trace:
         derivs = {p: d for p in range(src + 1, dst + 1)
                   if (d := _diagonal_derivative(layers[p - 1], caches[p - 1])) is not None}
         feature_major = (FEATURE_MAJOR_SWEEPS and self.network.backend.name == "numpy"
-                         and self.values[src].dtype.name in FEATURE_MAJOR_DTYPES
-                         and all(self.values[p].ndim == 2 for p in range(src, dst + 1))
-                         and all(p in derivs or isinstance(layers[p - 1], Dense) for p in range(src + 1, dst + 1)))
+                         and self.values[src].dtype.name in FEATURE_MAJOR_DTYPES and self._is_mlp_chain(src, dst))
         if feature_major:
             derivs = {p: self.xp.ascontiguousarray(d.T).T for p, d in derivs.items()}
         return feature_major, derivs
+
+    def _is_mlp_chain(self, src: int, dst: int) -> bool:
+        """Whether layers src+1..dst are Dense and diagonal layers on flat data (every cache then holds per-sample,
+        batch-first arrays)."""
+        layers, caches = self.network.layers, self.caches
+        return (all(self.values[p].ndim == 2 for p in range(src, dst + 1))
+                and all(isinstance(layers[p - 1], Dense) or _diagonal_derivative(layers[p - 1], caches[p - 1])
+                        is not None for p in range(src + 1, dst + 1)))
+
+    def _sample_blocks(self, src: int, dst: int) -> list[tuple[int, int]] | None:
+        """Sample ranges for a per-sample sweep of a large batch through an MLP chain, or None.
+
+        Every chunk of a sweep reads every activation derivative between dst and src; at batch 1000 and width
+        100 that is 40 MB over 50 layers, more than the cache, for each of the 100 probe chunks. Swept a block
+        of samples at a time (``_sample_block``), each block's derivatives (about ``SAMPLE_BLOCK_BYTES``) stay in
+        cache while all its probes pass. Results are identical (per-sample sweeps do not mix samples).
+        """
+        if self.couples_batch or SAMPLE_BLOCK_BYTES <= 0 or not self._is_mlp_chain(src, dst):
+            return None
+        per_sample = sum(int(self.values[p].size) // self.batch_size * self.values[p].dtype.itemsize
+                         for p in range(src + 1, dst + 1)
+                         if _diagonal_derivative(self.network.layers[p - 1], self.caches[p - 1]) is not None)
+        size = max(1, SAMPLE_BLOCK_BYTES // max(1, per_sample))
+        if per_sample == 0 or size >= self.batch_size:
+            return None
+        return [(s, min(self.batch_size, s + size)) for s in range(0, self.batch_size, size)]
+
+    def _sample_block(self, s0: int, s1: int, src: int, dst: int) -> "Trace":
+        """This pass restricted to samples s0:s1, as views: values everywhere, and the caches of layers
+        src+1..dst (an MLP chain, whose caches hold batch-first arrays only); other caches are left whole."""
+
+        def cut(cache: Cache) -> Cache:
+            return Cache(**{k: v[s0:s1] if hasattr(v, "shape") and v.shape[:1] == (self.batch_size,) else v
+                            for k, v in vars(cache).items()})
+
+        caches = [cut(c) if src <= i < dst else c for i, c in enumerate(self.caches)]
+        return Trace(self.network, [v[s0:s1] for v in self.values], caches, self.mode)
 
     def _pull_chunk(self, v: Array, dst: int, src: int, acc: Array | None = None,
                     plan: tuple[bool, dict[int, Array]] | None = None) -> Array:

@@ -2,9 +2,12 @@
 
     python scripts/bench_sweep_options.py layout  [--batches 64,256,1000] [--dtypes float64,float32]
     python scripts/bench_sweep_options.py threads [--batches 64,256,1000] [--dtypes float64,float32]
+    python scripts/bench_sweep_options.py blocks  [--batches 64,256,1000] [--dtypes float64,float32]
 
 layout   one core, one BLAS thread: the signal C-ordered (``nablax.network.FEATURE_MAJOR_SWEEPS = False``) against
          feature-major (True, in both dtypes here; nablax's default is float64 only, ``FEATURE_MAJOR_DTYPES``)
+blocks   one core: the whole batch in every probe chunk (``nablax.network.SAMPLE_BLOCK_BYTES = 0``) against
+         blocks of samples whose activation derivatives stay in cache (the default, ``Trace._sample_blocks``)
 threads  all cores this process may use: BLAS threads inside every product (``NABLAX_SWEEP_THREADS=1``) against
          chunks side by side with one BLAS thread each (the default, ``nablax.network.sweep_threads``)
 
@@ -21,13 +24,13 @@ import time
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("option", choices=["layout", "threads"])
+    ap.add_argument("option", choices=["layout", "blocks", "threads"])
     ap.add_argument("--batches", default="64,256,1000")
     ap.add_argument("--dtypes", default="float64,float32")
     ap.add_argument("--archs", default="tanh,ReLU")
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
-    if args.option == "layout" and hasattr(os, "sched_setaffinity"):
+    if args.option in ("layout", "blocks") and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
     import numpy as np
@@ -43,6 +46,13 @@ def main(argv: list[str] | None = None) -> None:
         def choose(after: bool) -> None:
             network.FEATURE_MAJOR_SWEEPS = after
             network.FEATURE_MAJOR_DTYPES = ("float64", "float32")  # nablax's default is float64 only
+    elif args.option == "blocks":
+        threadpool_limits(1)
+        names = ("whole batch", "sample blocks")
+        default_bytes = network.SAMPLE_BLOCK_BYTES
+
+        def choose(after: bool) -> None:
+            network.SAMPLE_BLOCK_BYTES = default_bytes if after else 0
     else:
         names = ("BLAS threads", "chunks side by side")
 

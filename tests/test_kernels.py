@@ -200,6 +200,28 @@ def test_chunks_on_several_threads_give_the_same_answers(rng, monkeypatch):
     assert 1 <= network.sweep_threads() <= (os.cpu_count() or 1)
 
 
+def test_sample_blocks_give_the_same_answers(rng, monkeypatch):
+    """A per-sample MLP sweep of a large batch goes a block of samples at a time (``Trace._sample_blocks``): norms
+    and Jacobians (also into ``out``) equal the whole-batch ones; coupled passes are never split."""
+    from nablax import network
+
+    for name in ("tanh", "ReLU"):
+        tr = nablax.build(name, depth=3, width=12, in_dim=5, seed=5).forward(rng.standard_normal((23, 5)))
+        whole = tr.jacobian_sq_norms(max_elements=300), tr.jacobian(max_elements=300)
+        assert tr._sample_blocks(0, len(tr.values) - 1) is None  # small: one block
+        monkeypatch.setattr(network, "SAMPLE_BLOCK_BYTES", 3 * 12 * 8 * 5)  # 5 samples per block
+        blocks = tr._sample_blocks(0, len(tr.values) - 1)
+        assert blocks[0] == (0, 5) and blocks[-1] == (20, 23) and len(blocks) == 5
+        out = np.full(whole[1].shape, np.nan)
+        got = tr.jacobian_sq_norms(max_elements=300), tr.jacobian(max_elements=300, out=out)
+        assert got[1] is out
+        monkeypatch.setattr(network, "SAMPLE_BLOCK_BYTES", 4 << 20)
+        assert rel_err(got[0], whole[0]) < 1e-13 and rel_err(got[1], whole[1]) < 1e-13
+    trb = nablax.build("batch-ReLU", depth=2, width=6, in_dim=4, seed=1).forward(rng.standard_normal((30, 4)))
+    monkeypatch.setattr(network, "SAMPLE_BLOCK_BYTES", 1)
+    assert trb._sample_blocks(0, len(trb.values) - 1) is None
+
+
 def test_dense_keeps_the_signal_layout(rng):
     """Dense.vjp/jvp return a feature-major signal for a feature-major one (one matrix product either way)."""
     from nablax.layers import Dense
