@@ -513,6 +513,10 @@ class Trace:
 
     def _jacobian_chunks(self, src: int, dst: int, batch_level: bool, max_elements: int) -> list[slice]:
         n_seeds = flat_size(self.values[dst].shape[1:]) * (self.batch_size if batch_level else 1)
+        return self._seed_chunks(n_seeds, src, dst, max_elements)
+
+    def _seed_chunks(self, n_seeds: int, src: int, dst: int, max_elements: int) -> list[slice]:
+        """The chunks of an exact sweep between src and dst over n_seeds seeds (``_chunk``)."""
         return list(self.probe_chunks(n_seeds, self._chunk(max_elements), self._widest(src, dst)))
 
     def _jacobian_block_work(self, src: int, dst: int, batch_level: bool, max_elements: int) -> Callable[[slice], Array]:
@@ -564,8 +568,7 @@ class Trace:
                 sig = self._pull_chunk(seeds, dst - 1, src, plan=sweep)
                 j[xp.arange(b)[None, :], units.T] = sig.reshape(rows.stop - rows.start, b, d_src)
 
-            chunks = list(self.probe_chunks(plan[1].shape[1], self._chunk(max_elements), self._widest(src, dst)))
-            _run_chunks(fill_live, chunks, self._threads())
+            _run_chunks(fill_live, self._seed_chunks(plan[1].shape[1], src, dst, max_elements), self._threads())
             return j
         if method == "vjp":
             j = xp.empty(shape, dtype=dtype) if out is None else out
@@ -579,7 +582,7 @@ class Trace:
             return j
         n_seeds = d_src if not batch_level else b * d_src
         out_flat = xp.empty((n_seeds, b * d_dst), dtype=dtype)
-        for rows in self.probe_chunks(n_seeds, self._chunk(max_elements), self._widest(src, dst)):
+        for rows in self._seed_chunks(n_seeds, src, dst, max_elements):
             out_flat[rows] = self.pushforward(self.identity_seeds(src, rows, not batch_level), src, dst).reshape(
                 rows.stop - rows.start, -1)
         if not batch_level:
@@ -657,7 +660,7 @@ class Trace:
         def pull(rows: slice, part: Array) -> None:
             self._pull_chunk(seeds_for(rows), start, src, part, sweep)
 
-        chunks = list(self.probe_chunks(n_seeds, self._chunk(max_elements), self._widest(src, dst)))
+        chunks = self._seed_chunks(n_seeds, src, dst, max_elements)
         for part in _run_chunks(pull, chunks, self._threads(), lambda: xp.zeros_like(acc)):
             acc += part
         out = acc.astype(self.values[0].dtype)
