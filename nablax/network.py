@@ -353,7 +353,7 @@ def _run_chunks(work: Callable[[slice, Any], None], chunks: list[slice], threads
 
 def _feature_major_copy(v: Array) -> Array:
     """A copy of v (k, B, n) that lies in memory as (n, k, B) (see ``Trace._sweep_derivatives``)."""
-    out = array_module(v).empty((v.shape[2], v.shape[0], v.shape[1]), dtype=v.dtype).transpose(1, 2, 0)
+    out = kernels.cpu.feature_major_empty(v.shape, v.dtype, array_module(v))
     out[...] = v
     return out
 

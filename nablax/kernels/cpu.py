@@ -12,9 +12,10 @@ and, for batch norm with batch statistics (y the standardised batch (B, n), sigm
     batch_standardize_vjp   out = (v - mean_b(v) - y * mean_b(v * y)) / sigma     (means over the batch axis)
 
 NumPy needs three passes over v for the first (a multiply and two reductions); the Numba kernel reads v once,
-writes out once. The two sweep kernels come in both memory orders of v: sample-major (``v`` C-contiguous) and
-feature-major (``v.transpose(2, 0, 1)`` C-contiguous, memory ``(n, k, B)``; ``*_fm``), the order the exact sweeps
-of MLPs use because it gives OpenBLAS its fast matrix-product shape (``nablax.network.Trace._sweep_derivatives``). ``out`` may be ``v`` itself (the sweep works in place: no fresh buffer to fault in).
+writes out once. ``out`` may be ``v`` itself (the sweep works in place: no fresh buffer to fault in). The two
+sweep kernels come in both memory orders of v: sample-major (``v`` C-contiguous) and feature-major (``*_fm``:
+memory ``(n, k, B)``, see ``layout``), the order float64 sweeps of MLPs use because it gives OpenBLAS its faster
+matrix-product shape (``nablax.network.Trace._sweep_derivatives``).
 Norms are accumulated and returned in float64.
 
 Numba is imported lazily through ``nablax.backend.numba_module()``; without it ``compiled()`` is None and the
@@ -181,12 +182,17 @@ def layout(a: Array) -> str | None:
     e.g. v (k, B, n) stored as (n, k, B), or d (B, n) stored as (n, B); None otherwise."""
     if a.flags.c_contiguous:
         return "C"
-    return "F" if a.transpose((a.ndim - 1,) + tuple(range(a.ndim - 1))).flags.c_contiguous else None
+    return "F" if _front(a).flags.c_contiguous else None
 
 
 def _front(a: Array) -> Array:
-    """The C-contiguous memory of a feature-major array: its last axis moved to the front."""
+    """a with its last axis moved to the front: the C-contiguous memory of a feature-major array."""
     return a.transpose((a.ndim - 1,) + tuple(range(a.ndim - 1)))
+
+
+def feature_major_empty(shape: tuple[int, ...], dtype: Any, xp: Any) -> Array:
+    """An uninitialised array of the given (logical) shape that lies in memory feature-major (``layout`` "F")."""
+    return xp.empty(shape[-1:] + shape[:-1], dtype=dtype).transpose(tuple(range(1, len(shape))) + (0,))
 
 
 def scale_sq_norms_numba(v: Array, d: Array, out: Array | None = None) -> tuple[Array, Array, Array]:
@@ -195,7 +201,7 @@ def scale_sq_norms_numba(v: Array, d: Array, out: Array | None = None) -> tuple[
     xp = array_module(v, d)
     fm = layout(v) == "F"
     if out is None:
-        out = xp.empty((v.shape[2],) + v.shape[:2], dtype=v.dtype).transpose(1, 2, 0) if fm else xp.empty_like(v)
+        out = feature_major_empty(v.shape, v.dtype, xp) if fm else xp.empty_like(v)
     n_in = xp.empty(v.shape[1], dtype="float64")
     n_out = xp.empty(v.shape[1], dtype="float64")
     if fm:
