@@ -17,7 +17,7 @@ from nablax import kernels
 from nablax.backend import numba_available
 from nablax.kernels import cpu
 from nablax.layers import BatchNorm
-from nablax.layers.base import Mode
+from nablax.layers.base import Mode, jacobian_chain
 
 needs_numba = pytest.mark.skipif(not numba_available(), reason="needs numba")
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
@@ -220,6 +220,31 @@ def test_sample_blocks_give_the_same_answers(rng, monkeypatch):
     trb = nablax.build("batch-ReLU", depth=2, width=6, in_dim=4, seed=1).forward(rng.standard_normal((30, 4)))
     monkeypatch.setattr(network, "SAMPLE_BLOCK_BYTES", 1)
     assert trb._sample_blocks(0, len(trb.values) - 1) is None
+
+
+@pytest.mark.parametrize("layout", ["C", "F"])
+@pytest.mark.parametrize("blocks", [False, True])
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_sweep_choices_together_match_explicit_jacobians(layout, blocks, threads, rng, monkeypatch):
+    """Every combination of the sweep's performance choices (layout, sample blocks, chunks side by side), with and
+    without a final rectifier (live seeds), gives the norms of the explicit per-position Jacobians."""
+    from nablax import network
+
+    monkeypatch.setattr(network, "FEATURE_MAJOR_SWEEPS", layout == "F")
+    monkeypatch.setattr(network, "SAMPLE_BLOCK_BYTES", 3 * 10 * 8 * 4 if blocks else 0)
+    monkeypatch.setenv(network.SWEEP_THREADS_ENV, threads)
+    for name in ("ReLU", "tanh"):
+        net = nablax.build(name, depth=3, width=10, in_dim=6, seed=7)
+        tr = net.forward(rng.standard_normal((13, 6)))
+        assert tr._sweep_derivatives(0, len(tr.values) - 1)[0] == (layout == "F")
+        assert (tr._sample_blocks(0, len(tr.values) - 1) is not None) == blocks
+        layers, caches = net.layers, tr.caches  # reference: products of each layer's explicit Jacobian
+        want = np.stack([(jacobian_chain(layers[p:], caches[p:]) ** 2).sum(axis=(1, 2)) for p in range(len(layers))]
+                        + [np.full(13, 10.0)])
+        assert rel_err(tr.jacobian_sq_norms(max_elements=200), want) < 1e-12
+        assert rel_err(tr.batch_jacobian_sq_norms(max_elements=200), want.sum(axis=1)) < 1e-12
+        J = tr.jacobian(max_elements=200)
+        assert rel_err((J ** 2).sum(axis=(1, 2)), want[0]) < 1e-12
 
 
 def test_dense_keeps_the_signal_layout(rng):
