@@ -738,7 +738,8 @@ class Trace:
         Every chunk of a sweep reads every activation derivative between dst and src; at batch 1000 and width
         100 that is 40 MB over 50 layers, more than the cache, for each of the 100 probe chunks. Swept a block
         of samples at a time (``_sample_block``), each block's derivatives (about ``SAMPLE_BLOCK_BYTES``) stay in
-        cache while all its probes pass. Results are identical (per-sample sweeps do not mix samples).
+        cache while all its probes pass; the blocks are of equal size, so that none is a small remainder with
+        poorly filled chunks. Results are identical (per-sample sweeps do not mix samples).
         """
         if self.couples_batch or SAMPLE_BLOCK_BYTES <= 0 or not self._is_mlp_chain(src, dst):
             return None
@@ -748,7 +749,9 @@ class Trace:
         size = max(1, SAMPLE_BLOCK_BYTES // max(1, per_sample))
         if per_sample == 0 or size >= self.batch_size:
             return None
-        return [(s, min(self.batch_size, s + size)) for s in range(0, self.batch_size, size)]
+        n_blocks = -(-self.batch_size // size)
+        edges = [round(i * self.batch_size / n_blocks) for i in range(n_blocks + 1)]  # blocks of equal size (+-1)
+        return list(zip(edges[:-1], edges[1:]))
 
     def _sample_block(self, s0: int, s1: int, src: int, dst: int) -> "Trace":
         """This pass restricted to samples s0:s1, as views: values everywhere, and the caches of layers
