@@ -37,7 +37,7 @@ FILE_VERSION = 1
 DEFAULT_MAX_ELEMENTS = 1 << 24  # per chunk of probe signals: 128 MiB in float64
 SWEEP_CHUNK_BYTES = 1 << 20  # exact sweeps go in chunks of about 1 MiB of signal, which stay in cache (Trace._chunk)
 SWEEP_THREADS_ENV = "NABLAX_SWEEP_THREADS"  # chunks pulled back at once on the CPU (sweep_threads) ...
-SWEEP_THREAD_DTYPES = ("float64",)  # ... in these dtypes (float32 at batch 256 measured slower: BENCHMARKS.md)
+MIN_CHUNKS_PER_THREAD = 4  # ... when each thread gets at least this many chunks (_run_chunks)
 SAMPLE_BLOCK_BYTES = 4 << 20  # per-sample MLP sweeps of large batches go a block of samples at a time (Trace._sample_blocks)
 FEATURE_MAJOR_SWEEPS = True  # sweeps through MLPs keep their signals feature-major (Trace._sweep_derivatives) ...
 FEATURE_MAJOR_DTYPES = ("float64",)  # ... in these dtypes, where it measured faster
@@ -312,10 +312,11 @@ def sweep_threads() -> int:
     """How many chunks of an exact sweep run at once on the CPU: ``$NABLAX_SWEEP_THREADS`` if set, else the BLAS's
     current thread count (so ``OPENBLAS_NUM_THREADS=1`` or a ``threadpoolctl`` limit of 1 keeps sweeps serial),
     at most the CPUs this process may use. Each chunk then runs with one BLAS thread. On 2 cores, two chunks side by
-    side took 0.60-1.05 of the time of two BLAS threads inside every product in float64 (width-100 MLPs, batch 256
-    and 1000, four runs on a shared machine; the gain is at batch 1000), but in float32 0.77-1.03 at batch 1000 and
-    0.93-1.41 at batch 256 (``scripts/bench_sweep_options.py threads``, BENCHMARKS.md), so float32 sweeps keep one
-    chunk at a time (``SWEEP_THREAD_DTYPES``)."""
+    side took 0.60-0.82 of the time of two BLAS threads inside every product for width-100 MLPs at batch 1000 in
+    float64 (0.77-1.03 in float32), 0.74-1.05 at batch 256 in float64 but 1.06-1.41 in float32, where a sample
+    block has only 4-5 chunks; the exact batch-level GSC (20 chunks) took 0.33 against 0.51 of JAX's time in float32
+    (``scripts/bench_sweep_options.py threads``, ``scripts/bench.py --threads 2``; BENCHMARKS.md). So chunks go
+    side by side only when every thread gets ``MIN_CHUNKS_PER_THREAD`` of them (``_run_chunks``)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     wanted = os.environ.get(SWEEP_THREADS_ENV)
     if wanted is not None:
@@ -335,10 +336,11 @@ def _threadpools() -> Any:
 
 def _run_chunks(work: Callable[[slice, Any], None], chunks: list[slice], threads: int,
                 new_state: Callable[[], Any] = lambda: None) -> list[Any]:
-    """``work(rows, state)`` for every chunk. With ``threads`` > 1 the chunks are dealt into that many groups run
-    side by side, each with its own ``new_state()`` (e.g. an accumulator) and one BLAS thread (NumPy's matrix
-    products and nablax's Numba kernels release the GIL); serially, one group. Returns the groups' states."""
-    n = max(1, min(threads, len(chunks)))
+    """``work(rows, state)`` for every chunk. With ``threads`` > 1, and at least ``MIN_CHUNKS_PER_THREAD`` chunks
+    for each, the chunks are dealt into groups run side by side, each with its own ``new_state()`` (e.g. an
+    accumulator) and one BLAS thread (NumPy's matrix products and nablax's Numba kernels release the GIL);
+    otherwise one group, serially, and the BLAS keeps its own threads. Returns the groups' states."""
+    n = max(1, min(threads, len(chunks) // MIN_CHUNKS_PER_THREAD))
 
     def run_group(group: list[slice]) -> Any:
         state = new_state()
@@ -527,9 +529,7 @@ class Trace:
         return lambda rows: self._pull_chunk(self.identity_seeds(dst, rows, not batch_level), dst, src, plan=sweep)
 
     def _threads(self) -> int:
-        """Chunks side by side (``sweep_threads``) for NumPy in the ``SWEEP_THREAD_DTYPES``, else one at a time."""
-        numpy_backend = self.network.backend.name == "numpy"
-        return sweep_threads() if numpy_backend and self.values[0].dtype.name in SWEEP_THREAD_DTYPES else 1
+        return sweep_threads() if self.network.backend.name == "numpy" else 1
 
     def jacobian(self, src: int = 0, dst: int | None = None, *, batch_level: bool | None = None,
                  method: str = "vjp", max_elements: int = DEFAULT_MAX_ELEMENTS, out: Array | None = None) -> Array:

@@ -9,8 +9,8 @@ layout   one core, one BLAS thread: the signal C-ordered (``nablax.network.FEATU
 blocks   one core: the whole batch in every probe chunk (``nablax.network.SAMPLE_BLOCK_BYTES = 0``) against
          blocks of samples whose activation derivatives stay in cache (the default, ``Trace._sample_blocks``)
 threads  all cores this process may use: BLAS threads inside every product (``NABLAX_SWEEP_THREADS=1``) against
-         chunks side by side with one BLAS thread each (``nablax.network.sweep_threads``; in both dtypes here,
-         nablax's default is float64 only, ``SWEEP_THREAD_DTYPES``)
+         chunks side by side with one BLAS thread each (``nablax.network.sweep_threads``, when each thread
+         gets at least ``MIN_CHUNKS_PER_THREAD`` chunks)
 
 Jobs: ``Trace.jacobian_sq_norms()`` and ``Trace.jacobian()`` of 50-layer width-100 tanh and ReLU MLPs (as in
 ``scripts/bench.py`` job 1 and 2). Prints the median of ``--repeats`` rounds of each and their ratio (after / before).
@@ -56,7 +56,6 @@ def main(argv: list[str] | None = None) -> None:
             network.SAMPLE_BLOCK_BYTES = default_bytes if after else 0
     else:
         names = ("BLAS threads", "chunks side by side")
-        network.SWEEP_THREAD_DTYPES = ("float64", "float32")  # nablax's default is float64 only
 
         def choose(after: bool) -> None:
             if after:

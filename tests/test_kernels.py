@@ -193,9 +193,10 @@ def test_chunks_on_several_threads_give_the_same_answers(rng, monkeypatch):
                          trb.batch_jacobian_sq_norms(max_elements=60), trb.jacobian(max_elements=60))
     for serial, parallel in zip(runs["1"], runs["2"]):
         assert rel_err(parallel, serial) < 1e-13
-    tr32 = nablax.build("tanh", depth=2, width=4, in_dim=3, seed=1, dtype="float32").forward(
-        rng.standard_normal((5, 3)).astype("float32"))
-    assert tr._threads() == 2 and tr32._threads() == 1  # float32 keeps one chunk at a time (SWEEP_THREAD_DTYPES)
+    groups = network._run_chunks(lambda rows, seen: seen.append(rows), [slice(i, i + 1) for i in range(7)], 2, list)
+    assert len(groups) == 1 and len(groups[0]) == 7  # 7 chunks: fewer than MIN_CHUNKS_PER_THREAD for each of 2
+    groups = network._run_chunks(lambda rows, seen: seen.append(rows), [slice(i, i + 1) for i in range(8)], 2, list)
+    assert [len(g) for g in groups] == [4, 4]
     monkeypatch.setenv(network.SWEEP_THREADS_ENV, "two")
     with pytest.raises(ValueError, match="NABLAX_SWEEP_THREADS"):
         network.sweep_threads()
