@@ -483,8 +483,7 @@ class Trace:
         """Signal entries per chunk of an exact sweep: at most max_elements, and about SWEEP_CHUNK_BYTES, so that
         each layer's matrix product and the fused kernel after it work in cache (a float64 width-100 product then
         has about 1300 rows, where OpenBLAS is fastest here). Smaller chunks measured slower on one core in both
-        dtypes (float32 at 512 KiB: up to 10 %); with two chunks side by side, float32 at batch 256 preferred
-        512 KiB (BENCHMARKS.md)."""
+        dtypes (float32 at 512 KiB: up to 10 %; BENCHMARKS.md)."""
         return max(1, min(max_elements, SWEEP_CHUNK_BYTES // self.values[0].dtype.itemsize))
 
     def _widest(self, lo: int, hi: int) -> int:
