@@ -744,8 +744,9 @@ class Trace:
         cache while all its probes pass; the blocks are of equal size, so that none is a small remainder with
         poorly filled chunks. Results are identical (per-sample sweeps do not mix samples).
         """
-        if self.couples_batch or SAMPLE_BLOCK_BYTES <= 0 or not self._is_mlp_chain(src, dst):
-            return None
+        if (self.couples_batch or SAMPLE_BLOCK_BYTES <= 0 or self.network.backend.name != "numpy"
+                or not self._is_mlp_chain(src, dst)):
+            return None  # (a CPU cache matter: a GPU wants the whole batch at once)
         per_sample = sum(int(self.values[p].size) // self.batch_size * self.values[p].dtype.itemsize
                          for p in range(src + 1, dst + 1)
                          if _diagonal_derivative(self.network.layers[p - 1], self.caches[p - 1]) is not None)
