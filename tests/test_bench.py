@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +68,4 @@ def test_bench_memory_runs_small_and_the_three_ways_agree(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     assert "(all three agree)" in res.stdout
     assert all(f"| {w} |" in res.stdout for w in ("norms", "blocks", "memmap"))
-    import numpy as np
-
     assert np.load(tmp_path / "jacobian.npy").shape == (12, 3, 12, 3)

@@ -91,8 +91,9 @@ def test_batch_level_jacobian_matches_finite_differences(rng):
 
 
 def test_jacobian_blocks_and_out_give_the_same_rows(tmp_path, rng):
-    """Blocks of rows, stitched together, are the Jacobian, per sample and batch-level; ``out`` (here a
-    disk-backed memmap, and a plain array on the rectifier path) receives the same; a wrong ``out`` is refused."""
+    """Blocks of rows, stitched together, are the Jacobian, per sample and batch-level (tanh, batch-tanh) and on
+    the rectifier path (ReLU: live seeds); ``out`` (here a disk-backed memmap) receives the same; a wrong ``out``
+    is refused."""
     for name, level in [("batch-tanh", True), ("tanh", False), ("ReLU", False)]:
         tr = small(name, seed=4).forward(rng.standard_normal((5, 4)))
         J = tr.jacobian()
