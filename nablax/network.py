@@ -525,7 +525,9 @@ class Trace:
     def _jacobian_block_work(self, src: int, dst: int, batch_level: bool, max_elements: int) -> Callable[[slice], Array]:
         """The rows of J from dst back to src for one chunk of identity seeds at dst."""
         sweep = self._sweep_derivatives(src, dst)
-        return lambda rows: self._pull_chunk(self.identity_seeds(dst, rows, not batch_level), dst, src, plan=sweep)
+        if batch_level:
+            return lambda rows: self._pull_chunk(self.identity_seeds(dst, rows, False), dst, src, plan=sweep)
+        return lambda rows: self._pull_units(self._seed_units(None, rows), dst, src, plan=sweep)
 
     def _threads(self) -> int:
         return sweep_threads() if self.network.backend.name == "numpy" else 1
@@ -564,12 +566,12 @@ class Trace:
             j = xp.zeros(shape, dtype=dtype) if out is None else out
             if out is not None:
                 j[...] = 0
-            sweep = self._sweep_derivatives(src, dst - 1)
+            sweep = self._sweep_derivatives(src, dst)
 
             def fill_live(rows: slice, _: None) -> None:
-                seeds, units = self._live_seeds(plan, rows, dst - 1)
-                sig = self._pull_chunk(seeds, dst - 1, src, plan=sweep)
-                j[xp.arange(b)[None, :], units.T] = sig.reshape(rows.stop - rows.start, b, d_src)
+                units = self._seed_units(plan, rows)
+                sig = self._pull_units(units, dst, src, plan=sweep)
+                j[xp.arange(b)[None, :], units] = sig.reshape(rows.stop - rows.start, b, d_src)
 
             _run_chunks(fill_live, self._seed_chunks(plan[1].shape[1], src, dst, max_elements), self._threads())
             return j
@@ -623,7 +625,8 @@ class Trace:
         Unit seeds first meet the layer before dst; when that layer is diagonal (an activation, dy * phi'(z)) a
         seed e_(b,j) leaves it as phi'(z_bj) e_(b,j), so only the seeds with phi'(z_bj) != 0 are pulled further:
         batch-level, exactly those (about half after a ReLU); per sample, the most any sample has, each sample's
-        own units (``_live_seed_plan``). Fewer FLOPs, the same exact norms. Chunks: ``_chunk``.
+        own units (``_live_seed_plan``). Fewer FLOPs, the same exact norms. Per-sample seeds also pass the first
+        Dense layer as columns of its weight, not a product (``_pull_units``). Chunks: ``_chunk``.
         """
         xp = self.xp
         blocks = self._sample_blocks(src, dst) if per_sample else None
@@ -634,34 +637,30 @@ class Trace:
         d_dst = flat_size(self.values[dst].shape[1:])
         acc = xp.zeros((dst - src + 1, b), dtype="float64")  # per-sample sums (float64 also for float32 nets)
         diag = _diagonal_derivative(self.network.layers[dst - 1], self.caches[dst - 1]) if dst > src else None
-        plan = self._live_seed_plan(dst, src) if per_sample else None
-        if plan is not None:  # per sample: only the units a final rectifier lets through
+        sweep = self._sweep_derivatives(src, dst)
+        if per_sample:  # unit seeds (only those a final rectifier lets through, when it has zeros)
             acc[dst - src] = d_dst  # the d_dst unit seeds per sample at dst
-            start, n_seeds = dst - 1, plan[1].shape[1]
+            plan = self._live_seed_plan(dst, src)
+            n_seeds = d_dst if plan is None else plan[1].shape[1]
 
-            def seeds_for(rows: slice) -> Array:
-                return self._live_seeds(plan, rows, dst - 1)[0]
-        elif per_sample or diag is None:
-            start, n_seeds = dst, (d_dst if per_sample else b * d_dst)
+            def pull(rows: slice, part: Array) -> None:
+                self._pull_units(self._seed_units(plan, rows), dst, src, part, sweep)
+        elif diag is None:
+            n_seeds = b * d_dst
 
-            def seeds_for(rows: slice) -> Array:
-                return self.identity_seeds(dst, rows, per_sample)
+            def pull(rows: slice, part: Array) -> None:
+                self._pull_chunk(self.identity_seeds(dst, rows, False), dst, src, part, sweep)
         else:  # batch-level: only the (b, j) that the final diagonal layer lets through
             acc[dst - src] = d_dst  # b * d_dst unit seeds at dst
             scale = diag.reshape(-1)
             live = xp.flatnonzero(scale)
-            start, n_seeds = dst - 1, int(live.size)
+            n_seeds = int(live.size)
 
-            def seeds_for(rows: slice) -> Array:
+            def pull(rows: slice, part: Array) -> None:
                 idx = live[rows]
                 seeds = xp.zeros((idx.size, scale.size), dtype=scale.dtype)
                 seeds[xp.arange(idx.size), idx] = scale[idx]
-                return seeds.reshape((idx.size,) + tuple(diag.shape))
-
-        sweep = self._sweep_derivatives(src, start)
-
-        def pull(rows: slice, part: Array) -> None:
-            self._pull_chunk(seeds_for(rows), start, src, part, sweep)
+                self._pull_chunk(seeds.reshape((idx.size,) + tuple(diag.shape)), dst - 1, src, part, sweep)
 
         chunks = self._seed_chunks(n_seeds, src, dst, max_elements)
         for part in _run_chunks(pull, chunks, self._threads(), lambda: xp.zeros_like(acc)):
@@ -690,16 +689,54 @@ class Trace:
             return None
         return d2, xp.argsort(~live, axis=1)[:, :m]
 
-    def _live_seeds(self, plan: tuple[Array, Array], rows: slice, p: int) -> tuple[Array, Array]:
-        """Seeds ``phi'(z_b,u) e_u`` at position p for the units u = units[b, rows] of every sample b:
-        shape (k, *shape_p), and the units (B, k). Padding units (off) give zero seeds."""
+    def _seed_units(self, plan: tuple[Array, Array] | None, rows: slice) -> Array:
+        """The units (k, B) of a chunk of per-sample unit seeds at dst: seed i of sample b is ``e_units[i, b]``;
+        ``rows`` of dst's units (the same in every sample), or of each sample's own units in ``plan``
+        (``_live_seed_plan``: live units first; padding units are off, and their seeds vanish below dst)."""
+        if plan is not None:
+            return plan[1][:, rows].T
         xp = self.xp
-        d2, units = plan
-        units = units[:, rows]
-        k, (b, n) = units.shape[1], d2.shape
-        seeds = xp.zeros((k, b, n), dtype=d2.dtype)
-        seeds[xp.arange(k)[:, None], xp.arange(b)[None, :], units.T] = xp.take_along_axis(d2, units, axis=1).T
-        return seeds.reshape((k,) + tuple(self.values[p].shape)), units
+        return xp.broadcast_to(xp.arange(rows.start, rows.stop)[:, None], (rows.stop - rows.start, self.batch_size))
+
+    def _pull_units(self, units: Array, dst: int, src: int, acc: Array | None = None,
+                    plan: tuple[bool, dict[int, Array]] | None = None) -> Array:
+        """Pull per-sample unit seeds ``e_units[i, b]`` (units (k, B)) from dst back to src; like ``_pull_chunk``,
+        except that ``acc`` gets the norms below dst only (the caller knows those at dst), and that the seeds stay
+        sparse while they can:
+
+            through diagonal layers     c e_u  ->  c phi'(z_bu) e_u          (a lookup)
+            through the first Dense     c e_u  ->  c W[:, u]                 (a column of W, no matrix product)
+
+        after which the dense signal goes on through ``_pull_chunk``. Unit seeds at the output of an MLP (a Dense
+        layer, and any diagonal layers after it) so skip one matrix product of the sweep's L.
+        """
+        xp, layers = self.xp, self.network.layers
+        plan = plan if plan is not None else self._sweep_derivatives(src, dst)
+        feature_major, derivs = plan
+        k, b = units.shape
+        coef, p = xp.ones((k, b), dtype=self.values[dst].dtype), dst  # seeds coef[i, b] e_units[i, b] at p
+
+        def by_lookup(p: int) -> bool:  # the layer below p is Dense on flat data
+            return p > src and isinstance(layers[p - 1], Dense) and self.values[p].ndim == 2
+
+        while p > src and p in derivs:
+            coef = coef * xp.take_along_axis(derivs[p].reshape(b, -1), units.T, axis=1).T
+            p -= 1
+            if acc is not None and (p in derivs and p > src or by_lookup(p)):  # else _pull_chunk adds p's norms
+                acc[p - src] += (coef.astype("float64") ** 2).sum(axis=0)
+        if by_lookup(p):
+            W = layers[p - 1].W  # (d_in, d_out): the pullback of e_u is row u of W^T
+            v = (W[:, units] * coef).transpose(1, 2, 0) if feature_major else W.T[units] * coef[:, :, None]
+            return self._pull_chunk(v, p - 1, src, acc, plan, owned=True)
+        shape = tuple(self.values[p].shape)
+        v = xp.zeros((k, b, flat_size(shape[1:])), dtype=coef.dtype)
+        v[xp.arange(k)[:, None], xp.arange(b)[None, :], units] = coef
+        v = v.reshape((k,) + shape)
+        if p == dst:  # dst's norms are the caller's: take the first step here
+            if p == src:
+                return v
+            v, p = layers[p - 1].vjp(self.caches[p - 1], v), p - 1
+        return self._pull_chunk(v, p, src, acc, plan)
 
     def _sweep_derivatives(self, src: int, dst: int) -> tuple[bool, dict[int, Array]]:
         """How a sweep between src and dst runs: ``(feature_major, {p: phi'(z) of layer p, (B, *shape)})`` for
@@ -769,19 +806,20 @@ class Trace:
         return Trace(self.network, [v[s0:s1] for v in self.values], caches, self.mode)
 
     def _pull_chunk(self, v: Array, dst: int, src: int, acc: Array | None = None,
-                    plan: tuple[bool, dict[int, Array]] | None = None) -> Array:
+                    plan: tuple[bool, dict[int, Array]] | None = None, owned: bool = False) -> Array:
         """Pull a chunk of probe signals v (k, *shape_dst) from dst back to src and return it at src.
 
         With ``acc`` (float64, (dst - src + 1, B) or larger), add every position's per-sample squared norms
         to ``acc[p - src]`` on the way; a diagonal layer (an activation) and the norms on both sides of it take
         one fused kernel (``kernels.scale_sq_norms``). Diagonal layers multiply in place: v is copied once at
         the start, and every later signal is a fresh vjp result or a view of one, so nothing outside the sweep
-        is overwritten. ``plan``: ``_sweep_derivatives(src, dst)``, computed once per sweep by callers that pull
-        several chunks.
+        is overwritten (``owned``: v is the caller's fresh array, in the sweep's layout, and is used as it is).
+        ``plan``: ``_sweep_derivatives(src, dst)``, computed once per sweep by callers that pull several chunks.
         """
         xp = self.xp
         feature_major, derivs = plan if plan is not None else self._sweep_derivatives(src, dst)
-        v = _feature_major_copy(v) if feature_major else xp.array(v, copy=True, order="C")
+        if not (owned and kernels.cpu.layout(v) == ("F" if feature_major else "C")):
+            v = _feature_major_copy(v) if feature_major else xp.array(v, copy=True, order="C")
         known = None  # per-sample squared norms of v when a fused kernel already gave them
         for p in range(dst, src, -1):
             layer, cache = self.network.layers[p - 1], self.caches[p - 1]
