@@ -90,6 +90,39 @@ def test_batchnorm_through_the_numba_kernel_passes_the_derivative_checks(rng):
         check_layer_derivatives(layer, x, Mode(train=True), rng)
 
 
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_batch_standardize_numba_matches_reference(dtype, rng):
+    """batch_standardize (batch norm's forward pass in training) equals its NumPy reference, which equals the
+    formula written out."""
+    z = (rng.standard_normal((37, 11)) * 3 + 2).astype(dtype)
+    got = cpu.batch_standardize_numba(z, 1e-5)
+    want = cpu.batch_standardize_reference(z.astype(np.float64), 1e-5)
+    mean, var = z.astype(np.float64).mean(axis=0), z.astype(np.float64).var(axis=0)
+    assert rel_err(want[0], (z - mean) / np.sqrt(var + 1e-5)) < 1e-12 and rel_err(want[2][0], var) < 1e-12
+    for g, w in zip(got, want):
+        assert g.dtype == dtype and g.shape == w.shape and rel_err(g, w) < TOL[dtype]
+
+
+@needs_numba
+def test_training_forward_is_the_same_with_either_kernel_setting(rng):
+    """A training step's forward pass and gradients (batch-ReLU, big enough for "auto" to choose Numba: the batch-norm
+    forward and pullback kernels) are the same with the NumPy references and with the Numba kernels."""
+    from nablax.losses import SoftmaxCrossEntropy
+
+    x, labels = rng.standard_normal((128, 70)), rng.integers(0, 10, 128)
+    net = nablax.build("batch-ReLU", depth=3, width=80, in_dim=70, out_dim=10, seed=1)
+    results = []
+    for mode in ("numpy", "numba"):
+        with kernels.use_cpu_kernels(mode):
+            tr = net.forward(x)
+            results.append((tr.output, tr.backward(SoftmaxCrossEntropy().grad(tr.output, labels))[1]))
+    (out_a, grads_a), (out_b, grads_b) = results
+    assert rel_err(out_a, out_b) < 1e-12
+    flat_a, flat_b = (np.concatenate([g[k].ravel() for k in grads_a]) for g in (grads_a, grads_b))
+    assert rel_err(flat_a, flat_b) < 1e-12  # (the biases before batch norm have zero gradient: compared as a whole)
+
+
 def test_dispatcher_settings():
     assert kernels.cpu_kernels() in kernels.CPU_KERNELS
     with pytest.raises(ValueError):

@@ -6,7 +6,8 @@ sample) and an activation derivative ``d`` of shape ``(B, n)``:
     scale_sq_norms(v, d, out=None) -> (v * d, n_in, n_out)   n_in[b] = sum_{i,j} v[i,b,j]^2, n_out likewise
     sq_norms(v)                    -> n                       n[b] = sum_{i,j} v[i,b,j]^2  (float64, shape (B,))
 
-and the batch-norm pullback with batch statistics, ``batch_standardize_vjp(g, y, sigma)`` (see ``cpu``).
+and the batch-norm pullback with batch statistics, ``batch_standardize_vjp(g, y, sigma)``, and its forward pass,
+``batch_standardize(z, eps)`` (see ``cpu``).
 
 Which implementation runs (``set_cpu_kernels``, or the environment variable ``NABLAX_KERNELS``):
 
@@ -90,6 +91,13 @@ def batch_standardize_vjp(g: Any, y: Any, sigma: Any) -> Any:
     return cpu.batch_standardize_vjp_reference(g, y, sigma)
 
 
+def batch_standardize(z: Any, eps: float) -> tuple[Any, Any, Any, Any]:
+    """(y, mean, biased variance, sigma) of z (B, d) over the batch axis; the last three of shape (1, d)."""
+    if z.ndim == 2 and _numba_takes(z):
+        return cpu.batch_standardize_numba(z, eps)
+    return cpu.batch_standardize_reference(z, eps)
+
+
 def sq_norms(v: Any) -> Any:
     """Per-sample squared norms of v (k, B, n), summed over probes and features: float64 (B,)."""
     if _numba_takes(v, layouts="CF"):
@@ -98,4 +106,4 @@ def sq_norms(v: Any) -> Any:
 
 
 __all__ = ["CPU_KERNELS", "AUTO_MIN_ELEMENTS", "set_cpu_kernels", "cpu_kernels", "use_cpu_kernels",
-           "scale_sq_norms", "sq_norms", "batch_standardize_vjp"]
+           "scale_sq_norms", "sq_norms", "batch_standardize_vjp", "batch_standardize"]

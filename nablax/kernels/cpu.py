@@ -1,4 +1,4 @@
-"""Numba kernels for the hot path of the exact-Jacobian sweeps, each beside its NumPy reference.
+"""Numba kernels for the hot paths of the exact-Jacobian sweeps and of training, each beside its NumPy reference.
 
 The sweep pulls a chunk of probe signals ``v`` of shape ``(k, B, n)`` (k probes, B samples, n entries per
 sample) back through the network. Between two matrix products it multiplies by an activation derivative
@@ -10,6 +10,10 @@ sample) back through the network. Between two matrix products it multiplies by a
 and, for batch norm with batch statistics (y the standardised batch (B, n), sigma its per-feature scale):
 
     batch_standardize_vjp   out = (v - mean_b(v) - y * mean_b(v * y)) / sigma     (means over the batch axis)
+
+and its forward pass in training, for z (B, n): three passes over z and no temporaries, where NumPy makes six:
+
+    batch_standardize   (y, mean, var, sigma): y = (z - mean_b(z)) / sigma, sigma = sqrt(var_b(z) + eps)
 
 NumPy needs three passes over v for the first (a multiply and two reductions); the Numba kernel reads v once,
 writes out once. ``out`` may be ``v`` itself (the sweep works in place: no fresh buffer to fault in). The two
@@ -63,6 +67,14 @@ def batch_standardize_vjp_reference(g: Array, y: Array, sigma: Array) -> Array:
     from ..layers.norm import standardize_vjp  # noqa: PLC0415 (layers import this package)
 
     return standardize_vjp(g, y, sigma, (-2,))
+
+
+def batch_standardize_reference(z: Array, eps: float) -> tuple[Array, Array, Array, Array]:
+    """(y, mean, biased variance, sigma) of z (B, d) standardised over the batch axis; the last three (1, d)
+    (``layers.norm.standardize``)."""
+    from ..layers.norm import standardize  # noqa: PLC0415 (layers import this package)
+
+    return standardize(z, (-2,), eps)
 
 
 # --- Numba -----------------------------------------------------------------------------------------------
@@ -175,12 +187,37 @@ def compiled() -> Any | None:
                 for j in range(n):
                     out[i, s, j] = (g[i, s, j] - m1[j] - y[s, j] * m2[j]) * inv_sigma[j]
 
+    @njit(cache=True, nogil=True)
+    def batch_standardize(z, eps, y, mean, var, sigma):  # pragma: no cover - compiled
+        rows, n = z.shape
+        m = np.zeros(n)  # float64 sums, also for float32 data
+        for i in range(rows):
+            for j in range(n):
+                m[j] += z[i, j]
+        m /= rows
+        s2 = np.zeros(n)
+        for i in range(rows):
+            for j in range(n):
+                c = z[i, j] - m[j]
+                s2[j] += c * c
+        s2 /= rows
+        inv = np.empty(n)
+        for j in range(n):
+            mean[j] = m[j]
+            var[j] = s2[j]
+            sigma[j] = np.sqrt(s2[j] + eps)
+            inv[j] = 1.0 / np.sqrt(s2[j] + eps)
+        for i in range(rows):
+            for j in range(n):
+                y[i, j] = (z[i, j] - m[j]) * inv[j]
+
     class Kernels:
         pass
 
     ns = Kernels()
     ns.scale_sq_norms, ns.sq_norms, ns.batch_standardize_vjp = scale_sq_norms, sq_norms, batch_standardize_vjp
     ns.scale_sq_norms_fm, ns.sq_norms_fm = scale_sq_norms_fm, sq_norms_fm
+    ns.batch_standardize = batch_standardize
     return ns
 
 
@@ -238,3 +275,12 @@ def batch_standardize_vjp_numba(g: Array, y: Array, sigma: Array) -> Array:
     compiled().batch_standardize_vjp(g, y, inv_sigma, out)
     return out
 
+
+def batch_standardize_numba(z: Array, eps: float) -> tuple[Array, Array, Array, Array]:
+    """The batch-norm forward pass in three passes over z (B, d) (mean, variance, y), with no temporaries; same
+    contract as ``batch_standardize_reference`` (C-contiguous NumPy arrays; sums in float64)."""
+    xp = array_module(z)
+    y = xp.empty_like(z)
+    stats = xp.empty((3, 1, z.shape[1]), dtype=z.dtype)
+    compiled().batch_standardize(z, float(eps), y, stats[0, 0], stats[1, 0], stats[2, 0])
+    return y, stats[0], stats[1], stats[2]
