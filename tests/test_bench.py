@@ -69,3 +69,13 @@ def test_bench_memory_runs_small_and_the_three_ways_agree(tmp_path):
     assert "(all three agree)" in res.stdout
     assert all(f"| {w} |" in res.stdout for w in ("norms", "blocks", "memmap"))
     assert np.load(tmp_path / "jacobian.npy").shape == (12, 3, 12, 3)
+
+
+def test_bench_kernels_runs_and_prints_every_kernel():
+    """scripts/bench_kernels.py with two repeats: one table row per kernel, shape and dtype."""
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_kernels.py"), "--repeats", "2"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 12 and {r.split(" | ")[0][2:] for r in rows} == {
+        "scale_sq_norms", "scale_sq_norms, feature-major", "batch_standardize_vjp", "batch_standardize"}

@@ -21,8 +21,9 @@ sweep kernels come in both memory orders of v: sample-major (``v`` C-contiguous)
 memory ``(n, k, B)``, see ``layout``), the order float64 sweeps of MLPs use because it gives OpenBLAS its faster
 matrix-product shape (``nablax.network.Trace._sweep_derivatives``).
 Norms are returned in float64, summed in float64 across rows; the sample-major kernel sums each row of n entries
-in v's own dtype first (float32: 0.67-0.76 of the time of widening every entry, relative error about 4e-8 of the
-norm at n = 100; ``python scripts/bench_kernels.py``).
+in v's own dtype first (float32: 0.67-0.76 of the time of widening every entry, as it did before 2026-11-23;
+relative error about 4e-8 of the norm at n = 100). ``python scripts/bench_kernels.py`` times every kernel against
+its NumPy reference.
 
 Numba is imported lazily through ``nablax.backend.numba_module()``; without it ``compiled()`` is None and the
 callers (``nablax.kernels``) use the NumPy references. Kernels compile on first use (and are cached on disk).

@@ -1,0 +1,77 @@
+"""The fused Numba kernels alone, against their NumPy references, at the shapes the jobs of BENCHMARKS.md give them.
+
+    python scripts/bench_kernels.py [--repeats 400]
+
+One core. For each kernel and shape: the median time of the NumPy reference (``nablax.kernels.cpu.*_reference``),
+of the Numba kernel (``*_numba``), their ratio, and the time of copying the kernel's input once (``numpy.copyto``),
+a floor for any kernel that reads and writes it. Sweep kernels run in place, as the sweep runs them; the chunk
+shapes (k probes, B samples, n entries) are those of the width-100 sweeps (about 1 MiB of signal per chunk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=400)
+    args = ap.parse_args(argv)
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    from nablax.kernels import cpu
+
+    threadpool_limits(1)
+    rng = np.random.default_rng(0)
+
+    def median_us(run) -> float:
+        run()
+        times = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t)
+        return float(np.median(times)) * 1e6
+
+    def feature_major(a):  # the same logical array, last axis first in memory (``cpu.layout`` "F")
+        return np.moveaxis(np.ascontiguousarray(np.moveaxis(a, -1, 0)), 0, -1)
+
+    print("| kernel | dtype | shape | NumPy us | Numba us | Numba / NumPy | copy us |")
+    print("|---|---|---|---|---|---|---|")
+    for dtype, chunks in (("float64", [(20, 64, 100), (5, 256, 100)]), ("float32", [(40, 64, 100), (10, 256, 100)])):
+        for shape in chunks:
+            v = rng.standard_normal(shape).astype(dtype)
+            d = rng.choice([-1.0, 1.0], shape[1:]).astype(dtype)  # in-place scaling, repeated, keeps v's size
+            y = rng.standard_normal(shape[1:]).astype(dtype)
+            sigma = rng.uniform(0.5, 2.0, (1, shape[2])).astype(dtype)
+            cases = [("scale_sq_norms", v, lambda v=v, d=d: cpu.scale_sq_norms_reference(v, d, out=v),
+                      lambda v=v, d=d: cpu.scale_sq_norms_numba(v, d, out=v))]
+            if dtype == "float64":  # float64 MLP sweeps run feature-major
+                vf, df = feature_major(v), feature_major(d)
+                cases.append(("scale_sq_norms, feature-major", vf, lambda: cpu.scale_sq_norms_reference(vf, df, out=vf),
+                              lambda: cpu.scale_sq_norms_numba(vf, df, out=vf)))
+            cases.append(("batch_standardize_vjp", v, lambda v=v, y=y, s=sigma: cpu.batch_standardize_vjp_reference(v, y, s),
+                          lambda v=v, y=y, s=sigma: cpu.batch_standardize_vjp_numba(v, y, s)))
+            for name, a, ref, fast in cases:
+                report(name, dtype, a, ref, fast, median_us)
+        z = rng.standard_normal((128, 100)).astype(dtype) * 3 + 1  # a training batch of pre-activations
+        report("batch_standardize", dtype, z, lambda: cpu.batch_standardize_reference(z, 1e-5),
+               lambda: cpu.batch_standardize_numba(z, 1e-5), median_us)
+
+
+def report(name, dtype, a, ref, fast, median_us) -> None:
+    import numpy as np
+
+    target = np.empty_like(a)
+    t_ref, t_fast, t_copy = median_us(ref), median_us(fast), median_us(lambda: np.copyto(target, a))
+    print(f"| {name} | {dtype} | {a.shape} | {t_ref:.1f} | {t_fast:.1f} | {t_fast / t_ref:.2f} | {t_copy:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
