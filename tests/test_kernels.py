@@ -21,7 +21,7 @@ from nablax.layers.base import Mode, jacobian_chain
 
 needs_numba = pytest.mark.skipif(not numba_available(), reason="needs numba")
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
-SHAPES = [(1, 1, 1), (3, 5, 7), (1, 130, 9), (17, 2, 33)]  # k probes, B samples, n entries; B > SAMPLE_BLOCK too
+SHAPES = [(1, 1, 1), (3, 5, 7), (1, 130, 9), (17, 2, 33)]  # k probes, B samples, n entries
 
 
 def _data(shape, dtype, rng, layout="C"):

@@ -41,7 +41,6 @@ from typing import Any
 from ..backend import array_module, numba_module
 
 Array = Any
-SAMPLE_BLOCK = 64  # samples per prange iteration (one scratch row each)
 PARALLEL = os.environ.get("NABLAX_NUMBA_PARALLEL", "0") == "1"
 
 
@@ -91,29 +90,25 @@ def compiled() -> Any | None:
     np = __import__("numpy")  # inside compiled code only (numba needs the module object for np.empty)
 
     @njit(parallel=PARALLEL, fastmath=True, cache=True, nogil=True)
-    def scale_sq_norms(v, d, out, n_in, n_out):  # pragma: no cover - compiled
-        k, b, n = v.shape
-        zero = v.dtype.type(0)
-        for blk in prange((b + SAMPLE_BLOCK - 1) // SAMPLE_BLOCK):
-            row = np.empty(n, dtype=v.dtype)  # a private copy of one row: out may be v, and the loop below
-            for s in range(blk * SAMPLE_BLOCK, min(b, (blk + 1) * SAMPLE_BLOCK)):  # must not read an alias of
-                acc_in = 0.0                                                        # out, or it will not vectorise
-                acc_out = 0.0
-                for i in range(k):
-                    for j in range(n):
-                        row[j] = v[i, s, j]
-                    row_in = zero  # one row's sums in v's dtype (float32: no widening inside the vector loop),
-                    row_out = zero  # added to the float64 sums once per row
-                    for j in range(n):
-                        x = row[j]
-                        y = x * d[s, j]
-                        out[i, s, j] = y
-                        row_in += x * x
-                        row_out += y * y
-                    acc_in += row_in
-                    acc_out += row_out
-                n_in[s] = acc_in
-                n_out[s] = acc_out
+    def scale_sq_norms(v, d, n_in, n_out):  # pragma: no cover - compiled
+        k, b, n = v.shape  # in place, v <- v * d: each entry is read, then written at the same index, so the loop
+        zero = v.dtype.type(0)  # vectorises (with a separate output it would not: it might alias v)
+        for s in prange(b):
+            acc_in = 0.0
+            acc_out = 0.0
+            for i in range(k):
+                row_in = zero  # one row's sums in v's dtype (float32: no widening inside the vector loop),
+                row_out = zero  # added to the float64 sums once per row
+                for j in range(n):
+                    x = v[i, s, j]
+                    y = x * d[s, j]
+                    v[i, s, j] = y
+                    row_in += x * x
+                    row_out += y * y
+                acc_in += row_in
+                acc_out += row_out
+            n_in[s] = acc_in
+            n_out[s] = acc_out
 
     @njit(parallel=PARALLEL, fastmath=True, cache=True, nogil=True)
     def sq_norms(v, n_out):  # pragma: no cover - compiled
@@ -127,33 +122,16 @@ def compiled() -> Any | None:
             n_out[s] = acc
 
     @njit(fastmath=True, cache=True, nogil=True)
-    def scale_sq_norms_fm(vt, dt, out, n_in, n_out):  # pragma: no cover - compiled
-        n, k, b = vt.shape  # vt, out: (n, k, B) and dt: (n, B), the memory of feature-major v (k, B, n), d (B, n)
-        rows = np.empty((4, b), dtype=vt.dtype)  # private copies of 4 feature rows: out may be vt (see above)
-        acc_in = np.zeros(b)  # float64 per-sample sums, updated once per 4 features
+    def scale_sq_norms_fm(vt, dt, n_in, n_out):  # pragma: no cover - compiled
+        n, k, b = vt.shape  # vt: (n, k, B) and dt: (n, B), the memory of feature-major v (k, B, n), d (B, n)
+        acc_in = np.zeros(b)  # float64 per-sample sums, along the contiguous sample axis
         acc_out = np.zeros(b)
-        j = 0
-        while j + 4 <= n:
-            for i in range(k):
-                for t in range(4):
-                    for s in range(b):
-                        rows[t, s] = vt[j + t, i, s]
-                for s in range(b):
-                    x0, x1, x2, x3 = rows[0, s], rows[1, s], rows[2, s], rows[3, s]
-                    y0, y1, y2, y3 = x0 * dt[j, s], x1 * dt[j + 1, s], x2 * dt[j + 2, s], x3 * dt[j + 3, s]
-                    out[j, i, s] = y0
-                    out[j + 1, i, s] = y1
-                    out[j + 2, i, s] = y2
-                    out[j + 3, i, s] = y3
-                    acc_in[s] += x0 * x0 + x1 * x1 + x2 * x2 + x3 * x3
-                    acc_out[s] += y0 * y0 + y1 * y1 + y2 * y2 + y3 * y3
-            j += 4
-        for jj in range(j, n):  # the last n % 4 features
+        for j in range(n):  # in place, as above
             for i in range(k):
                 for s in range(b):
-                    x = vt[jj, i, s]
-                    y = x * dt[jj, s]
-                    out[jj, i, s] = y
+                    x = vt[j, i, s]
+                    y = x * dt[j, s]
+                    vt[j, i, s] = y
                     acc_in[s] += x * x
                     acc_out[s] += y * y
         n_in[:] = acc_in
@@ -242,18 +220,27 @@ def feature_major_empty(shape: tuple[int, ...], dtype: Any, xp: Any) -> Array:
 
 def scale_sq_norms_numba(v: Array, d: Array, out: Array | None = None) -> tuple[Array, Array, Array]:
     """The fused kernel: same contract as ``scale_sq_norms_reference`` (NumPy arrays only). v, d and out are all
-    C-contiguous or all feature-major (``layout``); a fresh out takes v's layout."""
+    C-contiguous or all feature-major (``layout``); a fresh out takes v's layout. The kernels work in place: an
+    out other than v itself receives a copy of v first (one more pass; the sweeps pass ``out=v``)."""
     xp = array_module(v, d)
     fm = layout(v) == "F"
     if out is None:
         out = feature_major_empty(v.shape, v.dtype, xp) if fm else xp.empty_like(v)
+    if not _same_array(out, v):
+        out[...] = v
     n_in = xp.empty(v.shape[1], dtype="float64")
     n_out = xp.empty(v.shape[1], dtype="float64")
     if fm:
-        compiled().scale_sq_norms_fm(_front(v), _front(d), _front(out), n_in, n_out)
+        compiled().scale_sq_norms_fm(_front(out), _front(d), n_in, n_out)
     else:
-        compiled().scale_sq_norms(v, d, out, n_in, n_out)
+        compiled().scale_sq_norms(out, d, n_in, n_out)
     return out, n_in, n_out
+
+
+def _same_array(a: Array, b: Array) -> bool:
+    """Whether a and b are the same memory seen the same way (one object, or two identical views)."""
+    return a is b or (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+                      and a.shape == b.shape and a.strides == b.strides)
 
 
 def sq_norms_numba(v: Array) -> Array:
