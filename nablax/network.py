@@ -726,7 +726,7 @@ class Trace:
                 acc[p - src] += (coef.astype("float64") ** 2).sum(axis=0)
         if by_lookup(p):
             W = layers[p - 1].W  # (d_in, d_out): the pullback of e_u is row u of W^T
-            v = (W[:, units] * coef).transpose(1, 2, 0) if feature_major else W.T[units] * coef[:, :, None]
+            v = (xp.take(W, units, axis=1) * coef).transpose(1, 2, 0) if feature_major else W.T[units] * coef[:, :, None]
             return self._pull_chunk(v, p - 1, src, acc, plan, owned=True)
         shape = tuple(self.values[p].shape)
         v = xp.zeros((k, b, flat_size(shape[1:])), dtype=coef.dtype)

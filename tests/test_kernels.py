@@ -285,6 +285,23 @@ def test_sweep_choices_together_match_explicit_jacobians(layout, blocks, threads
         assert rel_err((J ** 2).sum(axis=(1, 2)), want[0]) < 1e-12
 
 
+def test_unit_seed_lookups_come_in_the_sweep_layout(rng, monkeypatch):
+    """The weight columns looked up for unit seeds (``Trace._pull_units``) are already laid out as the sweep runs
+    (feature-major in float64, C-ordered in float32), so ``_pull_chunk`` takes them without a copy."""
+    from nablax import network
+
+    copies = []
+    monkeypatch.setattr(network, "_feature_major_copy", lambda v: copies.append(v.shape) or v.copy(order="K"))
+    for dtype in ("float64", "float32"):
+        for name in ("tanh", "ReLU"):
+            net = nablax.build(name, depth=3, width=30, seed=0, dtype=dtype)
+            tr = net.forward(rng.standard_normal((64, 30)).astype(dtype))
+            assert tr._sweep_derivatives(0, len(tr.values) - 1)[0] == (dtype == "float64")
+            tr.jacobian_sq_norms()
+            tr.jacobian()
+    assert copies == []
+
+
 def test_dense_keeps_the_signal_layout(rng):
     """Dense.vjp/jvp return a feature-major signal for a feature-major one (one matrix product either way)."""
     from nablax.layers import Dense
