@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
+
+from timing import median_seconds
 
 
 def measure(repeats: int = 21) -> tuple[float, float]:
@@ -35,13 +36,7 @@ def measure(repeats: int = 21) -> tuple[float, float]:
         opt.step(net.named_params(), grads)
 
     def median_ms(f) -> float:
-        f()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            f()
-            times.append(time.perf_counter() - t)
-        return 1e3 * float(np.median(times))
+        return 1e3 * median_seconds(f, repeats)
 
     with threadpool_limits(1):
         return median_ms(lambda: net.forward(x)), median_ms(step)

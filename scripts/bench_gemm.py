@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
+
+from timing import median_seconds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,13 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     flops = 2 * args.layers * args.rows * 100 * 100
 
     def rate(run) -> float:
-        run()
-        times = []
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - t)
-        return flops / float(np.median(times)) / 1e9
+        return flops / median_seconds(run, args.repeats) / 1e9
 
     print(f"one core; chain of {args.layers} products ({args.rows}, 100) @ (100, 100), distinct weights; GFLOP/s\n")
     print("| dtype | numpy C | numpy fm | jax |")

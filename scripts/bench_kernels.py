@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
+
+from timing import median_seconds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,13 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
 
     def median_us(run) -> float:
-        run()
-        times = []
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - t)
-        return float(np.median(times)) * 1e6
+        return median_seconds(run, args.repeats) * 1e6
 
     def feature_major(a):  # the same logical array, last axis first in memory (``cpu.layout`` "F")
         return np.moveaxis(np.ascontiguousarray(np.moveaxis(a, -1, 0)), 0, -1)
