@@ -725,8 +725,11 @@ class Trace:
             if acc is not None and (p in derivs and p > src or by_lookup(p)):  # else _pull_chunk adds p's norms
                 acc[p - src] += (coef.astype("float64") ** 2).sum(axis=0)
         if by_lookup(p):
-            W = layers[p - 1].W  # (d_in, d_out): the pullback of e_u is row u of W^T
-            v = (xp.take(W, units, axis=1) * coef).transpose(1, 2, 0) if feature_major else W.T[units] * coef[:, :, None]
+            W = layers[p - 1].W  # (d_in, d_out): the pullback of e_u is row u of W^T, that is column u of W
+            if feature_major:  # take() lays the columns out (d_in, k, B), the feature-major memory
+                v = (xp.take(W, units, axis=1) * coef).transpose(1, 2, 0)
+            else:
+                v = W.T[units] * coef[:, :, None]
             return self._pull_chunk(v, p - 1, src, acc, plan, owned=True)
         shape = tuple(self.values[p].shape)
         v = xp.zeros((k, b, flat_size(shape[1:])), dtype=coef.dtype)

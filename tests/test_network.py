@@ -147,10 +147,9 @@ def _unit_seed_nets(rng):
     W1, W2 = rng.standard_normal((4, 5)), rng.standard_normal((5, 3))
     two_acts = Network([Dense(W1), nablax.layers.Tanh(), Dense(W2), nablax.layers.Tanh(), ReLU()], in_shape=(4,))
     conv = nablax.build("conv-fnn", depth=3, width=2, in_dim=(1, 4, 4), out_dim=3, seed=2)
-    return [(small("tanh", seed=7), rng.standard_normal((5, 4))), (small("ReLU", seed=7), rng.standard_normal((5, 4))),
-            (nablax.build("fnn-no-bn-bias", depth=3, width=5, in_dim=4, out_dim=3, seed=7), rng.standard_normal((5, 4))),
-            (two_acts, rng.standard_normal((5, 4))), (small("tanh (ResNet)", seed=7), rng.standard_normal((5, 4))),
-            (conv, rng.standard_normal((3, 1, 4, 4)))]
+    fnn = nablax.build("fnn-no-bn-bias", depth=3, width=5, in_dim=4, out_dim=3, seed=7)
+    flat = [small("tanh", seed=7), small("ReLU", seed=7), fnn, two_acts, small("tanh (ResNet)", seed=7)]
+    return [(net, rng.standard_normal((5, 4))) for net in flat] + [(conv, rng.standard_normal((3, 1, 4, 4)))]
 
 
 @pytest.mark.parametrize("feature_major", [True, False])

@@ -120,7 +120,8 @@ class BatchNorm(_Normalization):
     def forward(self, x: Array, mode: Mode = Mode()) -> tuple[Array, Cache]:
         axes = self._axes(x.ndim)
         if mode.train:  # dense data: one fused kernel (``nablax.kernels``)
-            y, mu, var, sigma = kernels.batch_standardize(x, self.eps) if axes == (-2,) else standardize(x, axes, self.eps)
+            dense = axes == (-2,)
+            y, mu, var, sigma = kernels.batch_standardize(x, self.eps) if dense else standardize(x, axes, self.eps)
             if mode.update_stats:
                 n = x.size // self.running_mean.size
                 m = self.momentum
