@@ -809,6 +809,11 @@ def machine() -> dict:
             info[mod] = __import__(mod).__version__
         except Exception:
             pass
+    from threadpoolctl import threadpool_info
+
+    blas = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+    if blas:  # the library under NumPy's products, and the kernels it chose for this CPU
+        info["blas"] = f"{blas[0].get('internal_api')} {blas[0].get('version')} ({blas[0].get('architecture', '?')})"
     return info
 
 
@@ -821,7 +826,7 @@ def markdown(data: dict) -> str:
     lines = [
         f"Machine: {m.get('cpu', '?')}, {m.get('cpus')} cores; threads per engine: {data['threads']}; "
         f"numpy {m.get('numpy')}, numba {m.get('numba', '-')}, torch {m.get('torch', '-')}, jax {m.get('jax', '-')}"
-        f", cupy {m.get('cupy', '-')}. Size: {data['size']}. Written {data['written']}.",
+        f", cupy {m.get('cupy', '-')}; NumPy's BLAS {m.get('blas', '?')}. Size: {data['size']}. Written {data['written']}.",
         "",
         f"Command: `{data['command']}`",
         "",
