@@ -126,14 +126,17 @@ def compiled() -> Any | None:
         n, k, b = vt.shape  # vt: (n, k, B) and dt: (n, B), the memory of feature-major v (k, B, n), d (B, n)
         acc_in = np.zeros(b)  # float64 per-sample sums, along the contiguous sample axis
         acc_out = np.zeros(b)
-        for j in range(n):  # in place, as above
-            for i in range(k):
+        col = np.empty(b)  # sum over probes of v^2 for one feature j: then sum (v d)^2 = d^2 sum v^2
+        for j in range(n):
+            col[:] = 0.0
+            for i in range(k):  # in place, as above
                 for s in range(b):
                     x = vt[j, i, s]
-                    y = x * dt[j, s]
-                    vt[j, i, s] = y
-                    acc_in[s] += x * x
-                    acc_out[s] += y * y
+                    col[s] += x * x
+                    vt[j, i, s] = x * dt[j, s]
+            for s in range(b):
+                acc_in[s] += col[s]
+                acc_out[s] += col[s] * dt[j, s] * dt[j, s]
         n_in[:] = acc_in
         n_out[:] = acc_out
 
