@@ -827,8 +827,11 @@ class Trace:
         for p in range(dst, src, -1):
             layer, cache = self.network.layers[p - 1], self.caches[p - 1]
             d = derivs.get(p)
-            if d is not None and acc is None:
-                v = xp.multiply(v, d, out=v) if v.flags.writeable else v * d
+            if d is not None and acc is None and not v.flags.writeable:
+                v = v * d
+            elif d is not None and acc is None:
+                b = d.shape[0]
+                v = kernels.scale(v.reshape(-1, b, d.size // b), d.reshape(b, -1)).reshape(v.shape)
             elif d is not None:
                 b = d.shape[0]
                 v3 = v.reshape(-1, b, d.size // b)

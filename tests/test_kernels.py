@@ -66,6 +66,23 @@ def test_sq_norms_numba_matches_reference(shape, dtype, layout, rng):
 
 @needs_numba
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_scale_numba_matches_reference_in_place(shape, dtype, rng):
+    """scale (v *= d, feature-major) equals v * d written out, in place; the dispatcher sends C-ordered arrays to
+    the NumPy reference and feature-major ones to Numba."""
+    v, d = _data(shape, dtype, rng, "F")
+    want = v * d
+    got = v.copy(order="K")
+    assert cpu.scale_numba(got, d) is got and np.array_equal(got, want)
+    with kernels.use_cpu_kernels("numba"):
+        got = v.copy(order="K")
+        assert kernels.scale(got, d) is got and np.array_equal(got, want)
+        c, dc = np.ascontiguousarray(v), np.ascontiguousarray(d)
+        assert kernels.scale(c, dc) is c and np.array_equal(c, want)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("shape", [(1, 3, 1), (3, 6, 4), (2, 70, 5)])
 def test_batch_standardize_vjp_numba_matches_reference(shape, dtype, rng):
     g, _ = _data(shape, dtype, rng)
@@ -179,10 +196,12 @@ def test_sweep_matches_explicit_jacobians_with_either_kernel(name, mode, rng):
     net = nablax.build(name, depth=3, width=6, in_dim=4, seed=5)
     tr = net.forward(rng.standard_normal((9, 4)))
     want = _explicit_sq_norms(tr)
+    explicit_j = tr.jacobian(method="jvp")
     with kernels.use_cpu_kernels(mode):
         got = tr.jacobian_sq_norms(max_elements=40)  # several chunks
         got_one = tr.jacobian_sq_norms()
-    assert rel_err(got, want) < 1e-12 and rel_err(got_one, want) < 1e-12
+        got_j = tr.jacobian(max_elements=40)
+    assert rel_err(got, want) < 1e-12 and rel_err(got_one, want) < 1e-12 and rel_err(got_j, explicit_j) < 1e-12
 
 
 @pytest.mark.parametrize("mode", ["numpy", "numba"])

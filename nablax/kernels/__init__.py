@@ -5,6 +5,7 @@ sample) and an activation derivative ``d`` of shape ``(B, n)``:
 
     scale_sq_norms(v, d, out=None) -> (v * d, n_in, n_out)   n_in[b] = sum_{i,j} v[i,b,j]^2, n_out likewise
     sq_norms(v)                    -> n                       n[b] = sum_{i,j} v[i,b,j]^2  (float64, shape (B,))
+    scale(v, d)                    -> v                       v *= d in place
 
 and the batch-norm pullback with batch statistics, ``batch_standardize_vjp(g, y, sigma)``, and its forward pass,
 ``batch_standardize(z, eps)`` (see ``cpu``).
@@ -84,6 +85,14 @@ def scale_sq_norms(v: Any, d: Any, out: Any | None = None) -> tuple[Any, Any, An
     return cpu.scale_sq_norms_reference(v, d, out)
 
 
+def scale(v: Any, d: Any) -> Any:
+    """v *= d in place for v (k, B, n) and d (B, n); Numba only for feature-major arrays (NumPy is as fast as a
+    kernel in the C order)."""
+    if _numba_takes(v, d, layouts="F"):
+        return cpu.scale_numba(v, d)
+    return cpu.scale_reference(v, d)
+
+
 def batch_standardize_vjp(g: Any, y: Any, sigma: Any) -> Any:
     """(g - mean_b(g) - y mean_b(g y)) / sigma over the batch axis of g (k, B, d); y (B, d), sigma (1, d)."""
     if _numba_takes(g, y):
@@ -106,4 +115,4 @@ def sq_norms(v: Any) -> Any:
 
 
 __all__ = ["CPU_KERNELS", "AUTO_MIN_ELEMENTS", "set_cpu_kernels", "cpu_kernels", "use_cpu_kernels",
-           "scale_sq_norms", "sq_norms", "batch_standardize_vjp", "batch_standardize"]
+           "scale_sq_norms", "sq_norms", "scale", "batch_standardize_vjp", "batch_standardize"]
