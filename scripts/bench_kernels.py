@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
                 vf, df = feature_major(v), feature_major(d)
                 cases.append(("scale_sq_norms, feature-major", vf, lambda: cpu.scale_sq_norms_reference(vf, df, out=vf),
                               lambda: cpu.scale_sq_norms_numba(vf, df, out=vf)))
+                cases.append(("scale, feature-major", vf, lambda: cpu.scale_reference(vf, df),
+                              lambda: cpu.scale_numba(vf, df)))
             cases.append(("batch_standardize_vjp", v,
                           lambda v=v, y=y, s=sigma: cpu.batch_standardize_vjp_reference(v, y, s),
                           lambda v=v, y=y, s=sigma: cpu.batch_standardize_vjp_numba(v, y, s)))
