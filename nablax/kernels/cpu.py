@@ -16,15 +16,16 @@ and its forward pass in training, for z (B, n): three passes over z and no tempo
 
     batch_standardize   (y, mean, var, sigma): y = (z - mean_b(z)) / sigma, sigma = sqrt(var_b(z) + eps)
 
-NumPy needs three passes over v for the first (a multiply and two reductions); the Numba kernel reads v once,
-writes out once. ``out`` may be ``v`` itself (the sweep works in place: no fresh buffer to fault in). The two
-sweep kernels come in both memory orders of v: sample-major (``v`` C-contiguous) and feature-major (``*_fm``:
-memory ``(n, k, B)``, see ``layout``), the order float64 sweeps of MLPs use because it gives OpenBLAS its faster
-matrix-product shape (``nablax.network.Trace._sweep_derivatives``).
-Norms are returned in float64, summed in float64 across rows; the sample-major kernel sums each row of n entries
-in v's own dtype first (float32: 0.67-0.76 of the time of widening every entry, as it did before 2026-11-23;
-relative error about 4e-8 of the norm at n = 100). ``python scripts/bench_kernels.py`` times every kernel against
-its NumPy reference.
+NumPy needs three passes over v for the first (a multiply and two reductions); the Numba kernel reads v once and
+writes it back in place: each entry is read, then written at the same index, which is what lets LLVM vectorise the
+loop (an ``out`` other than v receives a copy of v first; the sweeps pass ``out=v``). The sweep kernels come in
+both memory orders of v: sample-major (``v`` C-contiguous) and feature-major (``*_fm``: memory ``(n, k, B)``, see
+``layout``), the order float64 sweeps of MLPs use because it gives OpenBLAS its faster matrix-product shape
+(``nablax.network.Trace._sweep_derivatives``).
+Norms are returned in float64. The sample-major kernel sums each row of n entries in v's own dtype first, then in
+float64 (float32: no widening inside the vector loop; relative error about 4e-8 of the norm at n = 100); the
+feature-major one sums v^2 over the probes of each feature and takes the norm after the derivative as d^2 times
+that sum. ``python scripts/bench_kernels.py`` times every kernel against its NumPy reference.
 
 Numba is imported lazily through ``nablax.backend.numba_module()``; without it ``compiled()`` is None and the
 callers (``nablax.kernels``) use the NumPy references. Kernels compile on first use (and are cached on disk).
