@@ -739,7 +739,7 @@ class Trace:
             if p == src:
                 return v
             v, p = layers[p - 1].vjp(self.caches[p - 1], v), p - 1
-        return self._pull_chunk(v, p, src, acc, plan)
+        return self._pull_chunk(v, p, src, acc, plan, owned=True)  # fresh; copied only if not in the sweep's layout
 
     def _sweep_derivatives(self, src: int, dst: int) -> tuple[bool, dict[int, Array]]:
         """How a sweep between src and dst runs: ``(feature_major, {p: phi'(z) of layer p, (B, *shape)})`` for

@@ -200,10 +200,11 @@ def compiled() -> Any | None:
         s2 /= rows
         inv = np.empty(n)
         for j in range(n):
+            sd = np.sqrt(s2[j] + eps)
             mean[j] = m[j]
             var[j] = s2[j]
-            sigma[j] = np.sqrt(s2[j] + eps)
-            inv[j] = 1.0 / np.sqrt(s2[j] + eps)
+            sigma[j] = sd
+            inv[j] = 1.0 / sd
         for i in range(rows):
             for j in range(n):
                 y[i, j] = (z[i, j] - m[j]) * inv[j]
