@@ -40,7 +40,8 @@ SWEEP_THREADS_ENV = "NABLAX_SWEEP_THREADS"  # chunks pulled back at once on the 
 MIN_CHUNKS_PER_THREAD = 4  # ... when each thread gets at least this many chunks (_run_chunks)
 SAMPLE_BLOCK_BYTES = 4 << 20  # per-sample MLP sweeps of large batches go a block of samples at a time (Trace._sample_blocks)
 FEATURE_MAJOR_SWEEPS = True  # sweeps through MLPs keep their signals feature-major (Trace._sweep_derivatives) ...
-FEATURE_MAJOR_DTYPES = ("float64",)  # ... in these dtypes, where it measured faster
+FEATURE_MAJOR_DTYPES = ("float64",)  # ... in these dtypes, where it measured faster with numpy.matmul (OpenBLAS)
+FEATURE_MAJOR_DTYPES_CBLAS = ("float64", "float32")  # ... and with a library chosen by kernels.set_blas (AOCL-BLAS)
 
 
 class NetworkFileError(ValueError):
@@ -323,12 +324,13 @@ def sweep_threads() -> int:
         if not wanted.isdigit() or int(wanted) < 1:
             raise ValueError(f"{SWEEP_THREADS_ENV} must be a positive integer, got {wanted!r}")
         return int(wanted)
-    blas = [lib["num_threads"] for lib in _threadpools().info() if lib["user_api"] == "blas"]
+    blas = [lib["num_threads"] for lib in _threadpools(kernels.blas_library()).info() if lib["user_api"] == "blas"]
     return max(1, min([cpus] + blas))
 
 
 @functools.lru_cache(maxsize=None)
-def _threadpools() -> Any:
+def _threadpools(blas: str) -> Any:
+    """threadpoolctl's view of the loaded thread pools, looked up again when ``kernels.set_blas`` loads a library."""
     from threadpoolctl import ThreadpoolController  # noqa: PLC0415 (a few ms to set up, so only once)
 
     return ThreadpoolController()
@@ -351,8 +353,15 @@ def _run_chunks(work: Callable[[slice, Any], None], chunks: list[slice], threads
     groups = [chunks[i::n] for i in range(n)]
     if n == 1:
         return [run_group(chunks)]
-    with _threadpools().limit(limits=1, user_api="blas"), ThreadPoolExecutor(n) as pool:
+    with _threadpools(kernels.blas_library()).limit(limits=1, user_api="blas"), ThreadPoolExecutor(n) as pool:
         return list(pool.map(run_group, groups))
+
+
+def _feature_major_dtypes() -> tuple[str, ...]:
+    """Dtypes whose MLP sweeps run feature-major. With AOCL-BLAS (``kernels.set_blas("aocl")``) float32 products
+    are faster feature-major too: 97-99 against 71-75 GFLOP/s on the (1280, 100) chain, and 0.89-0.91 of the
+    sample-major sweep's time under NumPy's OpenBLAS (BENCHMARKS.md, "The BLAS")."""
+    return FEATURE_MAJOR_DTYPES if kernels.blas.blas_name() == "numpy" else FEATURE_MAJOR_DTYPES_CBLAS
 
 
 def _feature_major_copy(v: Array) -> Array:
@@ -752,7 +761,8 @@ class Trace:
         column-major terms the M dimension is then 100, which a 16-row register blocking does not divide). In
         whole sweeps that gave 0.92-1.02 of the time in float64 but 0.98-1.13 in float32
         (``scripts/bench_sweep_options.py layout``), so it is used for NumPy arrays of the
-        ``FEATURE_MAJOR_DTYPES`` (float64; ``FEATURE_MAJOR_SWEEPS = False`` turns it off) on chains of Dense and
+        ``FEATURE_MAJOR_DTYPES`` (float64; both dtypes with another BLAS, ``_feature_major_dtypes``;
+        ``FEATURE_MAJOR_SWEEPS = False`` turns it off) on chains of Dense and
         diagonal layers of flat data, where every step keeps the order; the derivatives are then copied
         transposed ((n, B) in memory, one copy for the length of the sweep) so the fused kernel reads them in the
         signal's order. Anything else (batch norm, convolutions, residual blocks) keeps the C order its kernels
@@ -762,7 +772,7 @@ class Trace:
         derivs = {p: d for p in range(src + 1, dst + 1)
                   if (d := _diagonal_derivative(layers[p - 1], caches[p - 1])) is not None}
         feature_major = (FEATURE_MAJOR_SWEEPS and self.network.backend.name == "numpy"
-                         and self.values[src].dtype.name in FEATURE_MAJOR_DTYPES and self._is_mlp_chain(src, dst))
+                         and self.values[src].dtype.name in _feature_major_dtypes() and self._is_mlp_chain(src, dst))
         if feature_major:
             derivs = {p: self.xp.ascontiguousarray(d.T).T for p, d in derivs.items()}
         return feature_major, derivs

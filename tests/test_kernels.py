@@ -227,7 +227,8 @@ def test_feature_major_sweeps_give_the_same_answers(mode, rng, monkeypatch):
     for name, dtype in (("batch-ReLU", "float64"), ("tanh", "float32")):
         tr = nablax.build(name, depth=2, width=6, in_dim=4, seed=1, dtype=dtype).forward(
             rng.standard_normal((5, 4)).astype(dtype))
-        assert not tr._sweep_derivatives(0, len(tr.values) - 1)[0]
+        with kernels.use_blas("numpy"):  # float32 goes feature-major with another BLAS (tests/test_blas.py)
+            assert not tr._sweep_derivatives(0, len(tr.values) - 1)[0]
 
 
 def test_chunks_on_several_threads_give_the_same_answers(rng, monkeypatch):
@@ -304,20 +305,24 @@ def test_sweep_choices_together_match_explicit_jacobians(layout, blocks, threads
         assert rel_err((J ** 2).sum(axis=(1, 2)), want[0]) < 1e-12
 
 
-def test_unit_seed_lookups_come_in_the_sweep_layout(rng, monkeypatch):
+def test_unit_seed_lookups_come_in_the_sweep_layout(rng, monkeypatch, numpy_cblas):
     """The weight columns looked up for unit seeds (``Trace._pull_units``) are already laid out as the sweep runs
-    (feature-major in float64, C-ordered in float32), so ``_pull_chunk`` takes them without a copy."""
+    (feature-major in float64, and in float32 with another BLAS; C-ordered in float32 with NumPy's), so
+    ``_pull_chunk`` takes them without a copy."""
     from nablax import network
 
     copies = []
     monkeypatch.setattr(network, "_feature_major_copy", lambda v: copies.append(v.shape) or v.copy(order="K"))
-    for dtype in ("float64", "float32"):
-        for name in ("tanh", "ReLU"):
-            net = nablax.build(name, depth=3, width=30, seed=0, dtype=dtype)
-            tr = net.forward(rng.standard_normal((64, 30)).astype(dtype))
-            assert tr._sweep_derivatives(0, len(tr.values) - 1)[0] == (dtype == "float64")
-            tr.jacobian_sq_norms()
-            tr.jacobian()
+    for library in ("numpy", numpy_cblas):
+        with kernels.use_blas(library):
+            for dtype in ("float64", "float32"):
+                for name in ("tanh", "ReLU"):
+                    net = nablax.build(name, depth=3, width=30, seed=0, dtype=dtype)
+                    tr = net.forward(rng.standard_normal((64, 30)).astype(dtype))
+                    feature_major = dtype == "float64" or library != "numpy"
+                    assert tr._sweep_derivatives(0, len(tr.values) - 1)[0] == feature_major
+                    tr.jacobian_sq_norms()
+                    tr.jacobian()
     assert copies == []
 
 

@@ -20,6 +20,9 @@ Which implementation runs (``set_cpu_kernels``, or the environment variable ``NA
     "numpy"           always the NumPy reference (``cpu.*_reference``)
 
 CuPy arrays always take the reference, which runs on any array module.
+
+The dense layers' matrix products go through ``blas.matmul``: NumPy's own by default, or another CBLAS library
+chosen with ``set_blas`` / ``use_blas`` or ``NABLAX_BLAS`` (AMD's AOCL-BLAS: "aocl"; see ``blas``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import os
 from typing import Any, Iterator
 
 from ..backend import NUMPY, numba_available
-from . import cpu
+from . import blas, cpu
+from .blas import blas_library, blas_name, set_blas, use_blas
 
 _NDARRAY = NUMPY.xp.ndarray
 
@@ -115,4 +119,5 @@ def sq_norms(v: Any) -> Any:
 
 
 __all__ = ["CPU_KERNELS", "AUTO_MIN_ELEMENTS", "set_cpu_kernels", "cpu_kernels", "use_cpu_kernels",
-           "scale_sq_norms", "sq_norms", "scale", "batch_standardize_vjp", "batch_standardize"]
+           "scale_sq_norms", "sq_norms", "scale", "batch_standardize_vjp", "batch_standardize",
+           "set_blas", "use_blas", "blas_name", "blas_library"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import array_module
+from ..kernels.blas import matmul
 from .base import Array, Cache, Layer, Mode
 
 
@@ -15,7 +16,7 @@ def _rows_times(s: Array, M: Array) -> Array:
     xp = array_module(s)
     rows = s.reshape(-1, M.shape[0])  # a view in either order
     order = "F" if rows.flags.f_contiguous and not rows.flags.c_contiguous else "C"
-    out = xp.matmul(rows, M, out=xp.empty((rows.shape[0], M.shape[1]), dtype=xp.result_type(s, M), order=order))
+    out = matmul(rows, M, out=xp.empty((rows.shape[0], M.shape[1]), dtype=xp.result_type(s, M), order=order))
     return out.reshape(s.shape[:-1] + (M.shape[1],))
 
 
@@ -59,7 +60,7 @@ class Dense(Layer):
         return (self.d_out,)
 
     def forward(self, x: Array, mode: Mode = Mode()) -> tuple[Array, Cache]:
-        y = x @ self.W
+        y = matmul(x, self.W)
         if self.b is not None:
             y += self.b  # y is a fresh product: add in place
         return y, Cache(x=x)
@@ -76,7 +77,7 @@ class Dense(Layer):
 
     def param_grads(self, cache: Cache, dy: Array) -> dict[str, Array]:
         x = cache.x
-        g = {"W": x.T @ dy if dy.ndim == 2 else array_module(dy).einsum("bi,...bj->...ij", x, dy)}
+        g = {"W": matmul(x.T, dy) if dy.ndim == 2 else array_module(dy).einsum("bi,...bj->...ij", x, dy)}
         if self.b is not None:
             g["b"] = dy.sum(axis=-2)
         return g

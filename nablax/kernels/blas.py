@@ -1,0 +1,214 @@
+"""Dense matrix products through a chosen CBLAS library; NumPy's own ``matmul`` by default.
+
+NumPy multiplies with the OpenBLAS bundled in its wheel. On some CPUs another BLAS is faster at the shapes of
+the hot path. On AMD Zen 4, AMD's AOCL-BLAS runs the sweep's chain of (1280, 100) @ (100, 100) products about
+12-14 % faster in float64 (BENCHMARKS.md, "The BLAS"). ``use_blas(name)``, or the environment variable
+``NABLAX_BLAS``, sends every product of the dense layers (forward, pullback, push-forward and weight gradient)
+to the chosen library:
+
+    "numpy" (default)  numpy.matmul
+    "aocl"             AMD's AOCL-BLAS, as bundled in the ``aoclda`` wheel (``pip install "nablax[aocl]"``)
+    a file path        any shared library exporting ``cblas_sgemm`` and ``cblas_dgemm`` with 32-bit integers,
+                       or NumPy's bundled OpenBLAS naming (``scipy_cblas_sgemm64_``, 64-bit integers)
+
+    matmul(a, b, out=None) -> a @ b
+
+takes 2-D float32/float64 NumPy arrays of one dtype. Each operand needs one unit stride (C- or Fortran-ordered,
+or a slice of either); ``out`` gets the product in its own memory order. Anything else (CuPy arrays, other
+dtypes, other strides, an ``out`` that overlaps an input) goes to the array module's ``matmul``, so the answer
+never depends on the setting beyond rounding.
+
+Threads: the library's own settings (AOCL-BLAS reads ``BLIS_NUM_THREADS``, then ``OMP_NUM_THREADS``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import glob
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy
+
+from ..backend import array_module, numba_module
+
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+
+
+@dataclass(frozen=True)
+class Cblas:
+    """A loaded CBLAS library: its file name, its gemm routines and, once first used, the compiled product for
+    each dtype character ("f", "d")."""
+
+    name: str
+    routines: dict
+    compiled: dict
+
+    def gemm(self, char: str) -> Any:
+        if char not in self.compiled:
+            self.compiled[char] = _compile(numba_module(), self.routines[char], char)
+        return self.compiled[char]
+
+
+_state: dict[str, Any] = {"blas": None, "setting": "numpy"}  # blas None: numpy.matmul
+
+
+def _aocl_path() -> str:
+    """AOCL-BLAS inside the installed ``aoclda`` wheel (its libraries live in ``aoclda.libs``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("aoclda")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError('blas "aocl" needs AMD\'s AOCL-BLAS: pip install "nablax[aocl]" (the aoclda wheel)')
+    libs = os.path.join(os.path.dirname(list(spec.submodule_search_locations)[0]), "aoclda.libs")
+    found = sorted(glob.glob(os.path.join(libs, "libblis-mt*.so*")))
+    if not found:
+        raise ValueError(f"no libblis-mt in {libs}; the aoclda wheel's layout has changed")
+    for dep in sorted(glob.glob(os.path.join(libs, "libomp*.so*"))):  # the OpenMP runtime it links against
+        ctypes.CDLL(dep, mode=ctypes.RTLD_GLOBAL)
+    return found[0]
+
+
+@functools.lru_cache(maxsize=None)  # one load per library and process
+def _load(path: str) -> Cblas:
+    numba = numba_module()
+    if numba is None:  # pragma: no cover - numba is a core dependency
+        raise ValueError("set_blas needs numba, which calls the library without Python in between")
+    try:
+        lib = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
+    except OSError as err:
+        raise ValueError(f"cannot load a BLAS library from {path!r}: {err}") from None
+    for prefix, suffix, integer in (("cblas_", "", ctypes.c_int), ("scipy_cblas_", "64_", ctypes.c_int64)):
+        names = {char: f"{prefix}{char}gemm{suffix}" for char in "ds"}
+        if all(hasattr(lib, name) for name in names.values()):
+            routines = {}
+            for char, scalar in (("d", ctypes.c_double), ("s", ctypes.c_float)):
+                fn = getattr(lib, names[char])
+                fn.restype = None
+                fn.argtypes = ([ctypes.c_int] * 3 + [integer] * 3 + [scalar, ctypes.c_void_p, integer,
+                               ctypes.c_void_p, integer, scalar, ctypes.c_void_p, integer])
+                routines["f" if char == "s" else "d"] = fn
+            return Cblas(os.path.basename(path), routines, {})
+    raise ValueError(f"{path!r} exports neither cblas_dgemm/cblas_sgemm nor scipy_cblas_dgemm64_/sgemm64_")
+
+
+def _compile(numba: Any, fn: Any, char: str) -> Any:
+    """A Numba function ``gemm(a, b, out) -> bool`` for arrays of dtype ``char`` that writes a @ b into out with one call of ``fn`` (a row-major
+    CBLAS gemm) and returns True, or returns False, untouched, when the shapes, strides or an overlap rule it out.
+
+    An operand x (m, n) with strides (s0, s1) in elements is row-major with leading dimension s0 when s1 == 1,
+    and the transpose of a row-major (n, m) matrix with leading dimension s1 when s0 == 1 (a length-1 axis
+    counts as either). A transposed out is written as out^T = b^T a^T.
+
+    It is compiled once per dtype, for any strides (layout "A") and read-only or writeable inputs, so that no new
+    memory order costs a compilation later (about 0.3 s each)."""
+
+    @numba.njit(nogil=True)
+    def operand(x):  # (transpose flag, leading dimension), flag 0 when no unit stride
+        m, n = x.shape
+        s0, s1 = x.strides[0] // x.itemsize, x.strides[1] // x.itemsize
+        if x.strides[0] % x.itemsize or x.strides[1] % x.itemsize:
+            return 0, 0
+        if (s1 == 1 or n == 1) and (m == 1 or s0 >= n):
+            return NO_TRANS, max(s0 if m > 1 else n, 1)
+        if (s0 == 1 or m == 1) and (n == 1 or s1 >= m):
+            return TRANS, max(s1 if n > 1 else m, 1)
+        return 0, 0
+
+    @numba.njit(nogil=True)
+    def span(x):  # the byte range [lo, hi) that x touches
+        lo = hi = x.ctypes.data
+        for axis in range(x.ndim):
+            step = (x.shape[axis] - 1) * x.strides[axis]
+            lo, hi = (lo + step, hi) if step < 0 else (lo, hi + step)
+        return lo, hi + x.itemsize
+
+    @numba.njit(nogil=True)
+    def apart(x, y):
+        (x0, x1), (y0, y1) = span(x), span(y)
+        return x1 <= y0 or y1 <= x0
+
+    rw = numba.types.Array(numba.from_dtype(numpy.dtype(char)), 2, "A")
+    ro = numba.types.Array(rw.dtype, 2, "A", readonly=True)
+
+    @numba.njit([numba.types.boolean(ro, ro, rw)], nogil=True)  # writeable inputs convert to read-only
+    def gemm(a, b, out):
+        m, k = a.shape
+        n = b.shape[1]
+        if b.shape[0] != k or out.shape[0] != m or out.shape[1] != n or m * n * k == 0:
+            return False
+        if not (apart(out, a) and apart(out, b)):
+            return False
+        tc, ldc = operand(out)
+        if tc == TRANS:  # out^T = b^T a^T into the row-major out^T
+            ta, lda = operand(b.T)
+            tb, ldb = operand(a.T)
+            pa, pb, m, n = b.ctypes.data, a.ctypes.data, n, m
+        else:
+            ta, lda = operand(a)
+            tb, ldb = operand(b)
+            pa, pb = a.ctypes.data, b.ctypes.data
+        if tc == 0 or ta == 0 or tb == 0:
+            return False
+        fn(ROW_MAJOR, ta, tb, m, n, k, 1.0, pa, lda, pb, ldb, 0.0, out.ctypes.data, ldc)
+        return True
+
+    return gemm
+
+
+def set_blas(name: str) -> str:
+    """Choose "numpy", "aocl" or a library path for the dense products; returns the previous setting."""
+    previous = _state["setting"]
+    _state["blas"] = None if name == "numpy" else _load(_aocl_path() if name == "aocl" else name)
+    _state["setting"] = name
+    return previous
+
+
+@contextlib.contextmanager
+def use_blas(name: str) -> Iterator[None]:
+    """``with use_blas("aocl"): ...`` runs a block with another library."""
+    previous = set_blas(name)
+    try:
+        yield
+    finally:
+        set_blas(previous)
+
+
+def blas_name() -> str:
+    """The current setting: "numpy", "aocl" or the path given to ``set_blas``."""
+    return _state["setting"]
+
+
+def blas_library() -> str:
+    """The file name of the library in use, or "numpy.matmul"."""
+    return "numpy.matmul" if _state["blas"] is None else _state["blas"].name
+
+
+_NDARRAY = numpy.ndarray
+
+
+def matmul(a: Any, b: Any, out: Any | None = None) -> Any:
+    """a @ b (into ``out`` if given) through the chosen library; see the module docstring."""
+    blas = _state["blas"]
+    if (blas is not None and type(a) is _NDARRAY and type(b) is _NDARRAY and a.ndim == 2 and b.ndim == 2
+            and a.dtype == b.dtype and a.dtype.char in "fd"
+            and (out is None or (type(out) is _NDARRAY and out.dtype == a.dtype and out.ndim == 2
+                                 and out.flags.writeable))):
+        result = numpy.empty((a.shape[0], b.shape[1]), dtype=a.dtype) if out is None else out
+        if blas.gemm(a.dtype.char)(a, b, result):
+            return result
+    xp = array_module(a)
+    return xp.matmul(a, b) if out is None else xp.matmul(a, b, out=out)
+
+
+_env = os.environ.get("NABLAX_BLAS", "numpy")
+if _env != "numpy":  # a bad environment value must not break the import: warn and keep numpy.matmul
+    try:
+        set_blas(_env)
+    except ValueError as err:
+        import warnings
+
+        warnings.warn(f"NABLAX_BLAS={_env!r} ignored: {err}", RuntimeWarning, stacklevel=1)
