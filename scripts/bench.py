@@ -2,7 +2,7 @@
 """Side-by-side benchmarks: nablax (NumPy, Numba kernels, CuPy) against torch.func and JAX on the same jobs.
 
     python scripts/bench.py [--quick | --size tiny|quick|full] [--jobs 1,2,...] [--dtypes float64,float32]
-                            [--engines nablax-numpy,nablax-numba,nablax-cupy,torch,jax] [--repeats N]
+                            [--engines nablax-numpy,nablax-numba,nablax-aocl,nablax-cupy,torch,jax] [--repeats N]
                             [--threads N] [--out DIR] [--baseline] [--resume]
 
 Jobs (issue 7), each for float64 and float32:
@@ -43,7 +43,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINES = ("nablax-numpy", "nablax-numba", "nablax-cupy", "torch", "torch-cuda", "jax")
+ENGINES = ("nablax-numpy", "nablax-numba", "nablax-aocl", "nablax-cupy", "torch", "torch-cuda", "jax")
+# nablax-numpy: NumPy reference kernels; nablax-numba: Numba kernels; nablax-aocl: Numba kernels and AMD's AOCL-BLAS
+# for the dense products (kernels.use_blas("aocl"), the .[aocl] extra); all three multiply on the CPU
 PEERS = ("torch", "jax")  # the CPU peers; on a GPU, nablax-cupy is set against torch-cuda
 GPU_ENGINES = ("nablax-cupy", "torch-cuda")
 JOBS = {1: "sqnorms", 2: "jacobian", 3: "gsc", 4: "train", 5: "dfdx"}
@@ -86,7 +88,7 @@ def limit_threads(n: int) -> None:
     thread counts are set (environment for libraries not imported yet, threadpoolctl for the BLAS)."""
     if hasattr(os, "sched_setaffinity") and n < len(os.sched_getaffinity(0)):
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:n])
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[var] = str(n)
     # idle OpenMP threads (torch's) must not spin while another engine has its turn
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -115,11 +117,18 @@ def available_engines(wanted: list[str]) -> tuple[list[str], dict[str, str]]:
         try:
             if e == "nablax-cupy" and not nablax.gpu_available():
                 raise ImportError("no CuPy with a CUDA device")
-            if e == "nablax-numba":
+            if e in ("nablax-numba", "nablax-aocl"):
                 from nablax.backend import numba_available
 
                 if not numba_available():
                     raise ImportError("numba is not installed")
+            if e == "nablax-aocl":
+                from nablax.kernels import blas
+
+                try:
+                    blas._load(blas._aocl_path())
+                except ValueError as err:
+                    raise ImportError(str(err)) from None
             if e.startswith("torch"):
                 import torch
 
@@ -814,6 +823,12 @@ def machine() -> dict:
     blas = [p for p in threadpool_info() if p.get("user_api") == "blas"]
     if blas:  # the library under NumPy's products, and the kernels it chose for this CPU
         info["blas"] = f"{blas[0].get('internal_api')} {blas[0].get('version')} ({blas[0].get('architecture', '?')})"
+    try:  # AOCL-BLAS for nablax-aocl: the aoclda wheel's version
+        from importlib.metadata import version
+
+        info["aocl"] = f"aoclda {version('aoclda')}"
+    except Exception:
+        pass
     return info
 
 
@@ -826,7 +841,7 @@ def markdown(data: dict) -> str:
     lines = [
         f"Machine: {m.get('cpu', '?')}, {m.get('cpus')} cores; threads per engine: {data['threads']}; "
         f"numpy {m.get('numpy')}, numba {m.get('numba', '-')}, torch {m.get('torch', '-')}, jax {m.get('jax', '-')}"
-        f", cupy {m.get('cupy', '-')}; NumPy's BLAS {m.get('blas', '?')}. Size: {data['size']}. Written {data['written']}.",
+        f", cupy {m.get('cupy', '-')}; NumPy's BLAS {m.get('blas', '?')}; AOCL-BLAS {m.get('aocl', '-')}. Size: {data['size']}. Written {data['written']}.",
         "",
         f"Command: `{data['command']}`",
         "",
@@ -974,19 +989,21 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _time_with_kernels(case: dict, engines: list[str], repeats: int, log: Callable) -> dict:
-    """Time the case with nablax-numpy forced to the NumPy reference kernels and nablax-numba to Numba."""
+    """Time the case with nablax-numpy forced to the NumPy reference kernels, nablax-numba to Numba, and
+    nablax-aocl to Numba with AOCL-BLAS."""
     from nablax import kernels
 
     prepare = case["prepare"]
 
     def wrapped(engine: str):
         run, conv = prepare(engine)
-        mode = {"nablax-numpy": "numpy", "nablax-numba": "numba", "nablax-before": "numpy"}.get(engine)
+        mode = {"nablax-numpy": "numpy", "nablax-numba": "numba", "nablax-aocl": "numba", "nablax-before": "numpy"}.get(engine)
         if mode is None:
             return run, conv
+        library = "aocl" if engine == "nablax-aocl" else "numpy"
 
         def run_with():
-            with kernels.use_cpu_kernels(mode):
+            with kernels.use_cpu_kernels(mode), kernels.use_blas(library):
                 return run()
 
         return run_with, conv

@@ -21,7 +21,7 @@ def _run(out: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_bench_tiny_runs_every_job_and_engines_agree(tmp_path):
-    _run(tmp_path, "--dtypes", "float64", "--baseline", "--engines", "nablax-numpy,nablax-numba,torch,jax")
+    _run(tmp_path, "--dtypes", "float64", "--baseline", "--engines", "nablax-numpy,nablax-numba,nablax-aocl,torch,jax")
     data = json.loads((tmp_path / "BENCHMARKS.json").read_text())
     cases = data["cases"]
     assert sorted({c["job"] for c in cases}) == [1, 2, 3, 4, 5]
