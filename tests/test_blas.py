@@ -28,10 +28,11 @@ def _matrix(rng, shape, order, dtype):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_every_memory_order_gives_numpys_product(dtype, numpy_cblas, rng):
     """C, Fortran and sliced operands and outputs (also their transposes, and length-1 axes) give a @ b, written
-    into ``out`` when one is given."""
+    into ``out`` when one is given; (50, 4) @ (4, 3) and its transpose take the path that copies a transposed
+    right operand first."""
     tol = 1e-13 if dtype == "float64" else 1e-5
     with kernels.use_blas(numpy_cblas):
-        for (m, k, n) in [(7, 5, 3), (1, 4, 6), (5, 1, 3), (4, 6, 1), (1, 1, 1), (40, 30, 20)]:
+        for (m, k, n) in [(7, 5, 3), (1, 4, 6), (5, 1, 3), (4, 6, 1), (1, 1, 1), (40, 30, 20), (50, 4, 3), (3, 4, 50)]:
             for oa, ob, oc in itertools.product("CFS", "CFS", "CFSN"):
                 a, b = _matrix(rng, (m, k), oa, dtype), _matrix(rng, (k, n), ob, dtype)
                 out = None if oc == "N" else _matrix(rng, (m, n), oc, dtype)
