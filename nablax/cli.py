@@ -71,6 +71,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from . import kernels
     from .architectures import ARCHITECTURES
     from .backend import gpu_available, numba_available
     from .network import describe_file_format
@@ -78,6 +79,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"nablax {__version__}")
     print(f"backends: numpy (always), numba kernels: {'yes' if numba_available() else 'no'}, "
           f"cupy GPU: {'yes' if gpu_available() else 'no'}")
+    print(f"matrix products: {kernels.blas_library()} (NABLAX_BLAS: {kernels.blas_name()})")
     print("architectures: " + ", ".join(ARCHITECTURES))
     print(describe_file_format())
     return 0

@@ -127,3 +127,14 @@ def test_networks_give_the_same_jacobians_and_gradients(dtype, numpy_cblas, rng)
         assert rel_err(*flat) < tol, name
         assert rel_err(jac, want_jac) < tol, name
         assert rel_err(norms[0], (want_jac ** 2).sum(axis=(1, 2))) < tol, name
+
+
+def test_nablax_info_names_the_library(numpy_cblas, capsys):
+    from nablax.cli import main
+
+    with kernels.use_blas("numpy"):
+        main(["info"])
+    assert "matrix products: numpy.matmul (NABLAX_BLAS: numpy)" in capsys.readouterr().out
+    with kernels.use_blas(numpy_cblas):
+        main(["info"])
+    assert f"matrix products: {os.path.basename(numpy_cblas)}" in capsys.readouterr().out
