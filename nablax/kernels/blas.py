@@ -18,7 +18,8 @@ or a slice of either); ``out`` gets the product in its own memory order. Anythin
 dtypes, other strides, an ``out`` that overlaps an input) goes to the array module's ``matmul``, so the answer
 never depends on the setting beyond rounding.
 
-Threads: the library's own settings (AOCL-BLAS reads ``BLIS_NUM_THREADS``, then ``OMP_NUM_THREADS``).
+Threads: the library's own settings (AOCL-BLAS reads ``BLIS_NUM_THREADS``, then ``OMP_NUM_THREADS``). The setting
+is per process: worker processes (Dask sweeps) take it from ``NABLAX_BLAS``, not from a ``set_blas`` call.
 """
 
 from __future__ import annotations
