@@ -2,7 +2,7 @@
 
 NumPy multiplies with the OpenBLAS bundled in its wheel. On some CPUs another BLAS is faster at the shapes of
 the hot path. On AMD Zen 4, AMD's AOCL-BLAS runs the sweep's chain of (1280, 100) @ (100, 100) products about
-12-14 % faster in float64 (BENCHMARKS.md, "The BLAS"). ``use_blas(name)``, or the environment variable
+12-16 % faster in float64 (BENCHMARKS.md, "The BLAS"). ``set_blas(name)``, ``use_blas(name)`` or the variable
 ``NABLAX_BLAS``, sends every product of the dense layers (forward, pullback, push-forward and weight gradient)
 to the chosen library:
 
