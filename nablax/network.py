@@ -359,9 +359,9 @@ def _run_chunks(work: Callable[[slice, Any], None], chunks: list[slice], threads
 
 def _feature_major_dtypes() -> tuple[str, ...]:
     """Dtypes whose MLP sweeps run feature-major. With AOCL-BLAS (``kernels.set_blas("aocl")``) float32 products
-    are faster feature-major too: 97-99 against 71-75 GFLOP/s on the (1280, 100) chain, and 0.89-0.91 of the
+    are faster feature-major too: 97-103 against 71-77 GFLOP/s on the (1280, 100) chain, and 0.89-0.91 of the
     sample-major sweep's time under NumPy's OpenBLAS (BENCHMARKS.md, "The BLAS")."""
-    return FEATURE_MAJOR_DTYPES if kernels.blas.blas_name() == "numpy" else FEATURE_MAJOR_DTYPES_CBLAS
+    return FEATURE_MAJOR_DTYPES if kernels.blas_name() == "numpy" else FEATURE_MAJOR_DTYPES_CBLAS
 
 
 def _feature_major_copy(v: Array) -> Array:

@@ -97,8 +97,9 @@ def _load(path: str) -> Cblas:
 
 
 def _compile(numba: Any, fn: Any, char: str) -> Any:
-    """A Numba function ``gemm(a, b, out) -> bool`` for arrays of dtype ``char`` that writes a @ b into out with one call of ``fn`` (a row-major
-    CBLAS gemm) and returns True, or returns False, untouched, when the shapes, strides or an overlap rule it out.
+    """A Numba function ``gemm(a, b, out) -> bool`` for arrays of dtype ``char``: it writes a @ b into out with one
+    call of ``fn`` (a row-major CBLAS gemm) and returns True, or returns False, out untouched, when the shapes, the
+    strides or an overlap rule it out.
 
     An operand x (m, n) with strides (s0, s1) in elements is row-major with leading dimension s0 when s1 == 1,
     and the transpose of a row-major (n, m) matrix with leading dimension s1 when s0 == 1 (a length-1 axis
