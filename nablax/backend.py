@@ -100,6 +100,11 @@ def _is_cupy(a: Any) -> bool:
 
 def backend_of(*arrays: Any) -> Backend:
     """The backend that owns ``arrays``; raises TypeError when they mix NumPy and CuPy arrays."""
+    for a in arrays:  # the common case first, cheaply (this runs several hundred times per training step)
+        if type(a) is not numpy.ndarray and a is not None:
+            break
+    else:
+        return NUMPY
     kinds = {_is_cupy(a) for a in arrays if a is not None and hasattr(a, "shape")}
     if len(kinds) > 1:
         raise TypeError("arrays from different backends (NumPy and CuPy) were mixed in one call")

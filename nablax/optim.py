@@ -5,6 +5,8 @@
     Adam      m <- b1 m + (1 - b1) g;     s <- b2 s + (1 - b2) g^2
               p <- p - lr (m / (1 - b1^t)) / (sqrt(s / (1 - b2^t)) + eps)
 
+Each rule's ``direction`` is its step before the learning rate; ``step`` applies p -= lr * direction in one pass
+(``kernels.subtract_scaled``: no temporary for lr * direction; for plain SGD the direction is g itself).
 ``state_dict()`` / ``load_state_dict()`` copy the buffers out and in so training can be checkpointed and resumed exactly.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import kernels
 from .backend import array_module
 
 
@@ -35,9 +38,10 @@ class Optimizer:
         self.t += 1
         for k, p in params.items():
             if k in grads:
-                p -= self.direction(k, grads[k])
+                kernels.subtract_scaled(p, self.direction(k, grads[k]), self.lr)
 
     def direction(self, key: str, g: Any) -> Any:
+        """The update of parameter ``key`` for gradient g, before the learning rate (g itself may be returned)."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -58,11 +62,11 @@ class SGD(Optimizer):
 
     def direction(self, key: str, g: Any) -> Any:
         if self.momentum == 0.0:
-            return self.lr * g
+            return g
         v = self._buf("velocity", key, g)
         v *= self.momentum
         v += g
-        return self.lr * v
+        return v
 
 
 class RMSprop(Optimizer):
@@ -76,7 +80,7 @@ class RMSprop(Optimizer):
         s = self._buf("square", key, g)
         s *= self.rho
         s += (1 - self.rho) * g * g
-        return self.lr * g / (array_module(g).sqrt(s) + self.eps)
+        return g / (array_module(g).sqrt(s) + self.eps)
 
 
 class Adam(Optimizer):
@@ -95,7 +99,7 @@ class Adam(Optimizer):
         s += (1 - self.beta2) * g * g
         m_hat = m / (1 - self.beta1 ** self.t)
         s_hat = s / (1 - self.beta2 ** self.t)
-        return self.lr * m_hat / (array_module(g).sqrt(s_hat) + self.eps)
+        return m_hat / (array_module(g).sqrt(s_hat) + self.eps)
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}

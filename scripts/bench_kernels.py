@@ -5,7 +5,8 @@
 One core. For each kernel and shape: the median time of the NumPy reference (``nablax.kernels.cpu.*_reference``),
 of the Numba kernel (``*_numba``), their ratio, and the time of copying the kernel's input once (``numpy.copyto``),
 a floor for any kernel that reads and writes it. Sweep kernels run in place, as the sweep runs them; the chunk
-shapes (k probes, B samples, n entries) are those of the width-100 sweeps (about 1 MiB of signal per chunk).
+shapes (k probes, B samples, n entries) are those of the width-100 sweeps (about 1 MiB of signal per chunk); the
+training-step kernels (batch norm's forward pass, the rectifier, the optimiser's update) get the training step's.
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def main(argv: list[str] | None = None) -> None:
         z = rng.standard_normal((128, 100)).astype(dtype) * 3 + 1  # a training batch of pre-activations
         report("batch_standardize", dtype, z, lambda: cpu.batch_standardize_reference(z, 1e-5),
                lambda: cpu.batch_standardize_numba(z, 1e-5), median_us)
+        report("relu", dtype, z, lambda: cpu.relu_reference(z), lambda: cpu.relu_numba(z), median_us)
+        for shape in ((100, 100), (3072, 100)):  # the training step's weights (lr tiny: p barely moves)
+            p, u = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+            report("subtract_scaled", dtype, p, lambda p=p, u=u: cpu.subtract_scaled_reference(p, u, 1e-12),
+                   lambda p=p, u=u: cpu.subtract_scaled_numba(p, u, 1e-12), median_us)
 
 
 def report(name, dtype, a, ref, fast, median_us) -> None:

@@ -77,6 +77,6 @@ def test_bench_kernels_runs_and_prints_every_kernel():
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert len(rows) == 14 and {r.split(" | ")[0][2:] for r in rows} == {
+    assert len(rows) == 20 and {r.split(" | ")[0][2:] for r in rows} == {
         "scale_sq_norms", "scale_sq_norms, feature-major", "scale, feature-major", "batch_standardize_vjp",
-        "batch_standardize"}
+        "batch_standardize", "relu", "subtract_scaled"}

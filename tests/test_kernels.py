@@ -140,6 +140,61 @@ def test_training_forward_is_the_same_with_either_kernel_setting(rng):
     assert rel_err(flat_a, flat_b) < 1e-12  # (the biases before batch norm have zero gradient: compared as a whole)
 
 
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(1,), (128, 100), (2, 3, 4, 5)])
+def test_relu_numba_matches_reference_bit_for_bit(shape, dtype, rng):
+    """The rectifier kernel gives the reference's y = z * 1[z > 0] and d = 1[z > 0] exactly, also at 0, -0, NaN
+    and the infinities (-inf gives NaN in both: -inf * 0)."""
+    z = rng.standard_normal(shape).astype(dtype)
+    z.flat[:5] = [0.0, -0.0, np.nan, np.inf, -np.inf][: z.size]
+    with np.errstate(invalid="ignore"):
+        want, got = cpu.relu_reference(z), cpu.relu_numba(z)
+    for g, w in zip(got, want):
+        assert g.dtype == dtype and g.shape == shape
+        assert np.array_equal(g, w, equal_nan=True) and np.array_equal(np.signbit(g), np.signbit(w))
+    assert np.array_equal(want[1], (z > 0).astype(dtype)) and np.array_equal(want[0][z > 0], z[z > 0])
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(1,), (100,), (300, 70), (3, 4, 5)])
+def test_subtract_scaled_numba_matches_reference_bit_for_bit(shape, dtype, rng):
+    """p -= a * u in place: the kernel equals the reference exactly (no fused multiply-add), for a learning rate
+    that is not exact in float32."""
+    p, u = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    want = p - dtype(0.0123) * u
+    p_ref, p_fast = p.copy(), p.copy()
+    assert cpu.subtract_scaled_reference(p_ref, u, 0.0123) is p_ref
+    assert cpu.subtract_scaled_numba(p_fast, u, 0.0123) is p_fast
+    assert np.array_equal(p_ref, want) and np.array_equal(p_fast, want) and p_fast.dtype == dtype
+
+
+@needs_numba
+def test_training_kernels_fall_back_where_numba_cannot_take_the_arrays(rng):
+    """Strided, mixed or broadcast arrays take the references (same answers); a read-only parameter is refused."""
+    z = rng.standard_normal((6, 8))
+    p, u = rng.standard_normal((6, 8)), rng.standard_normal(8)
+    with kernels.use_cpu_kernels("numba"):
+        assert all(np.array_equal(a, b) for a, b in zip(kernels.relu(z[:, ::2]), cpu.relu_reference(z[:, ::2])))
+        assert np.array_equal(kernels.subtract_scaled(p.copy(), u, 0.5), p - 0.5 * u)  # u broadcast over rows
+        assert np.array_equal(kernels.subtract_scaled(p.copy(), z.astype(np.float32), 0.5),
+                              cpu.subtract_scaled_reference(p.copy(), z.astype(np.float32), 0.5))
+        p.flags.writeable = False
+        with pytest.raises(ValueError, match="read-only"):
+            kernels.subtract_scaled(p, z, 0.5)
+
+
+@needs_numba
+def test_relu_through_the_numba_kernel_passes_the_derivative_checks(rng):
+    from nablax.layers import ReLU
+
+    x = rng.standard_normal((7, 5)) + 0.05 * np.sign(rng.standard_normal((7, 5)))  # no entry near the kink
+    x[np.abs(x) < 0.05] = 0.5
+    with kernels.use_cpu_kernels("numba"):
+        check_layer_derivatives(ReLU(), x, Mode(), rng)
+
+
 def test_dispatcher_settings():
     assert kernels.cpu_kernels() in kernels.CPU_KERNELS
     with pytest.raises(ValueError):

@@ -61,3 +61,25 @@ def test_bad_optimizer_settings():
         SGD(0.0)
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer("lbfgs", 0.1)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "rmsprop"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_updates_are_the_same_with_either_kernel_setting(name, dtype):
+    """``step`` applies p -= lr * direction through ``kernels.subtract_scaled``: the Numba kernel (arrays this large
+    take it under "auto") and the NumPy reference give the same parameters, bit for bit."""
+    from nablax import kernels
+    from nablax.backend import numba_available
+
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal((100, 100)).astype(dtype)
+    grads = [rng.standard_normal((100, 100)).astype(dtype) for _ in range(3)]
+    results = []
+    for mode in ("numpy", "numba" if numba_available() else "auto"):
+        opt, p = make_optimizer(name, 0.0123), {"w": p0.copy()}
+        with kernels.use_cpu_kernels(mode):
+            for g in grads:
+                opt.step(p, {"w": g})
+        results.append(p["w"])
+    assert results[0].dtype == dtype and np.array_equal(results[0], results[1])
+    assert not np.array_equal(results[0], p0)

@@ -8,7 +8,8 @@ sample) and an activation derivative ``d`` of shape ``(B, n)``:
     scale(v, d)                    -> v                       v *= d in place
 
 and the batch-norm pullback with batch statistics, ``batch_standardize_vjp(g, y, sigma)``, and its forward pass,
-``batch_standardize(z, eps)`` (see ``cpu``).
+``batch_standardize(z, eps)`` (see ``cpu``). Two more serve a training step: the rectifier ``relu(z) -> (y, d)``
+and an optimiser's update ``subtract_scaled(p, u, a)`` (p -= a * u in place).
 
 Which implementation runs (``set_cpu_kernels``, or the environment variable ``NABLAX_KERNELS``):
 
@@ -71,15 +72,19 @@ def _numba_takes(*arrays: Any, layouts: str = "C") -> bool:
     """Numba runs when the setting allows it and the arrays are NumPy float32/64 of one dtype, all in one of
     ``layouts`` ("C": C-contiguous; "F": feature-major, see ``cpu.layout``)."""
     mode = _setting["cpu"]
-    if mode == "numpy" or (mode == "auto" and max(a.size for a in arrays) < AUTO_MIN_ELEMENTS):
+    if mode == "numpy":
         return False
-    dtype = arrays[0].dtype
-    if dtype.char not in "fd" or not all(type(a) is _NDARRAY and a.dtype == dtype for a in arrays):
+    dtype, size, kind = arrays[0].dtype, 0, None
+    if dtype.char not in "fd":
         return False
-    kinds = {cpu.layout(a) for a in arrays}
-    if len(kinds) != 1 or not kinds <= set(layouts):
-        return False
-    return numba_available()
+    for a in arrays:  # a plain loop: this runs a few hundred times per training step
+        if type(a) is not _NDARRAY or a.dtype != dtype:
+            return False
+        a_kind = cpu.layout(a)
+        if a_kind is None or a_kind not in layouts or (kind is not None and a_kind != kind):
+            return False
+        size, kind = max(size, a.size), a_kind
+    return (mode != "auto" or size >= AUTO_MIN_ELEMENTS) and numba_available()
 
 
 def scale_sq_norms(v: Any, d: Any, out: Any | None = None) -> tuple[Any, Any, Any]:
@@ -111,6 +116,20 @@ def batch_standardize(z: Any, eps: float) -> tuple[Any, Any, Any, Any]:
     return cpu.batch_standardize_reference(z, eps)
 
 
+def relu(z: Any) -> tuple[Any, Any]:
+    """(z * d, d) with d = 1[z > 0], for z of any shape: the rectifier and its derivative."""
+    if _numba_takes(z):
+        return cpu.relu_numba(z)
+    return cpu.relu_reference(z)
+
+
+def subtract_scaled(p: Any, u: Any, a: float) -> Any:
+    """p -= a * u in place for p and u of one shape (a cast to p's dtype); returns p."""
+    if p.shape == u.shape and p.flags.writeable and _numba_takes(p, u):
+        return cpu.subtract_scaled_numba(p, u, a)
+    return cpu.subtract_scaled_reference(p, u, a)
+
+
 def sq_norms(v: Any) -> Any:
     """Per-sample squared norms of v (k, B, n), summed over probes and features: float64 (B,)."""
     if _numba_takes(v, layouts="CF"):
@@ -119,5 +138,5 @@ def sq_norms(v: Any) -> Any:
 
 
 __all__ = ["CPU_KERNELS", "AUTO_MIN_ELEMENTS", "set_cpu_kernels", "cpu_kernels", "use_cpu_kernels",
-           "scale_sq_norms", "sq_norms", "scale", "batch_standardize_vjp", "batch_standardize",
-           "set_blas", "use_blas", "blas_name", "blas_library"]
+           "scale_sq_norms", "sq_norms", "scale", "batch_standardize_vjp", "batch_standardize", "relu",
+           "subtract_scaled", "set_blas", "use_blas", "blas_name", "blas_library"]

@@ -105,11 +105,12 @@ def _compile(numba: Any, fn: Any, char: str) -> Any:
     and the transpose of a row-major (n, m) matrix with leading dimension s1 when s0 == 1 (a length-1 axis
     counts as either). A transposed out is written as out^T = b^T a^T.
 
-    A right operand that BLAS would read transposed is first copied into row-major order when the left operand has
-    at least 8 times as many rows as it has columns (the weight W^T of a Dense pullback, 100 x 100, under a chunk
-    of 1280 rows; the copy takes about 5 us). AOCL-BLAS's float32 product (1280, 100) @ (100, 100) then runs at
-    87-91 GFLOP/s against 77 with the transposed operand, and the exact batch-level GSC of job 3 took 0.84 of the
-    time. At 128 rows the copy costs more than it saves (67 against 76 GFLOP/s), hence the factor.
+    A right operand that BLAS would read transposed (the weight W^T of a Dense pullback, 100 x 100) is first copied
+    into row-major order when the left operand has at least ``copy_rows`` times as many rows as it has columns: 1
+    in float32, 8 in float64. AOCL-BLAS's float32 product (1280, 100) @ (100, 100) then runs at 87-91 GFLOP/s
+    against 77 with the transposed operand, and the exact batch-level GSC of job 3 took 0.84 of the time; at the
+    training step's 128 rows the float32 product with the copy took 0.87-0.97 of the time (50 products alternately,
+    two runs). In float64 the copy loses at 64 and 128 rows (1.05-1.24 of the time) and is level from 256 up.
 
     It is compiled once per dtype, for any strides (layout "A") and read-only or writeable inputs, so that no new
     memory order costs a compilation later (about 0.3 s each)."""
@@ -139,6 +140,7 @@ def _compile(numba: Any, fn: Any, char: str) -> Any:
         (x0, x1), (y0, y1) = span(x), span(y)
         return x1 <= y0 or y1 <= x0
 
+    copy_rows = 1 if char == "f" else 8
     rw = numba.types.Array(numba.from_dtype(numpy.dtype(char)), 2, "A")
     ro = numba.types.Array(rw.dtype, 2, "A", readonly=True)
 
@@ -163,7 +165,7 @@ def _compile(numba: Any, fn: Any, char: str) -> Any:
         tb, ldb = operand(y)
         if tc == 0 or ta == 0 or tb == 0:
             return False
-        if tb == TRANS and m >= 8 * n:  # a transposed right operand, small next to the left: copied (see above)
+        if tb == TRANS and m >= copy_rows * n:  # a transposed right operand, small next to the left: copied
             call(ta, NO_TRANS, m, n, k, x, lda, numpy.ascontiguousarray(y), max(n, 1), out, ldc)
         else:
             call(ta, tb, m, n, k, x, lda, y, ldb, out, ldc)

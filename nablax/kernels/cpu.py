@@ -16,6 +16,11 @@ and its forward pass in training, for z (B, n): three passes over z and no tempo
 
     batch_standardize   (y, mean, var, sigma): y = (z - mean_b(z)) / sigma, sigma = sqrt(var_b(z) + eps)
 
+and two one-pass steps of a training step, where NumPy makes three passes and temporaries:
+
+    relu                (y, d) = (z * d, 1[z > 0])      the rectifier and its derivative (``layers.ReLU``)
+    subtract_scaled     p -= a * u                      an optimiser's update (``nablax.optim``)
+
 NumPy needs three passes over v for the first (a multiply and two reductions); the Numba kernel reads v once and
 writes it back in place: each entry is read, then written at the same index, which is what lets LLVM vectorise the
 loop (an ``out`` other than v receives a copy of v first; the sweeps pass ``out=v``). The sweep kernels come in
@@ -74,6 +79,18 @@ def batch_standardize_vjp_reference(g: Array, y: Array, sigma: Array) -> Array:
     from ..layers.norm import standardize_vjp  # noqa: PLC0415 (layers import this package)
 
     return standardize_vjp(g, y, sigma, (-2,))
+
+
+def relu_reference(z: Array) -> tuple[Array, Array]:
+    """(phi(z), phi'(z)) of the rectifier, any shape: d = 1[z > 0] (0 at z = 0) and y = z * d (so a NaN stays NaN)."""
+    d = (z > 0).astype(z.dtype)
+    return z * d, d
+
+
+def subtract_scaled_reference(p: Array, u: Array, a: float) -> Array:
+    """p -= a * u in place (a cast to p's dtype first); returns p. An optimiser's update."""
+    p -= p.dtype.type(a) * u
+    return p
 
 
 def batch_standardize_reference(z: Array, eps: float) -> tuple[Array, Array, Array, Array]:
@@ -209,13 +226,24 @@ def compiled() -> Any | None:
             for j in range(n):
                 y[i, j] = (z[i, j] - m[j]) * inv[j]
 
+    @njit(cache=True, nogil=True)
+    def relu(z, y, d):  # pragma: no cover - compiled; flat views; no fastmath, so that NaN * 0 stays NaN
+        for i in range(z.size):
+            d[i] = z[i] > 0
+            y[i] = z[i] * d[i]
+
+    @njit(cache=True, nogil=True)
+    def subtract_scaled(p, u, a):  # pragma: no cover - compiled; flat views; no fastmath: no fused multiply-add
+        for i in range(p.size):
+            p[i] -= a * u[i]
+
     class Kernels:
         pass
 
     ns = Kernels()
     ns.scale_sq_norms, ns.sq_norms, ns.batch_standardize_vjp = scale_sq_norms, sq_norms, batch_standardize_vjp
     ns.scale_sq_norms_fm, ns.sq_norms_fm, ns.scale_fm = scale_sq_norms_fm, sq_norms_fm, scale_fm
-    ns.batch_standardize = batch_standardize
+    ns.batch_standardize, ns.relu, ns.subtract_scaled = batch_standardize, relu, subtract_scaled
     return ns
 
 
@@ -298,3 +326,19 @@ def batch_standardize_numba(z: Array, eps: float) -> tuple[Array, Array, Array, 
     stats = xp.empty((3, 1, z.shape[1]), dtype=z.dtype)
     compiled().batch_standardize(z, float(eps), y, stats[0, 0], stats[1, 0], stats[2, 0])
     return y, stats[0], stats[1], stats[2]
+
+
+def relu_numba(z: Array) -> tuple[Array, Array]:
+    """The rectifier's y and phi' in one pass over z (C-contiguous NumPy arrays), where NumPy makes three (a
+    comparison, a cast and a product); same results as ``relu_reference``, bit for bit."""
+    xp = array_module(z)
+    y, d = xp.empty_like(z), xp.empty_like(z)
+    compiled().relu(z.reshape(-1), y.reshape(-1), d.reshape(-1))
+    return y, d
+
+
+def subtract_scaled_numba(p: Array, u: Array, a: float) -> Array:
+    """p -= a * u in one pass, without the temporary a * u (C-contiguous NumPy arrays of one shape); same results
+    as ``subtract_scaled_reference``, bit for bit."""
+    compiled().subtract_scaled(p.reshape(-1), u.reshape(-1), p.dtype.type(a))
+    return p
