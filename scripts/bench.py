@@ -130,7 +130,7 @@ def available_engines(wanted: list[str]) -> tuple[list[str], dict[str, str]]:
                 from nablax.kernels import blas
 
                 try:
-                    blas._load(blas._aocl_path())
+                    blas.check_blas("aocl")
                 except ValueError as err:
                     raise ImportError(str(err)) from None
             if e.startswith("torch"):

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
 
     threadpool_limits(1)
     try:
-        kernels.blas._load(kernels.blas._aocl_path())
+        kernels.check_blas("aocl")
         libraries = ["numpy", "aocl"]
     except ValueError:
         libraries = ["numpy"]

@@ -23,7 +23,7 @@ def numpy_cblas():
     for lib in threadpool_info():
         if lib.get("user_api") == "blas":
             try:
-                blas._load(lib["filepath"])
+                blas.check_blas(lib["filepath"])
             except ValueError:
                 continue
             return lib["filepath"]

@@ -68,14 +68,18 @@ def test_what_blas_cannot_take_goes_to_numpy(numpy_cblas, rng):
 
 
 def test_setting_and_clear_errors(numpy_cblas, monkeypatch, tmp_path):
-    """set_blas returns the previous setting; a missing file, a library without gemm, or "aocl" without the
-    aoclda wheel are clear errors that leave the setting alone."""
+    """set_blas returns the previous setting; check_blas loads without choosing; a missing file, a library without
+    gemm, or "aocl" without the aoclda wheel are clear errors that leave the setting alone."""
     with kernels.use_blas("numpy"):  # whatever NABLAX_BLAS says
         assert kernels.blas_name() == "numpy" and kernels.blas_library() == "numpy.matmul"
         with kernels.use_blas(numpy_cblas):
             assert kernels.blas_name() == numpy_cblas
             assert kernels.blas_library() == os.path.basename(numpy_cblas)
         assert kernels.blas_name() == "numpy"
+        kernels.check_blas(numpy_cblas)  # loads, chooses nothing
+        assert kernels.blas_name() == "numpy"
+        with pytest.raises(ValueError, match="cannot load"):
+            kernels.check_blas(str(tmp_path / "missing.so"))
         with pytest.raises(ValueError, match="cannot load"):
             kernels.set_blas(str(tmp_path / "missing.so"))
         libm = next((p for p in ("/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib64/libm.so.6", "/lib64/libm.so.6")

@@ -34,7 +34,7 @@ from typing import Any, Iterator
 
 from ..backend import NUMPY, numba_available
 from . import blas, cpu
-from .blas import blas_library, blas_name, set_blas, use_blas
+from .blas import blas_library, blas_name, check_blas, set_blas, use_blas
 
 _NDARRAY = NUMPY.xp.ndarray
 
@@ -139,4 +139,4 @@ def sq_norms(v: Any) -> Any:
 
 __all__ = ["CPU_KERNELS", "AUTO_MIN_ELEMENTS", "set_cpu_kernels", "cpu_kernels", "use_cpu_kernels",
            "scale_sq_norms", "sq_norms", "scale", "batch_standardize_vjp", "batch_standardize", "relu",
-           "subtract_scaled", "set_blas", "use_blas", "blas_name", "blas_library"]
+           "subtract_scaled", "set_blas", "use_blas", "check_blas", "blas_name", "blas_library"]

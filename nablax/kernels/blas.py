@@ -174,10 +174,20 @@ def _compile(numba: Any, fn: Any, char: str) -> Any:
     return gemm
 
 
+def _library(name: str) -> Cblas | None:
+    return None if name == "numpy" else _load(_aocl_path() if name == "aocl" else name)
+
+
+def check_blas(name: str) -> None:
+    """Load the library that ``set_blas(name)`` would choose, without choosing it: ValueError, with the reason,
+    when it cannot be used (e.g. "aocl" without the aoclda wheel)."""
+    _library(name)
+
+
 def set_blas(name: str) -> str:
     """Choose "numpy", "aocl" or a library path for the dense products; returns the previous setting."""
     previous = _state["setting"]
-    _state["blas"] = None if name == "numpy" else _load(_aocl_path() if name == "aocl" else name)
+    _state["blas"] = _library(name)
     _state["setting"] = name
     return previous
 
