@@ -80,3 +80,22 @@ def test_bench_kernels_runs_and_prints_every_kernel():
     assert len(rows) == 20 and {r.split(" | ")[0][2:] for r in rows} == {
         "scale_sq_norms", "scale_sq_norms, feature-major", "scale, feature-major", "batch_standardize_vjp",
         "batch_standardize", "relu", "subtract_scaled"}
+
+
+@pytest.mark.parametrize("option", ["kernels", "blas", "overhead"])
+def test_bench_train_step_runs_each_comparison(option):
+    """scripts/bench_train_step.py with one step: one table row per net and dtype, with a positive ratio (``blas``
+    compares the current module with itself, loaded a second time)."""
+    extra = ["--old-blas", str(ROOT / "nablax" / "kernels" / "blas.py")] if option == "blas" else []
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_train_step.py"), option, "--steps", "1",
+                          "--dtypes", "float32", *extra], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split(" | ")[0][2:].split(" ")[0] for r in rows] == ["ReLU", "batch-ReLU"]
+    assert all(float(r.rstrip(" |").split(" | ")[-1]) > 0 for r in rows)
+
+
+def test_bench_train_step_blas_needs_the_other_module():
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_train_step.py"), "blas"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "--old-blas" in res.stderr
