@@ -184,8 +184,11 @@ def compiled() -> Any | None:
         n_out[:] = acc
 
     @njit(parallel=PARALLEL, fastmath=True, cache=True, nogil=True)
-    def batch_standardize_vjp(g, y, inv_sigma, out):  # pragma: no cover - compiled
+    def batch_standardize_vjp(g, y, sigma, out):  # pragma: no cover - compiled
         k, b, n = g.shape
+        inv_sigma = np.empty(n, g.dtype)
+        for j in range(n):
+            inv_sigma[j] = 1.0 / sigma[j]
         for i in prange(k):
             m1 = np.zeros(n)  # mean over the batch of g, and of g * y (float64 sums)
             m2 = np.zeros(n)
@@ -313,8 +316,7 @@ def batch_standardize_vjp_numba(g: Array, y: Array, sigma: Array) -> Array:
     two passes over g (the two batch means, then the output) instead of about eight."""
     xp = array_module(g, y)
     out = xp.empty(g.shape, dtype=g.dtype)
-    inv_sigma = (1.0 / sigma.reshape(-1)).astype(g.dtype)
-    compiled().batch_standardize_vjp(g, y, inv_sigma, out)
+    compiled().batch_standardize_vjp(g, y, sigma.reshape(-1), out)
     return out
 
 
