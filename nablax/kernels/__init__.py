@@ -125,7 +125,7 @@ def relu(z: Any) -> tuple[Any, Any]:
 
 def subtract_scaled(p: Any, u: Any, a: float) -> Any:
     """p -= a * u in place for p and u of one shape (a cast to p's dtype); returns p."""
-    if p.shape == u.shape and p.flags.writeable and _numba_takes(p, u):
+    if _numba_takes(p, u) and p.shape == u.shape and p.flags.writeable:  # NumPy arrays first (CuPy has no .writeable)
         return cpu.subtract_scaled_numba(p, u, a)
     return cpu.subtract_scaled_reference(p, u, a)
 
