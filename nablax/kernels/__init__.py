@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Iterator
+from typing import Any
 
 from ..backend import NUMPY, numba_available
 from . import blas, cpu
-from .blas import blas_library, blas_name, check_blas, set_blas, use_blas
+from .blas import blas_library, blas_name, check_blas, set_blas, temporarily, use_blas
 
 _NDARRAY = NUMPY.xp.ndarray
 
@@ -58,14 +58,9 @@ def cpu_kernels() -> str:
     return _setting["cpu"]
 
 
-@contextlib.contextmanager
-def use_cpu_kernels(name: str) -> Iterator[None]:
+def use_cpu_kernels(name: str) -> contextlib.AbstractContextManager[None]:
     """``with use_cpu_kernels("numpy"): ...`` runs a block with another setting."""
-    previous = set_cpu_kernels(name)
-    try:
-        yield
-    finally:
-        set_cpu_kernels(previous)
+    return temporarily(set_cpu_kernels, name)
 
 
 def _numba_takes(*arrays: Any, layouts: str = "C") -> bool:

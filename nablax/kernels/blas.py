@@ -30,7 +30,7 @@ import functools
 import glob
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy
 
@@ -193,13 +193,18 @@ def set_blas(name: str) -> str:
 
 
 @contextlib.contextmanager
-def use_blas(name: str) -> Iterator[None]:
-    """``with use_blas("aocl"): ...`` runs a block with another library."""
-    previous = set_blas(name)
+def temporarily(setter: Callable[[str], str], name: str) -> Iterator[None]:
+    """Run a block under ``setter(name)`` (a setter that returns the previous setting), then restore it."""
+    previous = setter(name)
     try:
         yield
     finally:
-        set_blas(previous)
+        setter(previous)
+
+
+def use_blas(name: str) -> contextlib.AbstractContextManager[None]:
+    """``with use_blas("aocl"): ...`` runs a block with another library."""
+    return temporarily(set_blas, name)
 
 
 def blas_name() -> str:
