@@ -144,16 +144,27 @@ def test_training_forward_is_the_same_with_either_kernel_setting(rng):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("shape", [(1,), (128, 100), (2, 3, 4, 5)])
 def test_relu_numba_matches_reference_bit_for_bit(shape, dtype, rng):
-    """The rectifier kernel gives the reference's y = z * 1[z > 0] and d = 1[z > 0] exactly, also at 0, -0, NaN
-    and the infinities (-inf gives NaN in both: -inf * 0)."""
+    """The rectifier kernel gives the reference's y = max(z, 0) and d = 1[z > 0] exactly, also at 0, -0, NaN
+    and the infinities; y is +0 wherever z <= 0 (-inf included) and NaN where z is NaN."""
     z = rng.standard_normal(shape).astype(dtype)
     z.flat[:5] = [0.0, -0.0, np.nan, np.inf, -np.inf][: z.size]
-    with np.errstate(invalid="ignore"):
-        want, got = cpu.relu_reference(z), cpu.relu_numba(z)
+    want, got = cpu.relu_reference(z), cpu.relu_numba(z)
     for g, w in zip(got, want):
         assert g.dtype == dtype and g.shape == shape
         assert np.array_equal(g, w, equal_nan=True) and np.array_equal(np.signbit(g), np.signbit(w))
-    assert np.array_equal(want[1], (z > 0).astype(dtype)) and np.array_equal(want[0][z > 0], z[z > 0])
+    y, d = want
+    assert np.array_equal(d, (z > 0).astype(dtype)) and np.array_equal(y[z > 0], z[z > 0])
+    assert np.array_equal(np.isnan(y), np.isnan(z)) and not np.signbit(y).any()
+    assert np.all(y[~(z > 0) & ~np.isnan(z)] == 0)
+
+
+def test_crelu_at_the_infinities():
+    """CReLU is [max(z, 0), max(-z, 0)]: finite at +-inf (z * 1[z > 0] would give NaN there), NaN kept."""
+    from nablax.layers.activations import CReLU
+
+    z = np.array([[np.inf, -np.inf, np.nan, -2.0, 3.0]])
+    y, _ = CReLU().forward(z)
+    assert np.array_equal(y, [[np.inf, 0, np.nan, 0, 3, 0, np.inf, np.nan, 2, 0]], equal_nan=True)
 
 
 @needs_numba

@@ -112,7 +112,7 @@ def batch_standardize(z: Any, eps: float) -> tuple[Any, Any, Any, Any]:
 
 
 def relu(z: Any) -> tuple[Any, Any]:
-    """(z * d, d) with d = 1[z > 0], for z of any shape: the rectifier and its derivative."""
+    """(max(z, 0), d) with d = 1[z > 0], for z of any shape: the rectifier and its derivative (NaN stays NaN)."""
     if _numba_takes(z):
         return cpu.relu_numba(z)
     return cpu.relu_reference(z)

@@ -16,10 +16,10 @@ and its forward pass in training, for z (B, n): three passes over z and no tempo
 
     batch_standardize   (y, mean, var, sigma): y = (z - mean_b(z)) / sigma, sigma = sqrt(var_b(z) + eps)
 
-and two one-pass steps of a training step, where NumPy makes three passes and temporaries:
+and two one-pass steps of a training step, where NumPy makes several passes and temporaries:
 
-    relu                (y, d) = (z * d, 1[z > 0])      the rectifier and its derivative (``layers.ReLU``)
-    subtract_scaled     p -= a * u                      an optimiser's update (``nablax.optim``)
+    relu                (y, d) = (max(z, 0), 1[z > 0])  the rectifier and its derivative (``layers.ReLU``)
+    subtract_scaled     p -= a * u                       an optimiser's update (``nablax.optim``)
 
 NumPy needs three passes over v for the first (a multiply and two reductions); the Numba kernel reads v once and
 writes it back in place: each entry is read, then written at the same index, which is what lets LLVM vectorise the
@@ -82,9 +82,11 @@ def batch_standardize_vjp_reference(g: Array, y: Array, sigma: Array) -> Array:
 
 
 def relu_reference(z: Array) -> tuple[Array, Array]:
-    """(phi(z), phi'(z)) of the rectifier, any shape: d = 1[z > 0] (0 at z = 0) and y = z * d (so a NaN stays NaN)."""
-    d = (z > 0).astype(z.dtype)
-    return z * d, d
+    """(phi(z), phi'(z)) of the rectifier, any shape: d = 1[z > 0] (0 at z = 0) and y = max(z, 0): z where z > 0,
+    +0 elsewhere (also at -inf, where z * d would give NaN), and NaN where z is NaN."""
+    xp = array_module(z)
+    positive = z > 0
+    return xp.where(positive | xp.isnan(z), z, xp.zeros((), dtype=z.dtype)), positive.astype(z.dtype)
 
 
 def subtract_scaled_reference(p: Array, u: Array, a: float) -> Array:
@@ -230,10 +232,12 @@ def compiled() -> Any | None:
                 y[i, j] = (z[i, j] - m[j]) * inv[j]
 
     @njit(cache=True, nogil=True)
-    def relu(z, y, d):  # pragma: no cover - compiled; flat views; no fastmath, so that NaN * 0 stays NaN
+    def relu(z, y, d):  # pragma: no cover - compiled; flat views; no fastmath (it may drop zi != zi)
         for i in range(z.size):
-            d[i] = z[i] > 0
-            y[i] = z[i] * d[i]
+            zi = z[i]
+            positive = zi > 0
+            d[i] = positive
+            y[i] = zi if positive or zi != zi else 0.0  # max(z, 0), NaN kept
 
     @njit(cache=True, nogil=True)
     def subtract_scaled(p, u, a):  # pragma: no cover - compiled; flat views; no fastmath: no fused multiply-add
@@ -331,8 +335,8 @@ def batch_standardize_numba(z: Array, eps: float) -> tuple[Array, Array, Array, 
 
 
 def relu_numba(z: Array) -> tuple[Array, Array]:
-    """The rectifier's y and phi' in one pass over z (C-contiguous NumPy arrays), where NumPy makes three (a
-    comparison, a cast and a product); same results as ``relu_reference``, bit for bit."""
+    """The rectifier's y and phi' in one pass over z (C-contiguous NumPy arrays), where NumPy makes five (two
+    tests, their union, a selection and a cast); same results as ``relu_reference``, bit for bit."""
     xp = array_module(z)
     y, d = xp.empty_like(z), xp.empty_like(z)
     compiled().relu(z.reshape(-1), y.reshape(-1), d.reshape(-1))

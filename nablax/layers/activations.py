@@ -62,7 +62,7 @@ class ReLU(Elementwise):
     kind = "relu"
 
     def phi(self, z: Array) -> tuple[Array, Array]:
-        return kernels.relu(z)  # z * 1[z > 0] and 1[z > 0], in one pass where Numba takes z
+        return kernels.relu(z)  # max(z, 0) and 1[z > 0], in one pass where Numba takes z
 
 
 class Tanh(Elementwise):
@@ -175,9 +175,8 @@ class CReLU(Layer):
 
     def forward(self, x: Array, mode: Mode = Mode()) -> tuple[Array, Cache]:
         xp = array_module(x)
-        pos = (x > 0).astype(x.dtype)
-        neg = (x < 0).astype(x.dtype)
-        return xp.concatenate([x * pos, -x * neg], axis=self.axis), Cache(pos=pos, neg=neg)
+        (y_pos, pos), (y_neg, neg) = kernels.relu(x), kernels.relu(-x)  # neg = 1[-x > 0] = 1[x < 0]
+        return xp.concatenate([y_pos, y_neg], axis=self.axis), Cache(pos=pos, neg=neg)
 
     def vjp(self, cache: Cache, dy: Array) -> Array:
         xp = array_module(dy)
