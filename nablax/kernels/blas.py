@@ -7,7 +7,8 @@ the hot path. On AMD Zen 4, AMD's AOCL-BLAS runs the sweep's chain of (1280, 100
 to the chosen library:
 
     "numpy" (default)  numpy.matmul
-    "aocl"             AMD's AOCL-BLAS, as bundled in the ``aoclda`` wheel (``pip install "nablax[aocl]"``)
+    "aocl"             AMD's AOCL-BLAS, as bundled in the ``aoclda`` wheel (``pip install "nablax[aocl]"``; AMD's
+                       evaluation licence, see README.md)
     a file path        any shared library exporting ``cblas_sgemm`` and ``cblas_dgemm`` with 32-bit integers,
                        or NumPy's bundled OpenBLAS naming (``scipy_cblas_sgemm64_``, 64-bit integers)
 
