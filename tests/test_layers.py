@@ -12,6 +12,7 @@ from gradcheck import (
     rel_err,
     stacked_identity_jacobians,
 )
+from nablax.kernels import use_cpu_kernels
 from nablax.layers import (
     BatchNorm,
     CReLU,
@@ -164,6 +165,20 @@ def test_selu_constants_and_continuity():
     y, d = SeLU().phi(np.array([-1e-12, 0.0, 1e-12, 1.0]))
     assert abs(y[0]) < 1e-11 and y[1] == 0 and abs(y[3] - SELU_LAMBDA) < 1e-15
     assert abs(d[1] - SELU_LAMBDA * SELU_ALPHA) < 1e-15 and d[2] == SELU_LAMBDA
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_rectifiers_are_max_z_0_at_the_infinities(dtype):
+    """ReLU is max(z, 0) and CReLU [max(z, 0), max(-z, 0)] at every input: finite at +-inf (z * 1[z > 0] would
+    give NaN there), +0 for z <= 0, NaN kept; the same under either kernel setting."""
+    z = np.array([[np.inf, -np.inf, np.nan, -2.0, 3.0, -0.0]], dtype=dtype)
+    for setting in ("numpy", "numba"):
+        with use_cpu_kernels(setting):
+            y_relu, _ = ReLU().forward(z)
+            y_crelu, _ = CReLU().forward(z)
+        assert np.array_equal(y_relu, [[np.inf, 0, np.nan, 0, 3, 0]], equal_nan=True)
+        assert np.array_equal(y_crelu, [[np.inf, 0, np.nan, 0, 3, 0, 0, np.inf, np.nan, 2, 0, 0]], equal_nan=True)
+        assert not any(np.signbit(y[~np.isnan(y)]).any() for y in (y_relu, y_crelu))  # +0, not -0
 
 
 def test_prelu_with_slope_one_is_identity(rng):
