@@ -160,7 +160,8 @@ def _ge_resnet(b: _Builder, norm: str | None, act: str, depth: int, width: int, 
                init: str, head: bool, method: str, beta: float = 1.0) -> list[Layer]:
     if init == "looks_linear":
         raise ValueError("init='looks_linear' is defined for plain ReLU MLPs; ResNets start near-orthogonal already")
-    layers: list[Layer] = [b.dense(_ge_weight(b, in_dim, width, "linear", init, method))]
+    # the input layer is initialised as the MLPs' layers are (spec §8.2): 2/fan_in for ReLU nets, 1/fan_in otherwise
+    layers: list[Layer] = [b.dense(_ge_weight(b, in_dim, width, act, init, method))]
     for _ in range(depth):
         branch: list[Layer] = []
         for _ in range(2):

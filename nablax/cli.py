@@ -200,11 +200,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
+    from .backend import BackendUnavailable
     from .data import DataUnavailable
     from .train import CHECKPOINT, TrainConfig, run
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if getattr(args, f.name, None) is not None}
+    if args.cifar and args.data is None and not args.resume:
+        given["data"] = "cifar10"
     for item in args.set or []:
         k, _, v = item.partition("=")
         try:
@@ -228,6 +231,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = run(config, out, resume=True)
     except DataUnavailable as err:
         print(f"data unavailable: {err}", file=sys.stderr)
+        return 2
+    except BackendUnavailable as err:
+        print(f"backend unavailable: {err}", file=sys.stderr)
         return 2
     final = result["final"]
     print(f"{config.arch} on {config.data}: {result['status']} after {result['epochs']} epochs; training error "
@@ -316,8 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="gradients explode: train a network with per-epoch metrics, checkpoints, --resume")
     t.add_argument("--arch", help="a gradients-explode name, e.g. batch-tanh, layer-tanh, batch-ReLU, SeLU, "
                    "'batch-ReLU (ResNet)' (default batch-tanh)")
-    t.add_argument("--data", choices=["cifar10", "digits", "gaussian"], help="default cifar10 (needs --cifar)")
+    t.add_argument("--data", choices=["cifar10", "digits", "gaussian"],
+                   help="default: the embedded digits, or cifar10 when --cifar is given")
     t.add_argument("--cifar", help="CIFAR-10: cifar-10-python.tar.gz, a folder holding it, or the extracted folder")
+    t.add_argument("--backend", choices=["numpy", "cupy"], help="numpy (CPU, default) or cupy (a CUDA GPU)")
     t.add_argument("--depth", type=int, help="blocks (default 50: 51 linear layers with the output layer)")
     t.add_argument("--width", type=int, help="default 100")
     t.add_argument("--epochs", type=int, help="default 500")

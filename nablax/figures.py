@@ -2,7 +2,7 @@
 
 A figure script is standalone::
 
-    python paper_figures/<paper>/figN.py [--quick] [--out DIR] [--seed S]
+    python paper_figures/<paper>/figN.py [--quick | --cifar PATH] [--out DIR] [--seed S] [--backend numpy|cupy]
 
 and writes ``DIR/figN.png`` and ``DIR/figN.json``. The JSON holds every plotted series::
 
@@ -26,12 +26,43 @@ from typing import Any, Callable
 import numpy
 
 
-def figure_args(description: str, argv: list[str] | None = None, default_out: str = "figures") -> argparse.Namespace:
+SCALES = ("quick", "digits", "cifar")
+
+
+def figure_args(description: str, argv: list[str] | None = None, default_out: str = "figures", *,
+                data: bool = False, sweep: bool = False, extra: Callable[[argparse.ArgumentParser], None] | None = None
+                ) -> argparse.Namespace:
+    """The command line every figure script shares, in one parser (so ``--help`` lists every option):
+
+        --quick --out --seed --backend            every script
+        --cifar PATH                              scripts that train or read images (``data=True``)
+        --executor --scheduler --workers          scripts whose runs go through the sweep runner (``sweep=True``)
+
+    ``extra(parser)`` adds a script's own options. The result has ``scale``: "quick" (``--quick``), "cifar"
+    (``--cifar PATH``) or "digits" (the papers' architectures on the embedded digits: the default).
+    """
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="a small run that finishes in well under a minute")
     p.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
     p.add_argument("--seed", type=int, default=0, help="base random seed")
-    return p.parse_args(argv)
+    p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy",
+                   help="array library: numpy (CPU, default) or cupy (a CUDA GPU; pip install -e '.[gpu]')")
+    if data:
+        p.add_argument("--cifar", metavar="PATH", default=None,
+                       help="run the paper's own data, CIFAR-10: cifar-10-python.tar.gz, a folder holding it, or "
+                            "the extracted folder (default: the papers' architectures on the embedded digits)")
+    if sweep:
+        p.add_argument("--executor", choices=["local", "dask"], default="local",
+                       help="where the runs go: in this process (default) or a Dask cluster")
+        p.add_argument("--scheduler", default=None, help="a running Dask scheduler's address (default: a LocalCluster)")
+        p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
+    if extra is not None:
+        extra(p)
+    args = p.parse_args(argv)
+    if args.quick and getattr(args, "cifar", None):
+        p.error("--quick runs on the embedded digits; leave out --cifar, or --quick")
+    args.scale = "quick" if args.quick else ("cifar" if getattr(args, "cifar", None) else "digits")
+    return args
 
 
 def _plain(v: Any) -> Any:
@@ -87,12 +118,40 @@ def save_figure(fig: Any, record: FigureRecord, out: str | Path, name: str) -> t
     return png, js
 
 
+def require_cifar(args: argparse.Namespace, md5: str | None = None) -> None:
+    """With ``--cifar PATH``: check that CIFAR-10 is there and sound before any work, and exit with one line that
+    says how to supply it when it is not (``md5`` only for test archives)."""
+    if not getattr(args, "cifar", None):
+        return
+    from .data import DataUnavailable, load_cifar10
+
+    try:
+        load_cifar10(args.cifar, n_train=1, **({"md5": md5} if md5 else {}))
+    except DataUnavailable as err:
+        raise SystemExit(f"CIFAR-10 is not usable: {err}") from None
+
+
 def blas_threads(quick: bool) -> Any:
     """A context for a figure's computation: one BLAS thread for ``--quick`` runs (their matrices are small, and
     extra threads on 2 busy cores mostly wait), the library's default otherwise."""
     from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
     return threadpool_limits(1 if quick else None)
+
+
+def sweep_executor(args: argparse.Namespace) -> Any:
+    """The sweep runner's executor for a figure's ``--executor/--scheduler/--workers``: "local", or a Dask
+    cluster (a LocalCluster of ``--workers`` single-threaded processes, or the scheduler given)."""
+    if args.executor == "local":
+        return "local"
+    import os
+
+    from .sweep import DaskExecutor
+
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # one BLAS thread per worker process
+        os.environ.setdefault(var, "1")
+
+    return DaskExecutor(args.scheduler, n_workers=args.workers, processes=True)
 
 
 def config_key(config: dict[str, Any]) -> str:

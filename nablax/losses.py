@@ -1,7 +1,7 @@
 """Losses: a scalar error E of the network output and its gradient dE/d(output), written by hand.
 
-Each loss is a pair of functions ``value(out, y) -> float`` and ``grad(out, y) -> array like out``; the batch
-error is the MEAN over examples (the gradients-explode GSC to the error layer is the same for sum and mean).
+Each loss has ``values(out, y) -> (B,)`` (each example's own error E_b), ``value(out, y) -> float`` (the batch
+error, their MEAN) and ``grad(out, y) -> array like out`` (dE/d(output) of the mean; row b is dE_b/d(out_b) / B).
 """
 
 from __future__ import annotations
@@ -37,10 +37,14 @@ class SoftmaxCrossEntropy:
 
     name = "softmax_cross_entropy"
 
-    def value(self, out: Any, y: Any) -> float:
+    def values(self, out: Any, y: Any) -> Any:
+        """E_b = -log softmax(o_b)[y_b], shape (B,)."""
         _check(out, y, classes=True)
         xp = array_module(out)
-        return float(-log_softmax(out)[xp.arange(out.shape[0]), y].mean())
+        return -log_softmax(out)[xp.arange(out.shape[0]), y]
+
+    def value(self, out: Any, y: Any) -> float:
+        return float(self.values(out, y).mean())
 
     def grad(self, out: Any, y: Any) -> Any:
         _check(out, y, classes=True)
@@ -55,10 +59,14 @@ class MeanSquaredError:
 
     name = "mse"
 
-    def value(self, out: Any, y: Any) -> float:
+    def values(self, out: Any, y: Any) -> Any:
+        """E_b = ||o_b - y_b||^2 / 2, shape (B,)."""
         _check(out, y, classes=False)
-        d = out - y
-        return float((d * d).sum() / (2 * out.shape[0]))
+        d = (out - y).reshape(out.shape[0], -1)
+        return (d * d).sum(axis=1) / 2
+
+    def value(self, out: Any, y: Any) -> float:
+        return float(self.values(out, y).mean())
 
     def grad(self, out: Any, y: Any) -> Any:
         _check(out, y, classes=False)

@@ -24,6 +24,7 @@ A sweep file (``nablax sweep CONFIG``) is JSON, or TOML when it ends in ``.toml`
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import sys
@@ -164,6 +165,39 @@ def run_sweep(configs: list[TrainConfig | dict[str, Any]], out: str | Path, *, e
     return results  # type: ignore[return-value]
 
 
+def lr_grid(lo: float = 1e-4, hi: float = 1.0, factor: float = 3.0) -> list[float]:
+    """A geometric step-size grid lo, lo*factor, ... up to hi (the spec's x3 grid)."""
+    out, lr = [], lo
+    while lr <= hi * (1 + 1e-9):
+        out.append(float(f"{lr:.6g}"))
+        lr *= factor
+    return out
+
+
+def search_configs(config: TrainConfig, lrs: list[float], epochs: int) -> list[TrainConfig]:
+    """The trial runs of a step-size search: ``config`` for ``epochs`` at each step size, without effective
+    depth or Taylor."""
+    trial = dataclasses.replace(config, epochs=epochs, taylor=False, measure_effective_depth=False)
+    return [dataclasses.replace(trial, lr=lr) for lr in lrs]
+
+
+def pick_lr(configs: list[TrainConfig], results: list[dict[str, Any]]) -> tuple[float, list[dict[str, Any]]]:
+    """The step size of the trial with the lowest final training error (diverged: error 1; ties: the larger
+    step size), and the table of (lr, train_error, status)."""
+    table = [{"lr": c.lr, "train_error": r["final"]["train_error"] if r["status"] == "done" else 1.0,
+              "status": r["status"]} for c, r in zip(configs, results)]
+    best = min(table, key=lambda row: (row["train_error"], -row["lr"]))
+    return best["lr"], table
+
+
+def grid_search_lr(config: TrainConfig, lrs: list[float], out: str | Path, *, epochs: int = 3,
+                   executor: Any = "local", scheduler: str | None = None, progress: bool = True) -> tuple[float, list[dict[str, Any]]]:
+    """Train ``config`` for ``epochs`` at every step size of ``lrs`` (through the sweep runner, resumably) and
+    return ``pick_lr``'s step size and table."""
+    configs = search_configs(config, lrs, epochs)
+    return pick_lr(configs, run_sweep(configs, out, executor=executor, scheduler=scheduler, progress=progress))
+
+
 def _write_index(out: Path, configs: list[TrainConfig], keys: list[str], results: list[Any]) -> None:
     path = out / "index.json"
     index = json.loads(path.read_text()) if path.exists() else {}
@@ -196,4 +230,4 @@ def load_sweep_file(path: str | Path) -> tuple[list[TrainConfig], dict[str, Any]
 
 
 __all__ = ["LocalExecutor", "DaskExecutor", "make_executor", "expand_grid", "run_config", "run_sweep",
-           "load_sweep_file", "require_distributed"]
+           "load_sweep_file", "require_distributed", "lr_grid", "grid_search_lr", "search_configs", "pick_lr"]

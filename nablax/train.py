@@ -13,7 +13,9 @@ Per epoch (epoch 0 is the network at θ(0)), written to ``metrics.jsonl`` (one J
     train_error, train_loss   the whole training set, evaluation batches of the training batch size, batch
                               statistics (spec §9)
     gsc                       GSC(L, 0) from ``gsc.bottom`` to the error layer on a fixed training subset of
-                              ``eval_batch`` points, one backward pass (``metrics.gsc.gsc_to_error``); the array
+                              ``eval_batch`` points, one backward pass (``metrics.gsc.gsc_to_error``): per example
+                              and aggregated by ``gsc_aggregation`` (default the geometric mean; per-example
+                              gradients hold batch statistics constant), or batch-level; the array
                               ``gsc_positions`` holds GSC(p, 0) at every position
     relative_update, bound    per linear layer, averaged over the epoch's steps (``metrics.training.UpdateSizes``)
     residual_opnorm(_rel)     ||W_i(t) - W_i(0)||_2 (and / ||W_i(0)||_2) per linear layer (spec §2.10)
@@ -50,7 +52,7 @@ from .data import Dataset, load_dataset
 from .figures import _plain
 from .losses import SoftmaxCrossEntropy
 from .metrics.effective_depth import DEFAULT_EPS, EPS_GRID, EffectiveDepth
-from .metrics.gsc import gsc_to_error
+from .metrics.gsc import AGGREGATIONS, gsc_to_error
 from .metrics.taylor import taylor_errors
 from .metrics.training import Step, TrainingCallback, UpdateSizes, residual_opnorms
 from .optim import make_optimizer
@@ -62,14 +64,14 @@ NOT_IN_KEY = ("cifar", "cifar_md5")  # where the data lives (and its expected ch
 
 @dataclass
 class TrainConfig:
-    """Everything that determines a run. Defaults are the spec §9 project protocol (CIFAR-10 MLPs: 50 blocks of
-    width 100 plus an output layer, plain SGD, batch 256, step size /3 on plateaus, at most 500 epochs); the paper's
-    own settings are unknown. ``head`` (ResNets: a final norm -> nonlinearity before the output, spec §8.2) defaults
+    """Everything that determines a run. Defaults are the spec §9 project protocol (MLPs of 50 blocks of width 100
+    plus an output layer, plain SGD, batch 256, step size /3 on plateaus, at most 500 epochs; the paper's own
+    settings are unknown), on the embedded digits unless ``data="cifar10"``. ``head`` (ResNets: a final norm -> nonlinearity before the output, spec §8.2) defaults
     to present; ``beta`` scales residual branches (1: the plain ResNet). ``cifar`` is the path of the CIFAR-10 archive and ``cifar_md5`` its expected MD5 (default: the
     published one; only for test archives); neither is part of the run's key."""
 
     arch: str = "batch-tanh"
-    data: str = "cifar10"
+    data: str = "digits"
     depth: int = 50
     width: int = 100
     init: str = "gaussian"
@@ -89,6 +91,7 @@ class TrainConfig:
     plateau_tol: float = 0.01
     eval_batch: int = 1000
     gsc_bottom: str = "linear1"
+    gsc_aggregation: str = "per_example_geomean"
     measure_effective_depth: bool = True
     ed_eps: float = DEFAULT_EPS
     ed_eps_grid: list[float] = field(default_factory=lambda: list(EPS_GRID))
@@ -109,6 +112,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.gsc_bottom not in GSC_BOTTOMS:
             raise ValueError(f"gsc_bottom must be one of {GSC_BOTTOMS}, got {self.gsc_bottom!r}")
+        if self.gsc_aggregation not in AGGREGATIONS:
+            raise ValueError(f"gsc_aggregation must be one of {AGGREGATIONS}, got {self.gsc_aggregation!r}")
         for name in ("lr", "batch_size", "epochs", "lr_decay", "eval_batch"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -294,13 +299,16 @@ class Trainer:
         return wrong / n, total / n
 
     def gsc(self) -> numpy.ndarray:
-        """GSC(p, 0) for every position p on the fixed evaluation subset (NaN where undefined)."""
+        """GSC(p, 0) for every position p on the fixed evaluation subset (NaN where undefined); per example (batch
+        statistics held constant) unless ``gsc_aggregation="batch"``."""
         x, y = self._xy(self.eval_idx)
-        tr = self.net.forward(x, train=True)
-        e = self.loss.value(tr.output, y)
-        if not (math.isfinite(e) and e > 0):
+        agg = self.config.gsc_aggregation
+        tr = self.net.forward(x, train=True, hold_stats=agg != "batch")
+        errors = self.loss.values(tr.output, y)
+        e = self.net.backend.asnumpy(errors)
+        if not (numpy.all(numpy.isfinite(e)) and numpy.all(e > 0)):
             return numpy.full(len(tr.values), numpy.nan)
-        return gsc_to_error(tr, self.loss.grad(tr.output, y), e).value
+        return gsc_to_error(tr, len(y) * self.loss.grad(tr.output, y), errors, aggregation=agg).value
 
     def _end_epoch(self, lr: float | None) -> dict[str, Any]:
         err, loss = self.evaluate()
@@ -473,136 +481,4 @@ def load_run(out: str | Path) -> dict[str, Any]:
     return {"history": history, "arrays": arrays, "result": result, "dir": str(out)}
 
 
-# --- step-size search and the figures' training protocol ----------------------------------------------------
-
-
-def lr_grid(lo: float = 1e-4, hi: float = 1.0, factor: float = 3.0) -> list[float]:
-    """A geometric step-size grid lo, lo*factor, ... up to hi (the spec's x3 grid)."""
-    out, lr = [], lo
-    while lr <= hi * (1 + 1e-9):
-        out.append(float(f"{lr:.6g}"))
-        lr *= factor
-    return out
-
-
-def _search_configs(config: TrainConfig, lrs: list[float], epochs: int) -> list[TrainConfig]:
-    trial = dataclasses.replace(config, epochs=epochs, taylor=False, measure_effective_depth=False)
-    return [dataclasses.replace(trial, lr=lr) for lr in lrs]
-
-
-def _pick_lr(configs: list[TrainConfig], results: list[dict[str, Any]]) -> tuple[float, list[dict[str, Any]]]:
-    table = [{"lr": c.lr, "train_error": r["final"]["train_error"] if r["status"] == "done" else 1.0,
-              "status": r["status"]} for c, r in zip(configs, results)]
-    best = min(table, key=lambda row: (row["train_error"], -row["lr"]))
-    return best["lr"], table
-
-
-def grid_search_lr(config: TrainConfig, lrs: list[float], out: str | Path, *, epochs: int = 3,
-                   executor: Any = "local", scheduler: str | None = None, progress: bool = True) -> tuple[float, list[dict[str, Any]]]:
-    """Train ``config`` for ``epochs`` at every step size of ``lrs`` (through the sweep runner, resumably, without
-    effective depth or Taylor) and return the step size with the lowest final training error (diverged runs
-    count as error 1; ties go to the larger step size), with the table of (lr, error, status)."""
-    from .sweep import run_sweep
-
-    configs = _search_configs(config, lrs, epochs)
-    return _pick_lr(configs, run_sweep(configs, out, executor=executor, scheduler=scheduler, progress=progress))
-
-
-# Project protocols for the training figures (spec §9; every choice here is ours, not the paper's).
-QUICK_PROTOCOL = {"data": "digits", "depth": 12, "width": 32, "batch_size": 128, "epochs": 6, "eval_batch": 500,
-                  "patience": 3, "lr": 0.01}
-QUICK_RESNET_PROTOCOL = {**QUICK_PROTOCOL, "depth": 6}
-CIFAR_PROTOCOL = {"data": "cifar10", "depth": 50, "width": 100, "batch_size": 256, "epochs": 500, "eval_batch": 1000}
-CIFAR_RESNET_PROTOCOL = {**CIFAR_PROTOCOL, "depth": 25}
-CIFAR_LR_GRID = lr_grid(1e-4, 1.0)
-CIFAR_SEARCH_EPOCHS = 5
-QUICK_LR_GRID = [0.01, 0.03, 0.1]
-QUICK_SEARCH_EPOCHS = 1
-
-
-def figure_runs(archs: list[str], out: str | Path, *, quick: bool, seed: int = 0, cifar: str | None = None,
-                executor: Any = "local", scheduler: str | None = None, overrides: dict[str, Any] | None = None,
-                progress: bool = True) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Train each architecture with the figures' protocol and return ({arch: load_run(...)}, protocol settings).
-
-    quick   digits, small nets (``QUICK_PROTOCOL``, ResNets ``QUICK_RESNET_PROTOCOL``), a few epochs, the step size
-            from ``QUICK_LR_GRID`` by training error after ``QUICK_SEARCH_EPOCHS`` epochs
-    full    CIFAR-10 (``cifar`` = its path), 50 blocks of width 100 (ResNets: 25 blocks), SGD batch 256, the step
-            size from the x3 grid ``CIFAR_LR_GRID`` by training error after ``CIFAR_SEARCH_EPOCHS`` epochs, then up
-            to 500 epochs with the step size /3 on plateaus.
-    ``overrides`` replaces any TrainConfig field, and ``lr_grid`` / ``search_epochs`` (``lr_grid=None``: no search,
-    the config's ``lr``). Everything goes through the sweep runner, keyed by configuration
-    (``out/lr_search``, ``out/runs``), so an interrupted run resumes and finished runs are skipped.
-    """
-    from .sweep import make_executor, run_sweep
-
-    out = Path(out)
-    over = dict(overrides or {})
-    grid = over.pop("lr_grid", QUICK_LR_GRID if quick else CIFAR_LR_GRID)
-    search_epochs = int(over.pop("search_epochs", QUICK_SEARCH_EPOCHS if quick else CIFAR_SEARCH_EPOCHS))
-    resnet = all(a.endswith("(ResNet)") for a in archs)
-    if quick:
-        base = dict(QUICK_RESNET_PROTOCOL if resnet else QUICK_PROTOCOL)
-    else:
-        base = dict(CIFAR_RESNET_PROTOCOL if resnet else CIFAR_PROTOCOL)
-    base.update(seed=seed, cifar=cifar)
-    base.update(over)
-    configs = [TrainConfig.from_dict({**base, "arch": a}) for a in archs]
-    ex = make_executor(executor, scheduler) if isinstance(executor, str) else executor
-    chosen: dict[str, Any] = {}
-    try:
-        if grid:
-            trials = [_search_configs(c, list(grid), search_epochs) for c in configs]
-            flat = run_sweep([t for ts in trials for t in ts], out / "lr_search", executor=ex, progress=progress)
-            for i, ts in enumerate(trials):
-                lr, table = _pick_lr(ts, flat[i * len(grid):(i + 1) * len(grid)])
-                configs[i] = dataclasses.replace(configs[i], lr=lr)
-                chosen[configs[i].arch] = {"lr": lr, "table": table}
-        run_sweep(configs, out / "runs", executor=ex, progress=progress)
-    finally:
-        if isinstance(executor, str):
-            ex.close()
-    runs = {c.arch: load_run(out / "runs" / c.key()) for c in configs}
-    settings = {"protocol": "quick (digits)" if quick else "CIFAR-10 (spec §9 project defaults)",
-                "config": {k: v for k, v in configs[0].to_dict().items() if k not in ("arch", "lr", *NOT_IN_KEY)},
-                "lr_grid": grid, "lr_search_epochs": search_epochs if grid else None, "lr_search": chosen or None,
-                "ours": "all protocol choices are project defaults (spec §9: the paper's batch size, step sizes, "
-                        "schedule and preprocessing are unknown)"}
-    return runs, settings
-
-
-FIG3_RESNETS = ["layer-ReLU (ResNet)", "batch-ReLU (ResNet)", "layer-tanh (ResNet)", "batch-tanh (ResNet)",
-                "layer-SeLU (ResNet)"]
-
-
-def resnet_training_panel(record: Any, panel: str = "D", ax: Any = None, *, quick: bool = True,
-                          out: str | Path = "figures", seed: int = 0, cifar: str | None = None,
-                          archs: list[str] | None = None, executor: Any = "local", scheduler: str | None = None,
-                          overrides: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Fig. 3's training panel: effective depth vs epoch for the ResNets trained with the figures' protocol.
-
-    Adds panel ``panel`` to the ``nablax.figures.FigureRecord`` ``record`` (one series per architecture, with the
-    threshold sweep as extra fields) and draws it on the matplotlib axis ``ax`` if given. Runs go to
-    ``out/fig3_runs`` (resumable). Returns the protocol settings, to merge into the figure's settings.
-    """
-    archs = FIG3_RESNETS if archs is None else archs
-    runs, settings = figure_runs(archs, Path(out) / "fig3_runs", quick=quick, seed=seed, cifar=cifar,
-                                 executor=executor, scheduler=scheduler, overrides=overrides, progress=progress)
-    record.panel(panel, "effective depth during training", "epoch", "effective depth")
-    for arch, run_ in runs.items():
-        epochs = [h["epoch"] for h in run_["history"]]
-        depth = [h.get("effective_depth") for h in run_["history"]]
-        sweep = {e: [h["effective_depth_sweep"][e] for h in run_["history"]] for e in run_["history"][-1]["effective_depth_sweep"]}
-        record.add(panel, arch, epochs, depth, eps_sweep=sweep)
-        if ax is not None:
-            ax.step(epochs, depth, where="post", label=arch)
-    if ax is not None:
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("effective depth")
-        ax.legend(fontsize=7)
-    return settings
-
-
-__all__ = ["TrainConfig", "Trainer", "Diverged", "run", "load_run", "lr_grid", "grid_search_lr", "figure_runs",
-           "resnet_training_panel", "dataset_for", "default_callbacks", "QUICK_PROTOCOL", "CIFAR_PROTOCOL",
-           "FIG3_RESNETS"]
+__all__ = ["TrainConfig", "Trainer", "Diverged", "run", "load_run", "dataset_for", "default_callbacks"]

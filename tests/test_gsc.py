@@ -16,7 +16,7 @@ from nablax.losses import SoftmaxCrossEntropy
 from nablax.metrics.gsc import gsc, gsc_bottom_to_error, gsc_table, gsc_to, gsc_to_error
 from nablax.metrics.jacobian import (bottom_position, paper_index, qm_norm, reference_position, select_positions,
                                      x_coordinates)
-from nablax.network import Network
+from nablax.network import Network, forward_chain
 
 FIGURES = Path(__file__).resolve().parent.parent / "paper_figures" / "gradients_explode"
 
@@ -127,22 +127,90 @@ def test_hutchinson_agrees_with_exact_within_reported_error(rng):
 
 
 def test_error_layer_gsc_sum_and_mean_and_bottom(rng):
-    """Spec §11.5: GSC(k, 0) does not depend on sum vs mean loss; gsc.bottom picks linear 1 or the input."""
+    """Spec §11.5: the batch-level GSC(k, 0) does not depend on sum vs mean loss; gsc.bottom picks linear 1 or the
+    input."""
     net = nablax.build("layer-tanh", depth=3, width=6, in_dim=5, out_dim=3, seed=6)
     x, y = rng.standard_normal((7, 5)), rng.integers(0, 3, 7)
     tr = net.forward(x)
     loss = SoftmaxCrossEntropy()
     E, g = loss.value(tr.output, y), loss.grad(tr.output, y)
-    mean = gsc_to_error(tr, g, E)
-    total = gsc_to_error(tr, 7 * g, 7 * E)
-    assert np.allclose(mean.value, total.value, rtol=1e-12)
+    mean = gsc_to_error(tr, g, E, aggregation="batch")
+    total = gsc_to_error(tr, 7 * g, 7 * E, aggregation="batch")
+    per_example_sum = gsc_to_error(tr, 7 * g, loss.values(tr.output, y), aggregation="batch")
+    assert np.allclose(mean.value, total.value, rtol=1e-12) and np.allclose(mean.value, per_example_sum.value, rtol=1e-12)
     # from position p: ||dE/dF_p|| ||F_p|| / (sqrt(B d_p) |E|), checked by an explicit pullback at p = 2
     gp = tr.pullback(g, None, 2)
     assert rel_err(mean.at(2), np.linalg.norm(gp) * np.linalg.norm(tr.values[2]) / (np.sqrt(7 * 6) * E)) < 1e-12
-    assert gsc_bottom_to_error(tr, g, E) == pytest.approx(mean.at(1), rel=1e-12)
-    assert gsc_bottom_to_error(tr, g, E, bottom="input") == pytest.approx(mean.at(0), rel=1e-12)
+    assert gsc_bottom_to_error(tr, g, E, aggregation="batch") == pytest.approx(mean.at(1), rel=1e-12)
+    assert gsc_bottom_to_error(tr, g, E, bottom="input", aggregation="batch") == pytest.approx(mean.at(0), rel=1e-12)
     k, l0 = mean.paper_layers()
     assert l0 == 0 and k[0] == len(net.layers) + 1
+
+
+def _per_example_gsc_by_finite_differences(tr, loss, y, p, eps=1e-6):
+    """GSC_b(p, E) = ||dE_b/df_{p,b}|| ||f_{p,b}|| / (sqrt(d_p) |E_b|), the gradient by central differences of
+    example b's own error in each coordinate of its own activation at position p (the rest of the net re-run)."""
+    f = tr.values[p]
+    out = []
+    for b in range(f.shape[0]):
+        grad = np.empty(f.shape[1])
+        for j in range(f.shape[1]):
+            h = np.zeros_like(f)
+            h[b, j] = eps
+            up, down = (forward_chain(tr.network.layers[p:], f + s * h, tr.mode)[0][-1] for s in (1, -1))
+            grad[j] = (loss.values(up, y)[b] - loss.values(down, y)[b]) / (2 * eps)
+        out.append(np.linalg.norm(grad) * np.linalg.norm(f[b]) / (np.sqrt(f.shape[1]) * loss.values(tr.output, y)[b]))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("name, train", [("layer-tanh", True), ("batch-ReLU", False), ("SeLU", True)])
+def test_per_example_error_gsc_against_finite_differences(name, train, rng):
+    """The default GSC to the error layer is per example: each example's own error against its own activations,
+    aggregated by the geometric or arithmetic mean (batch norm here with its running statistics, so that a
+    finite difference of one example moves nothing else)."""
+    net = nablax.build(name, depth=3, width=5, in_dim=4, out_dim=3, seed=2)
+    for k, v in net.named_state().items():
+        v[...] = rng.uniform(0.5, 2.0, v.shape) if "var" in k else rng.standard_normal(v.shape)
+    x, y = rng.standard_normal((6, 4)), rng.integers(0, 3, 6)
+    tr = net.forward(x, train=train)
+    loss = SoftmaxCrossEntropy()
+    errors, g_sum = loss.values(tr.output, y), 6 * loss.grad(tr.output, y)
+    geo = gsc_to_error(tr, g_sum, errors)
+    arith = gsc_to_error(tr, g_sum, errors, aggregation="per_example_mean")
+    assert geo.aggregation == "per_example_geomean"
+    for p in (0, 2, 5):
+        fd = _per_example_gsc_by_finite_differences(tr, loss, y, p)
+        assert rel_err(geo.at(p), np.exp(np.log(fd).mean())) < 1e-7
+        assert rel_err(arith.at(p), fd.mean()) < 1e-7
+    squared = gsc_to_error(tr, g_sum, errors, squared=True)
+    assert np.allclose(squared.value, geo.value ** 2, rtol=1e-12)
+
+
+def test_per_example_error_gsc_does_not_shrink_with_the_batch(rng):
+    """The batch-level form falls like 1/sqrt(B) at a fixed per-example scale; the per-example form does not:
+    B copies of one example give B times the batch error, sqrt(B) times its gradient norm and activation norm."""
+    net = nablax.build("SeLU", depth=4, width=6, in_dim=3, out_dim=2, seed=1)
+    x, y = rng.standard_normal((1, 3)), np.array([1])
+    loss = SoftmaxCrossEntropy()
+    values = {}
+    for B in (1, 16):
+        tr = net.forward(np.repeat(x, B, axis=0))
+        yy = np.repeat(y, B)
+        g_sum, errors = B * loss.grad(tr.output, yy), loss.values(tr.output, yy)
+        values[B] = (gsc_to_error(tr, g_sum, errors).at(1), gsc_to_error(tr, g_sum, errors, aggregation="batch").at(1))
+    assert values[16][0] == pytest.approx(values[1][0], rel=1e-12)
+    assert values[16][1] == pytest.approx(values[1][1] / 4, rel=1e-12)
+
+
+def test_per_example_error_gsc_refuses_coupled_passes_and_scalar_errors(rng):
+    net = nablax.build("batch-ReLU", depth=2, width=4, in_dim=3, out_dim=2)
+    x, y = rng.standard_normal((5, 3)), rng.integers(0, 2, 5)
+    tr = net.forward(x)
+    loss = SoftmaxCrossEntropy()
+    with pytest.raises(ValueError, match="hold_stats"):
+        gsc_to_error(tr, 5 * loss.grad(tr.output, y), loss.values(tr.output, y))
+    with pytest.raises(ValueError, match="each example's error"):
+        gsc_to_error(net.forward(x, hold_stats=True), loss.grad(tr.output, y), loss.value(tr.output, y))
 
 
 def test_paper_numbering_and_x_coordinates():

@@ -1,25 +1,20 @@
 """Training: the loss goes down on digits for every architecture, gradients inside a step match finite
 differences, per-epoch metrics against closed forms, the schedule, kill-and-resume is bit-identical, the CLI, and
-the figure-2 script end to end on tiny settings."""
+the per-example GSC. The figures' protocols are tested in test_figure_protocols.py."""
 
 import dataclasses
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gradcheck import FD_RTOL, central_difference, rel_err
-from nablax import cli, data
+from nablax import cli
 from nablax.architectures import GE_MLPS, GE_RESNETS
-from nablax.figures import FigureRecord
 from nablax.metrics.effective_depth import EffectiveDepth
 from nablax.metrics.training import TrainingCallback, UpdateSizes, linear_keys
-from nablax.train import (Trainer, TrainConfig, figure_runs, grid_search_lr, load_run, lr_grid, resnet_training_panel,
-                          run)
-
-FIGURES = Path(__file__).resolve().parent.parent / "paper_figures" / "gradients_explode"
+from nablax.sweep import grid_search_lr, lr_grid
+from nablax.train import Trainer, TrainConfig, load_run, run
 
 
 def tiny(**kw):
@@ -192,58 +187,13 @@ def test_cli_train_and_resume(tmp_path, capsys, monkeypatch):
     assert "--cifar PATH" in capsys.readouterr().err
 
 
-def _fig2():
-    sys.path.insert(0, str(FIGURES))
-    try:
-        import fig2
-    finally:
-        sys.path.remove(str(FIGURES))
-    return fig2
+@pytest.mark.parametrize("arch", ["batch-ReLU", "SeLU"])
+def test_trainer_gsc_is_per_example_and_does_not_scale_with_the_evaluation_batch(arch):
+    """The per-epoch GSC(L, 0) is per example by default (spec §2.4): about the same on 100 or 300 evaluation points,
+    while the batch-level option falls like 1/sqrt(B) (sqrt(1/3) = 0.58)."""
+    def gsc(**kw):
+        return Trainer(tiny(arch=arch, **kw), progress=False).gsc()[1]
 
-
-TINY_FIGURE = {"depth": 2, "width": 8, "epochs": 2, "n_train": 200, "batch_size": 50, "eval_batch": 100,
-               "lr_grid": [0.01, 0.1], "search_epochs": 1}
-
-
-def test_fig2_quick_end_to_end(tmp_path):
-    fig2 = _fig2()
-    assert fig2.main(["--quick", "--out", str(tmp_path)], overrides=TINY_FIGURE) == 0
-    rec = json.loads((tmp_path / "fig2.json").read_text())
-    assert (tmp_path / "fig2.png").exists() and set(rec["panels"]) == set("ABCDEF")
-    for key, panel in rec["panels"].items():
-        assert list(panel["series"]) == fig2.NAMES, key
-    assert len(rec["panels"]["A"]["series"]["SeLU"]["x"]) == 3  # 2 blocks + output layer
-    assert rec["panels"]["F"]["series"]["SeLU"]["x"] == [0, 1]
-    assert rec["settings"]["protocol"] == "quick (digits)" and rec["settings"]["lr_search"]
-    # a rerun finds every run finished and only redraws
-    stamp = (tmp_path / "fig2_runs" / "runs" / "index.json").stat().st_mtime_ns
-    assert fig2.main(["--quick", "--out", str(tmp_path)], overrides=TINY_FIGURE) == 0
-    assert json.loads((tmp_path / "fig2.json").read_text()) == rec
-    assert (tmp_path / "fig2_runs" / "runs" / "index.json").stat().st_mtime_ns >= stamp
-
-
-def test_fig2_full_protocol_needs_cifar(tmp_path, capsys, monkeypatch):
-    fig2 = _fig2()
-    monkeypatch.setenv("NABLAX_DATA", str(tmp_path / "none"))
-    assert fig2.main(["--out", str(tmp_path)]) == 2
-    assert "CIFAR-10" in capsys.readouterr().err
-    # with an archive in the CIFAR-10 format (a test archive and its own checksum) the full protocol's path runs
-    md5 = data.write_cifar_like_archive(tmp_path / data.CIFAR10_ARCHIVE, n_per_batch=20)
-    over = {**TINY_FIGURE, "n_train": None, "lr_grid": [0.01, 0.05], "cifar_md5": md5, "eval_batch": 50}
-    runs, settings = figure_runs(["SeLU"], tmp_path / "f", quick=False, cifar=str(tmp_path), overrides=over,
-                                 progress=False)
-    assert settings["protocol"].startswith("CIFAR-10") and settings["config"]["data"] == "cifar10"
-    assert runs["SeLU"]["result"]["status"] == "done" and len(settings["lr_search"]["SeLU"]["table"]) == 2
-    assert runs["SeLU"]["result"]["config"]["depth"] == 2 and len(runs["SeLU"]["history"]) == 3
-
-
-def test_resnet_training_panel(tmp_path):
-    rec = FigureRecord("test", {})
-    settings = resnet_training_panel(rec, "D", quick=True, out=tmp_path, archs=["layer-tanh (ResNet)", "batch-ReLU (ResNet)"],
-                                     overrides={**TINY_FIGURE, "lr_grid": None}, progress=False)
-    series = rec.panels["D"]["series"]
-    assert list(series) == ["layer-tanh (ResNet)", "batch-ReLU (ResNet)"]
-    for s in series.values():
-        assert s["x"] == [0, 1, 2] and s["y"][0] == 1 and all(1 <= d <= 5 for d in s["y"])
-        assert s["eps_sweep"]["0.0001"][-1] >= s["eps_sweep"]["0.1"][-1]
-    assert settings["config"]["depth"] == 2
+    per = gsc(eval_batch=300) / gsc(eval_batch=100)
+    batch = gsc(eval_batch=300, gsc_aggregation="batch") / gsc(eval_batch=100, gsc_aggregation="batch")
+    assert 0.85 < per < 1.15 and 0.45 < batch < 0.7, (per, batch)

@@ -11,7 +11,9 @@ Aggregation over a batch of B points (an open choice; ``aggregation=``):
                             (without batch coupling J_batch is block-diagonal and ||J_batch||_F^2 = sum_b ||J_b||_F^2)
     "per_example_mean"      the arithmetic mean of the per-example GSCs
     "per_example_geomean"   their geometric mean
-To the error layer (a scalar batch error E):  GSC(lo, E) = ||dE/dF_lo||_F ||F_lo||_F / (sqrt(B d_lo) |E|).
+To the error layer (``gsc_to_error``): per example by default, GSC_b(lo, E) = ||dE_b/df_lo,b|| ||f_lo,b|| /
+(sqrt(d_lo) |E_b|), aggregated as above (geometric mean); the batch form ||dE/dF_lo||_F ||F_lo||_F / (sqrt(B d_lo) |E|)
+is an option (it shrinks like 1/sqrt(B)).
 
 ``squared=True`` returns GSC^2 (the form some later versions of the paper may use).
 
@@ -78,6 +80,15 @@ def _sq_frobenius(a: Any) -> Any:
     return (a * a).reshape(a.shape[0], -1).sum(axis=1)
 
 
+def _aggregate(per: numpy.ndarray, aggregation: str, squared: bool) -> numpy.ndarray:
+    """Per-example squared GSCs (n_positions, B) -> one value per position: the mean or geometric mean over b of
+    GSC_b^2 (``squared``) or of GSC_b. One example with GSC 0 (a zero gradient) makes the geometric mean 0."""
+    if aggregation == "per_example_mean":
+        return per.mean(axis=1) if squared else numpy.sqrt(per).mean(axis=1)
+    with numpy.errstate(divide="ignore"):
+        return numpy.exp(numpy.log(per).mean(axis=1) * (1.0 if squared else 0.5))
+
+
 def gsc_to(trace: Trace, hi: int | str | None = None, lo: int = 0, *, aggregation: str = "batch",
            squared: bool = False, method: str = "auto", n_probes: int = 4, rng: Any = None,
            exact_limit: int = DEFAULT_EXACT_LIMIT) -> GSCResult:
@@ -106,11 +117,7 @@ def gsc_to(trace: Trace, hi: int | str | None = None, lo: int = 0, *, aggregatio
         if method == "hutchinson":
             raise ValueError("per-example aggregation is computed exactly; use method='exact' or 'auto'")
         jac = be.asnumpy(trace.jacobian_sq_norms(hi, lo))  # (n_pos, B)
-        per = jac / d_lo[:, None] * f_sq / f_hi[None, :]
-        if aggregation == "per_example_mean":
-            val = per.mean(axis=1) if squared else numpy.sqrt(per).mean(axis=1)
-        else:
-            val = numpy.exp(numpy.log(per).mean(axis=1) * (1.0 if squared else 0.5))
+        val = _aggregate(jac / d_lo[:, None] * f_sq / f_hi[None, :], aggregation, squared)
         return GSCResult(positions, val, numpy.zeros_like(val), hi, "exact", aggregation, squared,
                          n_layers=len(trace.network.layers))
 
@@ -151,36 +158,70 @@ def gsc_table(trace: Trace, **kw: Any) -> numpy.ndarray:
     return table
 
 
-def gsc_to_error(trace: Trace, dE_dout: Any, error: float, *, lo: int = 0, squared: bool = False) -> GSCResult:
-    """GSC(p -> E) for every position p >= lo, from ONE ordinary backward pass of the error:
+def gsc_to_error(trace: Trace, dE_dout: Any, errors: Any, *, lo: int = 0, squared: bool = False,
+                 aggregation: str = "per_example_geomean") -> GSCResult:
+    """GSC(p -> E) for every position p >= lo, from ONE ordinary backward pass of the error (spec §2.3, §2.4).
+
+    ``errors``   each example's own error E_b, shape (B,) (``loss.values``); for ``aggregation="batch"`` a scalar
+                 batch error is accepted too
+    ``dE_dout``  (B, d_out): row b is dE_b/d(out_b), the gradient of the SUM of ``errors`` (``B * loss.grad``
+                 for a mean loss); with a scalar ``errors``, the gradient of that scalar
+
+    Per example (the default; without batch coupling G_p = dE/dF_p has row b = dE_b/df_{p,b}):
+
+        GSC_b(p, E) = ||dE_b/df_{p,b}|| ||f_{p,b}|| / (sqrt(d_p) |E_b|)
+
+    aggregated over b as in ``gsc_to``: "per_example_geomean" (default), "per_example_mean". This is the paper's
+    per-data-point definition, and it does not depend on the evaluation batch size.
+
+    "batch": the whole batch is one map and E = sum_b E_b (or the scalar given):
 
         GSC(p, E) = ||dE/dF_p||_F ||F_p||_F / (sqrt(B d_p) |E|)
 
-    ``dE_dout`` is dE/d(output) for the batch error ``error`` (for example ``loss.grad`` and ``loss.value``).
-    Invariant to whether E is the sum or the mean of the per-example losses.
+    which shrinks like 1/sqrt(B) at a fixed per-example scale (dE/dF_p has B rows of one size, |E| grows like B):
+    kept as an option. Both forms are invariant to scaling the error and its gradient together.
+    A pass that couples samples has no per-example gradients: use ``forward(..., hold_stats=True)`` (batch
+    statistics held constant) or ``aggregation="batch"``.
     """
-    if error == 0:
-        raise ValueError("the error is exactly 0: GSC to the error layer is undefined")
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     be = trace.network.backend
     b = trace.batch_size
     hi = len(trace.values) - 1
     positions = numpy.arange(lo, hi + 1)
-    val = numpy.empty(len(positions))
-    for p, g in trace.pullbacks(dE_dout, hi, lo):
-        f = trace.values[p]
-        num = float(be.asnumpy((g * g).sum())) * float(be.asnumpy((f * f).sum()))
-        val[p - lo] = num / (b * f[0].size * error * error)
-    if not squared:
-        val = numpy.sqrt(val)
-    return GSCResult(positions, val, numpy.zeros_like(val), hi + 1, "exact", "batch", squared, n_layers=hi)
+    e = numpy.asarray(be.asnumpy(errors) if hasattr(errors, "shape") else errors, dtype=float)
+    if aggregation == "batch":
+        total = float(e.sum())
+        if total == 0:
+            raise ValueError("the error is exactly 0: GSC to the error layer is undefined")
+        sq = numpy.empty(len(positions))
+        for p, g in trace.pullbacks(dE_dout, hi, lo):
+            f = trace.values[p]
+            sq[p - lo] = float(be.asnumpy((g * g).sum())) * float(be.asnumpy((f * f).sum())) / (b * f[0].size * total ** 2)
+        val = sq if squared else numpy.sqrt(sq)
+    else:
+        if e.shape != (b,):
+            raise ValueError(f"per-example aggregation needs each example's error, shape ({b},), got {e.shape}")
+        if trace.couples_batch:
+            raise ValueError("per-example GSCs need per-example gradients, which a batch-coupled pass does not have; "
+                             "use aggregation='batch' or forward(..., hold_stats=True)")
+        if numpy.any(e == 0):
+            raise ValueError("an example's error is exactly 0: its GSC to the error layer is undefined")
+        per = numpy.empty((len(positions), b))
+        for p, g in trace.pullbacks(dE_dout, hi, lo):
+            f = trace.values[p]
+            per[p - lo] = be.asnumpy(_sq_frobenius(g) * _sq_frobenius(f)) / (f[0].size * e * e)
+        val = _aggregate(per, aggregation, squared)
+    return GSCResult(positions, val, numpy.zeros_like(val), hi + 1, "exact", aggregation, squared, n_layers=hi)
 
 
-def gsc_bottom_to_error(trace: Trace, dE_dout: Any, error: float, *, bottom: str = "linear1",
-                        squared: bool = False) -> float:
-    """The paper's GSC(L, 0): from the bottom layer to the error layer (spec §1.1, §2.3). ``bottom`` is Open:
-    ``"linear1"`` (default, the output of linear layer 1, the paper's f_L) or ``"input"`` (position 0)."""
+def gsc_bottom_to_error(trace: Trace, dE_dout: Any, errors: Any, *, bottom: str = "linear1",
+                        squared: bool = False, aggregation: str = "per_example_geomean") -> float:
+    """The paper's GSC(L, 0): from the bottom layer to the error layer (spec §1.1, §2.3), arguments as in
+    ``gsc_to_error``. ``bottom`` is Open: ``"linear1"`` (default, the output of linear layer 1, the paper's f_L)
+    or ``"input"`` (position 0)."""
     lo = bottom_position(trace.network, bottom)
-    return float(gsc_to_error(trace, dE_dout, error, lo=lo, squared=squared).value[0])
+    return float(gsc_to_error(trace, dE_dout, errors, lo=lo, squared=squared, aggregation=aggregation).value[0])
 
 
 def relative_sensitivity_check(trace: Trace, lo: int, hi: int, rng: Any, eps: float = 1e-6) -> float:

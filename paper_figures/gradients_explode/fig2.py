@@ -11,60 +11,59 @@ trained on CIFAR-10, for batch-ReLU, layer-tanh, batch-tanh and SeLU.
     F  training error against compositional depth reduction r (spec §6: the bottom r + 1 linear layers replaced by
        their first-order Taylor expansion around θ(0))
 
-Without --quick: the CIFAR-10 protocol of spec §9 (project defaults, not the paper's, which are unknown): 50 blocks
-of width 100 and an output layer (51 linear layers), inputs flattened and standardised per feature, plain SGD with
-batch 256, the step size picked from a x3 grid (1e-4 ... 1) by training error after 5 epochs, then up to 500 epochs
-with the step size divided by 3 when the training error plateaus (5 epochs without a 1% improvement). Every run
-goes through the sweep runner (nablax.sweep, keyed by configuration, checkpointed every epoch), so an interrupted
-figure resumes. CIFAR-10 cannot be downloaded by this script's default: pass --cifar PATH (the official
-cifar-10-python.tar.gz, checked against its MD5) or set NABLAX_DATA; --executor dask [--scheduler ADDRESS] spreads
-the runs over a Dask cluster. The full protocol is days of CPU time (hours on a GPU).
-
---quick: scikit-learn's digits (1797 images, 64 features), 12 blocks of width 32 (13 linear layers), batch 128, the
-step size picked from {0.003, 0.01, 0.03, 0.1} by training error after 2 epochs, 6 epochs. These sizes are ours.
+The training protocol is _protocol.py's (every choice in it is ours; spec §9: the paper's is unknown). By default
+the papers' architectures at the paper's depth on the embedded digits: 50 blocks of width 100 and an output layer
+(51 linear layers), plain SGD with batch 64, the step size from a x3 grid (1e-3 ... 1) by training error after 5
+epochs, then 80 epochs with the step size divided by 3 when the training error plateaus (5 epochs without a 1%
+improvement), seeds 0 and 1 (curves: the mean, or the geometric mean for the GSC; bands: min..max). --cifar PATH:
+the same code on CIFAR-10 (the official cifar-10-python.tar.gz, checked against its MD5) with spec §9's defaults
+(batch 256, up to 500 epochs: days of CPU time). --quick: digits, 12 blocks of width 32, 6 epochs, a pipeline
+check. Every run goes through the sweep runner (nablax.sweep, keyed by configuration, checkpointed every epoch), so
+an interrupted figure resumes; --executor dask [--workers N | --scheduler ADDRESS] spreads the runs over a Dask
+cluster, --backend cupy puts them on a GPU.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from typing import Any
 
 import numpy
 
-from nablax.data import DataUnavailable, load_cifar10
-from nablax.figures import FigureRecord, blas_threads, figure_args, save_figure
-from nablax.train import figure_runs
+from _protocol import draw_depths, figure_runs, over_seeds, eps_sweep
+from nablax.figures import FigureRecord, blas_threads, figure_args, require_cifar, save_figure, sweep_executor
 
 NAMES = ["batch-ReLU", "layer-tanh", "batch-tanh", "SeLU"]
 COLORS = {"batch-ReLU": "tab:purple", "layer-tanh": "tab:red", "batch-tanh": "tab:brown", "SeLU": "tab:green"}
 UPDATE_EPOCH = 1
 
 
-def extra_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--cifar", default=None, help="CIFAR-10 archive or folder (default: $NABLAX_DATA)")
-    p.add_argument("--executor", choices=["local", "dask"], default="local")
-    p.add_argument("--scheduler", default=None, help="a running Dask scheduler's address")
-    return p.parse_known_args(sys.argv[1:] if argv is None else argv)
-
-
-def settings_for(args: argparse.Namespace, proto: dict[str, Any], runs: dict[str, Any]) -> dict[str, Any]:
-    result = next(iter(runs.values()))["result"] or {}
+def settings_for(args: Any, proto: dict[str, Any], runs: dict[str, Any]) -> dict[str, Any]:
+    first = next(iter(runs.values()))[0]
+    result = first["result"] or {}
     return {**proto, "quick": args.quick, "seed": args.seed, "update_epoch": UPDATE_EPOCH,
-            "n_linear": len(next(iter(runs.values()))["arrays"]["residual_opnorm"][0]),
+            "n_linear": len(first["arrays"]["residual_opnorm"][0]),
             "options (spec §13)": {
-                "gsc.bottom": "output of linear layer 1", "gsc.aggregation": "batch", "eval_batch": proto["config"]["eval_batch"],
-                "bn.stats_mode": "batch statistics, differentiated", "norm.affine": False, "init.scheme": "gaussian",
+                "gsc.bottom": "output of linear layer 1", "gsc.aggregation": proto["config"]["gsc_aggregation"],
+                "gsc.per_example": "each example's own error; batch statistics held constant (a per-example "
+                                   "gradient of a batch-coupled pass does not exist)",
+                "eval_batch": proto["config"]["eval_batch"],
+                "bn.stats_mode": "batch statistics, differentiated (training); held constant for the per-example GSC",
+                "norm.affine": False, "init.scheme": "gaussian",
                 "effective_depth": result.get("effective_depth_settings"),
                 "taylor": (result.get("taylor") or {}).get("settings"), "taylor.expansion_point": "θ(0)",
                 "update_size.norm": "Frobenius", "bound.form": "|E| / (||W||_F ||dE/dW||_F), scale 1",
                 "residual_opnorm.relative": "both stored; absolute plotted",
-                "training protocol": "project defaults (spec §9), not the paper's"}}
+                "training protocol": "project choices (spec §9), not the paper's: _protocol.py"}}
 
 
-def build_record(runs: dict[str, Any], settings: dict[str, Any]) -> FigureRecord:
+def seed_mean(rows: list[Any]) -> tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+    """(mean, min, max) over seeds of equally long per-seed rows."""
+    a = numpy.array(rows, dtype=float)
+    return a.mean(axis=0), a.min(axis=0), a.max(axis=0)
+
+
+def build_record(runs: dict[str, list[dict[str, Any]]], settings: dict[str, Any]) -> FigureRecord:
     rec = FigureRecord("gradients_explode/fig2", settings)
     rec.panel("A", "relative update size", "linear layer", "relative update size")
     rec.panel("B", "training error", "epoch", "training classification error")
@@ -72,19 +71,22 @@ def build_record(runs: dict[str, Any], settings: dict[str, Any]) -> FigureRecord
     rec.panel("D", "effective depth", "epoch", "effective depth")
     rec.panel("E", "operator norm of the residual", "linear layer", "||W(T) - W(0)||_2")
     rec.panel("F", "compositional depth reduction", "compositional depth reduction r", "training classification error")
-    for arch, run in runs.items():
-        hist, arr, res = run["history"], run["arrays"], run["result"]
-        epochs = [h["epoch"] for h in hist]
-        layers = numpy.arange(1, arr["residual_opnorm"].shape[1] + 1)
-        e = min(UPDATE_EPOCH, len(hist) - 1)
-        rec.add("A", arch, layers, arr["relative_update"][e], bound=arr["bound"][e])
-        rec.add("B", arch, epochs, [h["train_error"] for h in hist])
-        rec.add("C", arch, epochs, [h["gsc"] for h in hist])
-        sweep = {k: [h["effective_depth_sweep"][k] for h in hist] for k in hist[-1]["effective_depth_sweep"]}
-        rec.add("D", arch, epochs, [h["effective_depth"] for h in hist], eps_sweep=sweep)
-        rec.add("E", arch, layers, arr["residual_opnorm"][-1], relative=arr["residual_opnorm_rel"][-1])
-        if res and res.get("taylor"):
-            rec.add("F", arch, res["taylor"]["r"], res["taylor"]["error"], error_original=res["taylor"]["error_original"])
+    for arch, rs in runs.items():
+        layers = numpy.arange(1, rs[0]["arrays"]["residual_opnorm"].shape[1] + 1)
+        e = min(UPDATE_EPOCH, min(len(r["history"]) for r in rs) - 1)
+        y, lo, hi = seed_mean([r["arrays"]["relative_update"][e] for r in rs])
+        rec.add("A", arch, layers, y, lo, hi, bound=seed_mean([r["arrays"]["bound"][e] for r in rs])[0])
+        for key, field, geo in (("B", "train_error", False), ("C", "gsc", True), ("D", "effective_depth", False)):
+            s = over_seeds(rs, field, geometric=geo)
+            rec.add(key, arch, s.pop("x"), s.pop("y"), s.pop("lo"), s.pop("hi"), **s,
+                    **({"eps_sweep": eps_sweep(rs)} if key == "D" else {}))
+        y, lo, hi = seed_mean([r["arrays"]["residual_opnorm"][-1] for r in rs])
+        rec.add("E", arch, layers, y, lo, hi, relative=seed_mean([r["arrays"]["residual_opnorm_rel"][-1] for r in rs])[0])
+        taylor = [r["result"]["taylor"] for r in rs if r["result"] and r["result"].get("taylor")]
+        if taylor:
+            y, lo, hi = seed_mean([t["error"] for t in taylor])
+            rec.add("F", arch, taylor[0]["r"], y, lo, hi, error_original=[t["error_original"] for t in taylor],
+                    n_seeds=len(taylor))
     return rec
 
 
@@ -95,20 +97,21 @@ def plot(rec: FigureRecord, title: str) -> Any:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    bands = len(rec.settings["seeds"]) > 1  # min..max over seeds
     for ax, key in zip(axes.ravel(), "ABCDEF"):
         p = rec.panels[key]
-        for i, (arch, s) in enumerate(p["series"].items()):
+        if key == "D":
+            draw_depths(ax, p, COLORS)
+        for arch, s in p["series"].items() if key != "D" else []:
             x, y = numpy.asarray(s["x"], dtype=float), numpy.array(s["y"], dtype=float)
-            if key == "D":  # integer steps; drawn slightly apart so that equal depths stay visible
-                ax.step(x, y + 0.04 * (i - 1.5), where="post", color=COLORS[arch], label=arch)
-            else:
-                ax.plot(x, y, "-", color=COLORS[arch], label=arch, ms=3, marker="o" if key in "AEF" else None)
+            ax.plot(x, y, "-", color=COLORS[arch], label=arch, ms=3, marker="o" if key in "AEF" else None)
+            if bands:
+                ax.fill_between(x, numpy.array(s["lo"], dtype=float), numpy.array(s["hi"], dtype=float),
+                                color=COLORS[arch], alpha=0.15, lw=0)
             if key == "A":
                 ax.plot(x, numpy.array(s["bound"], dtype=float), "--", color=COLORS[arch], lw=1)
         if key in "ACE":
             ax.set_yscale("log")
-        if key == "D":
-            ax.yaxis.get_major_locator().set_params(integer=True)
         ax.set(title=f"({key}) {p['title']}", xlabel=p["xlabel"], ylabel=p["ylabel"])
     axes[0, 0].plot([], [], "k--", lw=1, label="bound")
     axes[0, 0].legend(fontsize=8)
@@ -119,29 +122,30 @@ def plot(rec: FigureRecord, title: str) -> Any:
 
 def main(argv: list[str] | None = None, overrides: dict[str, Any] | None = None) -> int:
     """``overrides`` replaces protocol settings (tests run tiny nets with it)."""
-    extra, rest = extra_args(argv)
-    args = figure_args(__doc__.split("\n")[0], rest, default_out="figures/gradients_explode")
-    cifar = extra.cifar or os.environ.get("NABLAX_DATA")
-    if not args.quick:
-        try:  # fail before any training if the data is not there
-            load_cifar10(cifar, n_train=1, **({"md5": overrides["cifar_md5"]} if "cifar_md5" in (overrides or {}) else {}))
-        except DataUnavailable as err:
-            print(f"fig2 without --quick trains on CIFAR-10, which is not available here: {err}", file=sys.stderr)
-            return 2
-    with blas_threads(args.quick):
-        runs, proto = figure_runs(NAMES, os.path.join(args.out, "fig2_runs"), quick=args.quick, seed=args.seed,
-                                  cifar=cifar, executor=extra.executor, scheduler=extra.scheduler, overrides=overrides)
+    args = figure_args(__doc__.split("\n")[0], argv, default_out="figures/gradients_explode", data=True, sweep=True)
+    require_cifar(args, (overrides or {}).get("cifar_md5"))
+    ex = sweep_executor(args)
+    try:
+        with blas_threads(args.quick):
+            runs, proto = figure_runs({a: {"arch": a} for a in NAMES}, f"{args.out}/fig2_runs", args.scale,
+                                      seed=args.seed, cifar=args.cifar, backend=args.backend, executor=ex,
+                                      overrides=overrides)
+    finally:
+        if ex != "local":
+            ex.close()
     rec = build_record(runs, settings_for(args, proto, runs))
     c = proto["config"]
-    title = (f"Fig. 2: MLPs trained on {'digits (quick)' if args.quick else 'CIFAR-10'}: {c['depth']} blocks of width "
-             f"{c['width']} + output layer, SGD batch {c['batch_size']}, {c['epochs']} epochs (project protocol)")
+    data = {"quick": "digits (quick)", "digits": "digits", "cifar": "CIFAR-10"}[args.scale]
+    title = (f"Fig. 2: MLPs trained on {data}: {c['depth']} blocks of width {c['width']} + output layer, SGD batch "
+             f"{c['batch_size']}, {c['epochs']} epochs, seeds {proto['seeds']} (project protocol)")
     save_figure(plot(rec, title), rec, args.out, "fig2")
-    for arch, run in runs.items():
-        last, res = run["history"][-1], run["result"]
-        taylor = " ".join(f"{e:.3f}" for e in res["taylor"]["error"]) if res and res.get("taylor") else "-"
-        print(f"{arch:11s} lr {res['config']['lr']:g}: training error {last['train_error']:.3f}, GSC(L,0) {last['gsc']:.3g}, "
-              f"effective depth {last['effective_depth']} (eps sweep {last['effective_depth_sweep']}); "
-              f"Taylor error for r = 0..: {taylor}")
+    for arch, rs in runs.items():
+        for run in rs:
+            last, res = run["history"][-1], run["result"]
+            taylor = " ".join(f"{e:.3f}" for e in res["taylor"]["error"]) if res and res.get("taylor") else "-"
+            print(f"{arch:11s} seed {res['config']['seed']} lr {res['config']['lr']:g}: training error "
+                  f"{last['train_error']:.3f}, GSC(L,0) {last['gsc']:.3g}, effective depth {last['effective_depth']} "
+                  f"(eps sweep {last['effective_depth_sweep']}); Taylor error for r = 0..: {taylor}")
     return 0
 
 

@@ -14,12 +14,12 @@ width 100) at initialisation, evaluated on Gaussian noise.
 Expected (spec §7, Derived): for the plain ReLU net the orthogonal initial state has GSC exactly 1 between any
 two hidden positions, and no domain collapse (sign diversity that of a linear projection of the data, ~0.5; a
 pre-activation std that does not decay). Layer and batch norm rescale units, so there it is only near 1.
-Settings as in fig1.py (paper setting: 1000 points, 5 seeds; --quick: 250 points, 2 seeds, Hutchinson).
+Settings as in fig1.py (_random_init.py) (paper setting: 1000 points, 5 seeds; --quick: 250 points, 2 seeds, Hutchinson).
 """
 
 from __future__ import annotations
 
-from fig1 import COLORS, PAPER, QUICK, make_figure
+from _random_init import COLORS, PAPER, QUICK, make_figure
 from nablax.figures import figure_args
 
 ARCHS = ["ReLU", "layer-ReLU", "batch-ReLU"]
