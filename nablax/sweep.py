@@ -154,15 +154,51 @@ def run_sweep(configs: list[TrainConfig | dict[str, Any]], out: str | Path, *, e
     if todo:
         own = isinstance(executor, str)
         ex = make_executor(executor, scheduler, **executor_kw) if own else executor
+        watch = _EpochWatcher([(out / keys[i], configs[i].epochs) for i in todo]) if progress and ex.name != "local" else None
         try:
             fresh = ex.map(run_config, [(configs[i].to_dict(), str(out)) for i in todo], progress=progress)
         finally:
+            if watch is not None:
+                watch.stop()
             if own:
                 ex.close()
         for i, r in zip(todo, fresh):
             results[i] = {**r, "skipped": False}
         _write_index(out, configs, keys, results)
     return results  # type: ignore[return-value]
+
+
+class _EpochWatcher:
+    """A progress bar of the epochs finished by runs that train elsewhere (Dask workers show no bars): every few
+    seconds it counts the lines of each run's ``metrics.jsonl`` (one per epoch, after epoch 0)."""
+
+    def __init__(self, runs: list[tuple[Path, int]], every: float = 5.0) -> None:
+        import threading
+
+        self.runs, self.every = runs, every
+        self.bar = _bar(sum(e for _, e in runs), True, "epochs")
+        self.bar.unit = "epoch"
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _count(self) -> int:
+        n = 0
+        for folder, epochs in self.runs:
+            path = folder / "metrics.jsonl"
+            if path.exists():
+                n += min(epochs, max(0, len(path.read_bytes().splitlines()) - 1))
+        return n
+
+    def _loop(self) -> None:
+        while not self.done.wait(self.every):
+            self.bar.update(self._count() - self.bar.n)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+        self.bar.update(self._count() - self.bar.n)
+        self.bar.close()
 
 
 def lr_grid(lo: float = 1e-4, hi: float = 1.0, factor: float = 3.0) -> list[float]:

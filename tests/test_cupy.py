@@ -54,3 +54,17 @@ def test_mixing_backends_is_refused():
         cpu.forward(cupy.zeros((2, 5)))
     with pytest.raises(TypeError, match="cupy|numpy"):
         gpu.forward(np.zeros((2, 5)))
+
+
+@pytest.mark.parametrize("arch", ["batch-tanh", "layer-ReLU (ResNet)", "conv-crelu-ll"])
+def test_training_on_the_gpu_matches_the_cpu(arch, tmp_path):
+    """One code path: the same run (the λ-split, the per-example GSC, Taylor) on either backend, same numbers."""
+    from nablax.train import TrainConfig, run
+
+    kw = dict(arch=arch, data="digits", depth=3, width=6, epochs=2, n_train=128, batch_size=32, eval_batch=64,
+              lr=0.05, taylor=not arch.startswith("conv"), measure_effective_depth=not arch.startswith("conv"))
+    cpu = run(TrainConfig(**kw), tmp_path / "cpu", progress=False)
+    gpu = run(TrainConfig(**kw, backend="cupy"), tmp_path / "gpu", progress=False)
+    for key in ("train_error", "train_loss", "gsc"):
+        assert gpu["final"][key] == pytest.approx(cpu["final"][key], rel=1e-8, abs=1e-12), key
+    assert gpu["final"].get("effective_depth") == cpu["final"].get("effective_depth")

@@ -123,7 +123,7 @@ def test_breaking_homogeneity_shatters():
         assert len(np.unique(np.round(g, 10))) > 50
 
 
-@pytest.mark.parametrize("bias_std", [None, 1.0])
+@pytest.mark.parametrize("bias_std", [None, np.sqrt(1 / 200)])
 def test_one_layer_gradient_is_a_sum_of_steps(bias_std):
     net = nablax.build("one-layer", seed=4, bias_std=bias_std)
     dense_in, _, dense_out = net.layers
@@ -131,7 +131,7 @@ def test_one_layer_gradient_is_a_sum_of_steps(bias_std):
     x = sh.grid(net=net)
     expected = (w[None, :] * (x > kinks[None, :])).sum(axis=1)
     assert rel_err(sh.grid_gradient(net, x), expected) < 1e-13
-    std = 1.0 if bias_std == 1.0 else np.sqrt(1 / 200)
+    std = 1.0 if bias_std is None else bias_std  # the default is 1 (ONE_LAYER_BIAS_STD), the spec's sqrt(1/N) an option
     assert 0.7 * std < kinks.std() < 1.3 * std
 
 

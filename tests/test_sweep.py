@@ -84,3 +84,14 @@ def test_sweep_files_and_cli(tmp_path, capsys):
     assert out.count("SeLU") == 2 and "False" in out
     assert cli.main(["sweep", str(tmp_path / "s.json"), "--executor", "dask", "--workers", "2"]) == 0
     assert capsys.readouterr().out.count("True") == 2  # everything was finished already
+
+
+def test_epoch_watcher_counts_the_epochs_that_runs_elsewhere_have_written(tmp_path):
+    from nablax.sweep import _EpochWatcher
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "metrics.jsonl").write_text("{}\n" * 4)  # epoch 0 and three epochs
+    watch = _EpochWatcher([(tmp_path / "a", 5), (tmp_path / "b", 5)], every=60)
+    assert watch._count() == 3
+    watch.stop()
+    assert watch.bar.n == 3 and watch.bar.total == 10

@@ -7,11 +7,12 @@ images reordered by k-means (k = 10) on the shallowest net's gradients and the s
 row. Beside them, against depth: the relative effective rank of the centred gradients (1 for white noise) and the
 gradient-norm ratio ||mean g||^2 / mean ||g||^2 (1 for identical gradients, about 1/M for white noise).
 
-    python paper_figures/shattered_gradients/fig4.py [--quick] [--out DIR] [--seed S] [--cifar PATH] [--width C]
+    python paper_figures/shattered_gradients/fig4.py [--quick | --cifar PATH] [--out DIR] [--seed S] [--width C]
+                                                      [--backend numpy|cupy]
 
---quick: scikit-learn's digits (8x8 grey images), width 8. Without --quick: CIFAR-10 at width 64 when --cifar
-gives the archive; without it the full run says so and uses digits at width 64. Each (family, depth) is cached
-under DIR/.cache, so an interrupted run resumes.
+By default the paper's depths and minibatch on scikit-learn's embedded digits (8x8 grey images), width 64 (our
+choice); --cifar PATH: the same on CIFAR-10; --quick: digits at width 8. Each (family, depth) is cached under
+DIR/.cache as soon as it is measured, so an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy  # noqa: E402
 
 from nablax.architectures import convnet  # noqa: E402
-from nablax.figures import FigureRecord, blas_threads, cached, figure_args, save_figure  # noqa: E402
+from nablax.figures import FigureRecord, blas_threads, cached, figure_args, require_cifar, save_figure  # noqa: E402
 from nablax.metrics.minibatch_gradients import (  # noqa: E402
     GRAD_TARGETS,
     effective_rank,
@@ -42,10 +43,8 @@ FAMILIES = {"feedforward": "conv-fnn", "resnet": "conv-resnet"}
 DEPTHS = [2, 4, 10, 24, 50]
 
 
-def extra_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--cifar", help="CIFAR-10 archive or folder (full run); see nablax.data.load_cifar10")
-    p.add_argument("--width", type=int, help="conv width (default: 8 quick, 64 full)")
+def options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--width", type=int, help="conv width (default: 8 quick, 64 otherwise)")
     p.add_argument("--batch", type=int, default=256, help="images in the minibatch (default 256)")
     p.add_argument("--depths", type=int, nargs="*", help=f"depths (default {DEPTHS})")
     p.add_argument("--beta", type=float, default=0.1, help="resnet branch scale (default 0.1)")
@@ -54,12 +53,11 @@ def extra_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                    help="image order: k-means on the shallowest net (default) or by true class label")
     p.add_argument("--grad-target", default="first_layer_activations", choices=GRAD_TARGETS,
                    help="which per-example gradient (spec §7; default first_layer_activations)")
-    return p.parse_known_args(argv)
 
 
-def load_images(quick: bool, cifar: str | None, m: int, seed: int) -> tuple[numpy.ndarray, numpy.ndarray, str]:
+def load_images(cifar: str | None, m: int, seed: int) -> tuple[numpy.ndarray, numpy.ndarray, str]:
     """M images (M, C, H, W) standardised per channel over the data set, their labels, and the source's name."""
-    if cifar and not quick:
+    if cifar:
         from nablax.data import load_cifar10
 
         ds = load_cifar10(cifar, standardize=False)
@@ -77,8 +75,8 @@ def load_images(quick: bool, cifar: str | None, m: int, seed: int) -> tuple[nump
 def measure(family: str, depth: int, x: numpy.ndarray, y: numpy.ndarray, s: dict, shallowest: bool) -> dict:
     """Gram image (unordered), effective ranks and the norm ratio of one net; the k-means order for the shallowest."""
     net = convnet(FAMILIES[family], depth, s["width"], x.shape[1:], 10, beta=s["beta"], seed=s["seed"],
-                  dtype=s["dtype"])
-    g = per_example_gradients(net, x.astype(s["dtype"]), y, target=s["grad_target"])
+                  dtype=s["dtype"], backend=s["backend"])
+    g = per_example_gradients(net, net.backend.xp.asarray(x.astype(s["dtype"])), y, target=s["grad_target"])
     out = {"gram": numpy.round(gram_image(g), 4), "erank": effective_rank(g),
            "relative_erank": relative_effective_rank(g, seed=s["seed"]), "norm_ratio": gradient_norm_ratio(g),
            "dim": g.shape[1]}
@@ -89,29 +87,30 @@ def measure(family: str, depth: int, x: numpy.ndarray, y: numpy.ndarray, s: dict
 
 
 def main(argv: list[str] | None = None) -> None:
-    extra, rest = extra_args(argv)
-    args = figure_args(__doc__.split("\n\n")[0], rest, default_out="figures/shattered_gradients")
+    args = figure_args(__doc__.split("\n\n")[0], argv, default_out="figures/shattered_gradients", data=True,
+                       extra=options)
+    require_cifar(args)
     with blas_threads(args.quick):
-        run(args, extra)
+        run(args)
 
 
-def run(args: argparse.Namespace, extra: argparse.Namespace) -> None:
-    cifar = None if args.quick else extra.cifar
-    depths = sorted(extra.depths or DEPTHS)
-    width = extra.width or (8 if args.quick else 64)
-    x, y, source = load_images(args.quick, cifar, extra.batch, args.seed)
+def run(args: argparse.Namespace) -> None:
+    cifar = args.cifar
+    depths = sorted(args.depths or DEPTHS)
+    width = args.width or (8 if args.quick else 64)
+    x, y, source = load_images(cifar, args.batch, args.seed)
     m = len(y)
-    s = {"width": width, "beta": extra.beta, "seed": args.seed, "dtype": extra.dtype, "grad_target": extra.grad_target,
-         "order": extra.order}
+    s = {"width": width, "beta": args.beta, "seed": args.seed, "dtype": args.dtype, "grad_target": args.grad_target,
+         "order": args.order, "backend": args.backend}
     settings = {
         "data": source, "minibatch": m, "image_shape": list(x.shape[1:]), "depths": depths, "width": width,
-        "beta": extra.beta, "seed": args.seed, "dtype": extra.dtype, "quick": args.quick,
-        "cifar_supplied": cifar is not None,
+        "beta": args.beta, "seed": args.seed, "dtype": args.dtype, "quick": args.quick, "scale": args.scale,
+        "backend": args.backend, "cifar_supplied": cifar is not None,
         "preprocessing": "each channel standardised by its mean and std over the data set; M images drawn at random",
-        "grad_target": extra.grad_target, "loss_for_grad": "softmax cross-entropy with the true label",
+        "grad_target": args.grad_target, "loss_for_grad": "softmax cross-entropy with the true label",
         "bn_mode": "training-mode BN, batch statistics held constant", "gram": "centred, |G| / mean diag G",
         "order": "k-means (k=10, seed) on the shallowest net's centred gradients, shared by every depth of a row"
-                 if extra.order == "kmeans" else "by true class label",
+                 if args.order == "kmeans" else "by true class label",
         "erank": "Roy-Vetterli on singular values of the centred gradients / erank of a centred i.i.d. Gaussian "
                  "matrix of the same shape",
         "norm_ratio": "||mean g||^2 / mean ||g||^2 (uncentred)",
@@ -123,14 +122,10 @@ def run(args: argparse.Namespace, extra: argparse.Namespace) -> None:
                           "net in both rows",
         "ours": "every item above except the depths, M = 256, beta = 0.1, k = 10 and the CIFAR-10 data is a project "
                 "choice (spec §7 'Open'/'Reconstruction'); the paper's kernel sizes, widths, strides, pooling, "
-                "loss and seeds are unknown" + ("" if cifar else "; CIFAR-10 was not supplied (--cifar), so the "
-                                                "run uses scikit-learn's digits"),
+                "loss and seeds are unknown" + ("" if cifar else "; on scikit-learn's digits, not CIFAR-10 (--cifar)"),
     }
-    if not args.quick and cifar is None:
-        print("fig4: CIFAR-10 not supplied (--cifar PATH): running the full depth list on digits instead",
-              file=sys.stderr)
     key = {k: settings[k] for k in ("data", "minibatch", "width", "beta", "seed", "dtype", "grad_target")}
-    key["order"] = extra.order
+    key["order"] = args.order
     results: dict[str, dict[int, dict]] = {}
     for family in FAMILIES:
         results[family] = {}
