@@ -35,9 +35,25 @@ def find_figure_scripts(root: Path | None = None) -> list[Path]:
                             "(it is installed with `pip install -e .`)")
 
 
+# the figure scripts that read a data set (``figure_args(..., data=True)``): they take --cifar
+DATA_FIGURES = ("gradients_explode/fig2", "gradients_explode/fig3", "gradients_explode/orthogonal_training",
+                "shattered_gradients/fig4", "shattered_gradients/fig6")
+
+
 def cmd_figures(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    if args.cifar:
+        if args.quick:
+            print("--quick runs on the embedded digits; leave out --cifar, or --quick", file=sys.stderr)
+            return 2
+        from .data import DataUnavailable, load_cifar10
+
+        try:  # once, before any figure starts
+            load_cifar10(args.cifar, n_train=1)
+        except DataUnavailable as err:
+            print(f"CIFAR-10 is not usable: {err}", file=sys.stderr)
+            return 2
     scripts = find_figure_scripts(Path(args.root) if args.root else None)
     if args.only:
         scripts = [s for s in scripts if any(o in f"{s.parent.name}/{s.stem}" for o in args.only)]
@@ -50,9 +66,12 @@ def cmd_figures(args: argparse.Namespace) -> int:
     for script in bar:
         name = f"{script.parent.name}/{script.stem}"
         bar.set_postfix_str(name)
-        cmd = [sys.executable, str(script), "--out", str(out / script.parent.name), "--seed", str(args.seed)]
+        cmd = [sys.executable, str(script), "--out", str(out / script.parent.name), "--seed", str(args.seed),
+               "--backend", args.backend]
         if args.quick:
             cmd.append("--quick")
+        if args.cifar and name in DATA_FIGURES:
+            cmd += ["--cifar", args.cifar]
         t0 = time.perf_counter()
         env = {**os.environ, "MPLBACKEND": "Agg"}
         for var in BLAS_THREAD_VARS:  # the figures multiply small matrices: extra BLAS threads only wait
@@ -278,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", default="figures", help="output folder (default: figures/)")
     f.add_argument("--only", nargs="*", help="substrings of <paper>/<figure> to run, e.g. gradients_explode/fig1")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--cifar", metavar="PATH", help="CIFAR-10 for the figures that read data (default: the embedded digits)")
+    f.add_argument("--backend", choices=["numpy", "cupy"], default="numpy", help="numpy (CPU, default) or cupy (GPU)")
     f.add_argument("--root", help="the paper_figures/ folder (default: found from the current directory)")
     f.add_argument("-v", "--verbose", action="store_true", help="show every line the figure scripts print")
     f.set_defaults(func=cmd_figures)

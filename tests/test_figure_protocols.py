@@ -5,26 +5,20 @@ network, and no figure script imports another."""
 import ast
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
 from nablax import backend, cli, data
 from nablax.backend import BackendUnavailable
 from nablax.figures import FigureRecord
+from figure_scripts import ROOT, load
 
-ROOT = Path(__file__).resolve().parent.parent / "paper_figures"
-GE = ROOT / "gradients_explode"
 TINY = {"depth": 2, "resnet_depth": 2, "width": 8, "epochs": 2, "n_train": 200, "batch_size": 50, "eval_batch": 100,
         "lr_grid": [0.01, 0.1], "search_epochs": 1, "seeds": 2}
 
 
 def ge(module):
-    sys.path.insert(0, str(GE))
-    try:
-        return __import__(module)
-    finally:
-        sys.path.remove(str(GE))
+    return load("gradients_explode", module)
 
 
 def test_figure_scripts_do_not_import_each_other():
@@ -143,3 +137,16 @@ def test_train_command_takes_the_backend(tmp_path, monkeypatch, capsys):
                      "--out", str(tmp_path / "r")])
     assert code != 0 and "cupy" in capsys.readouterr().err.lower()
     backend._cupy_backend.cache_clear()
+
+
+def test_figures_command_knows_which_scripts_read_data():
+    """``nablax figures --cifar`` passes the path on to exactly the scripts whose command line takes it."""
+    for path in cli.find_figure_scripts(ROOT):
+        name = f"{path.parent.name}/{path.stem}"
+        assert ("data=True" in path.read_text()) == (name in cli.DATA_FIGURES), name
+
+
+def test_figures_command_checks_cifar_once(tmp_path, capsys):
+    assert cli.main(["figures", "--cifar", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("CIFAR-10 is not usable") == 1 and "Traceback" not in err

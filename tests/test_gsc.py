@@ -2,13 +2,12 @@
 the orthogonal initial state (§7, §11.12), the `nablax gsc` command and the figure JSON of figures 1 and 3."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import nablax
+from figure_scripts import load
 from gradcheck import rel_err
 from nablax.init import orthonormal
 from nablax.layers import Dense, ReLU, Tanh
@@ -18,7 +17,6 @@ from nablax.metrics.jacobian import (bottom_position, paper_index, qm_norm, refe
                                      x_coordinates)
 from nablax.network import Network, forward_chain
 
-FIGURES = Path(__file__).resolve().parent.parent / "paper_figures" / "gradients_explode"
 
 
 def orthogonal_linear_net(rng, d=7, depth=4, gains=(1.0, 3.0, 0.2, 5.0)):
@@ -275,12 +273,8 @@ TINY = {"depth": 3, "width": 6, "in_dim": 6, "eval_batch": 12, "n_seeds": 2, "se
 
 
 def run_figure(module: str, tmp_path, overrides=TINY):
-    sys.path.insert(0, str(FIGURES))
-    try:
-        mod = __import__(module)
-        mod.main(["--quick", "--out", str(tmp_path)], overrides=overrides)
-    finally:
-        sys.path.remove(str(FIGURES))
+    mod = load("gradients_explode", module)
+    mod.main(["--quick", "--out", str(tmp_path)], overrides=overrides)
     return mod, json.loads((tmp_path / f"{module}.json").read_text())
 
 

@@ -3,23 +3,18 @@ backend flag reaching their networks, and fig1's choice of the one-layer net's b
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
 from nablax import backend, data
 from nablax.backend import BackendUnavailable
+from figure_scripts import load
 
-SG = Path(__file__).resolve().parent.parent / "paper_figures" / "shattered_gradients"
 TINY6 = {"width": 2, "epochs": 1, "n_train": 128, "eval_batch": 64}
 
 
 def sg(module):
-    sys.path.insert(0, str(SG))
-    try:
-        return __import__(module)
-    finally:
-        sys.path.remove(str(SG))
+    return load("shattered_gradients", module)
 
 
 def test_fig1_default_bias_std_is_the_one_whose_gradient_is_brown_noise(tmp_path, capsys):
