@@ -102,9 +102,9 @@ def cmd_gsc(args: argparse.Namespace) -> int:
     from .metrics.gsc import gsc_to
     from .metrics.jacobian import paper_index
 
-    bar = tqdm(total=3, desc="gsc", unit="step", file=sys.stderr, leave=False)
     net = build(args.arch, depth=args.depth, width=args.width, in_dim=args.in_dim, init=args.init, seed=args.seed)
     x = numpy.random.default_rng([args.seed, 1]).standard_normal((args.batch,) + net.in_shape)
+    bar = tqdm(total=3, desc="gsc", unit="step", file=sys.stderr, leave=False)
     bar.set_postfix_str("forward")
     tr = net.forward(x, hold_stats=args.bn_stats == "batch_constant")
     bar.update()

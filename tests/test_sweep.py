@@ -84,3 +84,16 @@ def test_sweep_files_and_cli(tmp_path, capsys):
     assert out.count("SeLU") == 2 and "False" in out
     assert cli.main(["sweep", str(tmp_path / "s.json"), "--executor", "dask", "--workers", "2"]) == 0
     assert capsys.readouterr().out.count("True") == 2  # everything was finished already
+
+
+def test_the_example_sweep_file_runs(tmp_path, capsys):
+    """``examples/sweep.json``, which README's command line section runs, is a valid sweep file and finishes."""
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "sweep.json"
+    configs, opts = load_sweep_file(example)
+    assert len(configs) == 4 and opts["out"] and {c.data for c in configs} == {"digits"}
+    assert all(c.depth == 2 and c.width == 8 and c.epochs == 1 for c in configs)
+    assert "examples/sweep.json" in (example.parent.parent / "README.md").read_text()
+    assert cli.main(["sweep", str(example), "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.count(" done ") == 4
