@@ -89,7 +89,7 @@ def test_debug_flag_and_variable_show_the_traceback(monkeypatch):
         cli.main(["gsc", "--depth", "0"])
 
 
-def test_the_installed_command_prints_no_traceback():
+def test_the_command_in_a_new_process_prints_no_traceback():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     env.pop(cli.DEBUG_ENV, None)
     cmd = [sys.executable, "-m", "nablax.cli", "gsc", "--depth", "0"]
