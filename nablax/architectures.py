@@ -46,6 +46,10 @@ SG_NETS = ["one-layer", "fnn-bn", "fnn-no-bn-bias", "fnn-no-bn", "resnet-bn", "r
            "resnet-bn-2w", "resnet-bn-post", "highway"]
 ARCHITECTURES = GE_MLPS + GE_RESNETS + SG_NETS
 SELU_WIDE_WIDTH = 400
+# the names that use build()'s beta (they have residual branches to scale) and bias_std (they draw random biases)
+TAKES = {"beta": GE_RESNETS + ["resnet-bn", "resnet-no-bn", "resnet-bn-2w", "resnet-bn-post", "highway",
+                               "conv-resnet", "conv-resnet-staged"],
+         "bias_std": ["one-layer", "resnet-bn", "resnet-no-bn"]}
 
 
 class _Builder:
@@ -97,8 +101,13 @@ def build(name: str, depth: int = 50, width: int | None = None, in_dim: int | No
           dtype: Any = "float64", *, beta: float = 1.0, bias_std: float | None = None, norm_affine: bool = False,
           eps: float = 1e-5, head: bool = False, orth_method: str = "qr") -> Network:
     """Build an architecture of either paper by its name (see the module docstring for every name and option)."""
-    if not isinstance(depth, (int, numpy.integer)) or depth < 1:
-        raise ValueError(f"depth must be a positive integer, got {depth!r}")
+    for what, n in (("depth", depth), ("width", width), ("in_dim", in_dim), ("out_dim", out_dim)):
+        sizes = n if what == "in_dim" and isinstance(n, (tuple, list)) else [n]  # in_dim: an image shape too
+        if n is not None and not all(isinstance(k, (int, numpy.integer)) and k >= 1 for k in sizes):
+            raise ValueError(f"{what} must be a positive integer, got {n!r}")
+    for what, v in (("beta", beta), ("bias_std", bias_std)):
+        if v is not None and not numpy.isfinite(v):
+            raise ValueError(f"{what} must be a finite number, got {v!r}")
     if init not in inits.INIT_SCHEMES:
         raise ValueError(f"unknown init {init!r}; choose one of {inits.INIT_SCHEMES}")
     if name in CONV_NETS:  # image input: see the convnet section at the end of this module
@@ -290,7 +299,7 @@ _SG_BUILDERS: dict[str, Callable[..., list[Layer]]] = {
     "highway": _sg_highway,
 }
 
-__all__ = ["build", "ARCHITECTURES", "GE_MLPS", "GE_RESNETS", "SG_NETS"]
+__all__ = ["build", "ARCHITECTURES", "GE_MLPS", "GE_RESNETS", "SG_NETS", "TAKES"]
 
 
 # === convnets (shattered-gradients spec §6.5, §7, §8) =====================================================

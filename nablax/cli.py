@@ -7,7 +7,9 @@
     nablax train ... --out DIR [--resume]                    train with per-epoch metrics and checkpoints
     nablax sweep CONFIG [--executor local|dask]              a grid of training runs, finished ones skipped
 
-Each subcommand lives in a ``cmd_<name>`` function below; long-running ones show a progress bar.
+Each subcommand lives in a ``cmd_<name>`` function below; long-running ones show a progress bar. An error the
+user can act on (``USER_ERRORS``: a bad argument, missing data or file, a missing optional dependency) ends the
+command with one line on stderr and exit status 2; ``--debug`` (or ``NABLAX_DEBUG=1``) shows its traceback instead.
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from . import __version__
-
+from .backend import BackendUnavailable
+from .data import DataUnavailable
 
 BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+USER_ERRORS = (ValueError, OSError, ImportError, DataUnavailable, BackendUnavailable)
+DEBUG_ENV = "NABLAX_DEBUG"
 
 
 def find_figure_scripts(root: Path | None = None) -> list[Path]:
@@ -115,9 +121,9 @@ def cmd_gsc(args: argparse.Namespace) -> int:
     from .metrics.gsc import gsc_to
     from .metrics.jacobian import paper_index
 
-    bar = tqdm(total=3, desc="gsc", unit="step", file=sys.stderr, leave=False)
     net = build(args.arch, depth=args.depth, width=args.width, in_dim=args.in_dim, init=args.init, seed=args.seed)
     x = numpy.random.default_rng([args.seed, 1]).standard_normal((args.batch,) + net.in_shape)
+    bar = tqdm(total=3, desc="gsc", unit="step", file=sys.stderr, leave=False)
     bar.set_postfix_str("forward")
     tr = net.forward(x, hold_stats=args.bn_stats == "batch_constant")
     bar.update()
@@ -136,13 +142,18 @@ def cmd_gsc(args: argparse.Namespace) -> int:
     for p, sd, dv in zip(d.position, d.preact_std, d.sign_diversity):
         dom.setdefault(int(p), []).append((sd, dv))
     pos = net.positions()
+    n_layers = len(net.layers)
+    ref = paper_index(g.hi, n_layers)
+    print(f"pos: forward position (0 = input, {n_layers} = output); paper l: the paper's layer index, numbered from "
+          f"the output (l = {n_layers + 1} - pos; l = 1 is the output, l = 0 the error), so GSC(p->ref) is the "
+          f"paper's GSC(l, {ref})")
     print(f"{'pos':>4} {'paper l':>7}  {'layer':10} {'n_lin':>5} {'GSC(p->ref)':>22}  {'preact std':>13} {'sign div':>13}")
     for i, p in enumerate(g.positions):
         gs = f"{g.value[i]:.5g}" + (f" +- {g.stderr[i]:.2g}" if g.method == "hutchinson" else "")
         rows = dom.get(int(p), [])
         sd = "/".join(f"{a:.3f}" for a, _ in rows)
         dv = "/".join(f"{b:.3f}" for _, b in rows)
-        print(f"{p:4d} {paper_index(int(p), len(net.layers)):7d}  {pos[p].kind:10} {pos[p].n_lin:5d} {gs:>22}  {sd:>13} {dv:>13}")
+        print(f"{p:4d} {paper_index(int(p), n_layers):7d}  {pos[p].kind:10} {pos[p].n_lin:5d} {gs:>22}  {sd:>13} {dv:>13}")
     if args.plot:
         import matplotlib
 
@@ -151,7 +162,8 @@ def cmd_gsc(args: argparse.Namespace) -> int:
 
         fig, ax = plt.subplots(1, 3, figsize=(15, 4))
         ax[0].semilogy([pos[p].n_lin for p in g.positions], g.value, "-")
-        ax[0].set(title=f"{args.arch}: GSC to position {g.hi}", xlabel="linear layers from the input", ylabel="GSC")
+        ax[0].set(title=f"{args.arch}: GSC(l, {ref}) to the paper's layer {ref} (position {g.hi})",
+                  xlabel="linear layers from the input", ylabel="GSC")
         ax[1].plot(d.index, d.preact_std, "o-", ms=3)
         ax[1].set(title="pre-activation std", xlabel="nonlinearity layer", ylabel="pre-activation std (raw)",
                   ylim=(0, 1.1 * max(1.0, float(numpy.max(d.preact_std)))))
@@ -160,24 +172,42 @@ def cmd_gsc(args: argparse.Namespace) -> int:
         fig.tight_layout()
         fig.savefig(args.plot, dpi=110)
         print(f"wrote {args.plot}")
-    return 0 if numpy.isfinite(g.value).all() else 1
+    return _finite(g.value, "some GSCs")
+
+
+def _finite(values: Any, what: str) -> int:
+    """Exit status 0 when every value is finite, else 1 with a line on stderr that says so."""
+    import numpy
+
+    if numpy.isfinite(values).all():
+        return 0
+    print(f"nablax: {what} are NaN or infinite (see the table above)", file=sys.stderr)
+    return 1
 
 
 def cmd_shatter(args: argparse.Namespace) -> int:
     """df/dx of a shattered-gradients net on the 1-D grid: ACF at a few lags, co-activity per ReLU layer, a plot."""
-    import numpy
-
     from . import build
+    from .architectures import TAKES
     from .metrics import shatter as sh
 
-    net = build(args.arch, depth=args.depth, beta=args.beta, seed=args.seed, bias_std=args.bias_std)
+    given = {k: getattr(args, k) for k in TAKES if getattr(args, k) is not None}
+    for k in given:
+        if args.arch not in TAKES[k]:
+            raise ValueError(f"--{k.replace('_', '-')}: {args.arch} does not take it (only {', '.join(TAKES[k])})")
+    bad = [k for k in args.lags if not 0 <= k < sh.GRID_SIZE]
+    if bad:
+        raise ValueError(f"--lags {' '.join(map(str, bad))}: a lag lies in 0..{sh.GRID_SIZE - 1} (the grid has "
+                         f"M = {sh.GRID_SIZE} points)")
+    net = build(args.arch, depth=args.depth, seed=args.seed, **given)
     x = sh.grid(kind=args.grid, net=net)
     g = net.backend.asnumpy(sh.grid_gradient(net, x, args.bn_mode))
-    print(f"{args.arch}, depth {args.depth}, beta {args.beta}, seed {args.seed}, bn_mode {args.bn_mode}, "
-          f"grid {args.grid} (M = {len(g)}): df/dx mean {g.mean():.6g}, std {g.std():.3g}")
+    print(f"{args.arch}, depth {args.depth}, " + "".join(f"{k} {v}, " for k, v in given.items())
+          + f"seed {args.seed}, bn_mode {args.bn_mode}, grid {args.grid} (M = {len(g)}): df/dx mean {g.mean():.6g}, "
+          f"std {g.std():.3g}")
     try:
         r = sh.acf(g)
-        print("ACF  " + "  ".join(f"lag {k}: {r[k]:+.4f}" for k in args.lags if k < len(r)))
+        print("ACF  " + "  ".join(f"lag {k}: {r[k]:+.4f}" for k in args.lags))
     except sh.UndefinedACF as err:
         r = None
         print(f"ACF  undefined: {err}")
@@ -211,49 +241,32 @@ def cmd_shatter(args: argparse.Namespace) -> int:
         fig.tight_layout()
         fig.savefig(args.plot, dpi=110)
         print(f"wrote {args.plot}")
-    return 0 if numpy.isfinite(g).all() else 1
+    return _finite(g, "some values of df/dx")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one network with per-epoch metrics and checkpoints (``nablax.train``); ``--resume`` continues a run."""
     import dataclasses
-    import json
 
-    from .backend import BackendUnavailable
-    from .data import DataUnavailable
-    from .train import CHECKPOINT, TrainConfig, run
+    from .train import CHECKPOINT, TrainConfig, Trainer, run
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if getattr(args, f.name, None) is not None}
+    given.update(TrainConfig.parse(item) for item in args.set or [])
     if args.cifar and args.data is None and not args.resume:
         given["data"] = "cifar10"
-    for item in args.set or []:
-        k, _, v = item.partition("=")
-        try:
-            given[k] = json.loads(v)
-        except ValueError:
-            given[k] = v
     out = Path(args.out)
-    try:
-        if args.resume and (out / CHECKPOINT).exists():
-            stored = json.loads((out / "config.json").read_text())
-            clash = {k: (stored.get(k), v) for k, v in given.items() if k != "cifar" and stored.get(k) != v}
-            if clash:
-                print(f"{out} holds a run with other settings (stored, given): {clash}", file=sys.stderr)
-                return 2
-            config = TrainConfig.from_dict({**stored, **given})
-        else:
-            config = TrainConfig.from_dict(given)
-            if (out / CHECKPOINT).exists():
-                print(f"{out} already holds a run: add --resume to continue it, or choose another --out", file=sys.stderr)
-                return 2
-        result = run(config, out, resume=True)
-    except DataUnavailable as err:
-        print(f"data unavailable: {err}", file=sys.stderr)
-        return 2
-    except BackendUnavailable as err:
-        print(f"backend unavailable: {err}", file=sys.stderr)
-        return 2
+    if args.resume:
+        stored = Trainer.stored_config(out)
+        clash = {k: (stored.get(k), v) for k, v in given.items() if k != "cifar" and stored.get(k) != v}
+        if clash:
+            raise ValueError(f"{out} holds a run with other settings (stored, given): {clash}")
+        config = TrainConfig.from_dict({**stored, **given})
+    else:
+        config = TrainConfig.from_dict(given)
+        if (out / CHECKPOINT).exists():
+            raise ValueError(f"{out} already holds a run: add --resume to continue it, or choose another --out")
+    result = run(config, out, resume=True)
     final = result["final"]
     print(f"{config.arch} on {config.data}: {result['status']} after {result['epochs']} epochs; training error "
           f"{final['train_error']}, loss {final['train_loss']}, GSC(L,0) {final['gsc']}, "
@@ -267,17 +280,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run a grid of training configurations (``nablax.sweep``), skipping finished runs."""
-    from .data import DataUnavailable
     from .sweep import load_sweep_file, run_sweep
 
     configs, opts = load_sweep_file(args.config)
     out = args.out or opts.get("out") or "runs"
     kw = {"n_workers": args.workers, "processes": args.processes} if args.executor == "dask" and not args.scheduler else {}
-    try:
-        results = run_sweep(configs, out, executor=args.executor, scheduler=args.scheduler, **kw)
-    except DataUnavailable as err:
-        print(f"data unavailable: {err}", file=sys.stderr)
-        return 2
+    results = run_sweep(configs, out, executor=args.executor, scheduler=args.scheduler, **kw)
     print(f"{'key':16} {'arch':22} {'lr':>8} {'seed':>4} {'status':9} {'error':>7} {'eff.depth':>9}  skipped")
     for c, r in zip(configs, results):
         f = r["final"]
@@ -290,6 +298,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nablax", description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action="version", version=f"nablax {__version__}")
+    p.add_argument("--debug", action="store_true", help=f"show the traceback of an error (also: {DEBUG_ENV}=1)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     f = sub.add_parser("figures", help="regenerate the paper figures into a folder")
@@ -330,13 +339,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", default="fnn-bn", help="one-layer, fnn-bn, fnn-no-bn-bias, fnn-no-bn, resnet-bn, "
                    "resnet-no-bn, resnet-bn-2w, resnet-bn-post, highway, crelu-ll, prelu-ll (default fnn-bn)")
     s.add_argument("--depth", type=int, default=24)
-    s.add_argument("--beta", type=float, default=1.0, help="residual branch scale (highway: the gate b)")
+    s.add_argument("--beta", type=float, help="residual branch scale (highway: the gate b); default 1; only for "
+                   "the nets with residual branches")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--bias-std", type=float, default=None, help="bias std (one-layer; resnets: random biases)")
+    s.add_argument("--bias-std", type=float, help="bias std (one-layer: default 1/sqrt(width); resnet-bn, "
+                   "resnet-no-bn: random biases, default none)")
     s.add_argument("--bn-mode", default="constant_stats",
                    choices=["constant_stats", "through_stats", "through_stats_diag"])
     s.add_argument("--grid", default="linspace", choices=["linspace", "arange"])
-    s.add_argument("--lags", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32])
+    s.add_argument("--lags", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32], help="ACF lags to print, each in "
+                   "0..M-1 = 0..255 (default 1 2 4 8 16 32)")
     s.add_argument("--plot", help="save a plot (df/dx, covariance image, ACF, activity) to this PNG")
     s.set_defaults(func=cmd_shatter)
 
@@ -370,16 +382,27 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--processes", action="store_true", help="LocalCluster workers as processes (default threads)")
     w.add_argument("--out", help="sweep folder (default: the file's \"out\", else runs/)")
     w.set_defaults(func=cmd_sweep)
+    for command in sub.choices.values():  # --debug after the command too; SUPPRESS keeps one given before it
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help=f"show the traceback of an error (also: {DEBUG_ENV}=1)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. ``USER_ERRORS`` end it with one line on stderr and status 2 (``--debug``: the traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as err:
+        if args.debug or os.environ.get(DEBUG_ENV, "0") not in ("", "0"):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+    print(f"nablax: error: {message}", file=sys.stderr)  # after the except block: its progress bars are closed
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

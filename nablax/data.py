@@ -16,8 +16,10 @@ into a cache folder when ``download=True`` and the network allows it. Safety, in
    against its published MD5) BEFORE any byte of it is unpickled; a missing, truncated or tampered file stops
    here with a message that says how to supply the right one;
 2. members are read from the tar in memory by their exact names (nothing is extracted to disk);
-3. each pickle is read by ``RestrictedUnpickler``, which resolves only the three NumPy globals an array needs
-   (``_reconstruct``, ``ndarray``, ``dtype``); any other global (a function call, a class) is refused;
+3. each pickle is read by ``RestrictedUnpickler``, which resolves only the globals an array needs (numpy's
+   reconstructors, ``ndarray``, ``dtype``, and the bytes helpers of pickle protocols 0-2), each to a stand-in that
+   admits only uint8 and integer dtypes and a shape that the bytes given fill exactly, before any array is made;
+   any other global (a function call, a class) is refused, and every refusal is a ``DataUnavailable``;
 4. the result is validated: ``data`` uint8 of shape (n, 3072), ``labels`` integers in 0..9.
 
 ``md5`` is an option only so that tests can use a small archive of their own in the same format; the real
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import pickle
 import tarfile
@@ -105,6 +108,15 @@ def standardize_features(x_train: numpy.ndarray, *others: numpy.ndarray | None) 
     return [None if a is None else (a - mean) / std for a in (x_train, *others)]
 
 
+def batch_slices(n: int, size: int) -> list[slice]:
+    """Evaluation batches of ``size`` over n points in order; a last batch of one point joins the one before it,
+    since a batch of one has no batch statistics (``layers.norm.BatchNorm``)."""
+    starts = list(range(0, n, size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [slice(a, b) for a, b in zip(starts, starts[1:] + [n])]
+
+
 # --- small sources ----------------------------------------------------------------------------------------
 
 
@@ -158,20 +170,109 @@ def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+class _Dtype:
+    """Stands in for ``numpy.dtype`` while a batch is unpickled: only the dtypes the format holds (uint8 data,
+    integer labels), in any byte order, without fields or subarrays (an object dtype would read raw bytes as
+    pointers)."""
+
+    ADMITTED = ("u1", "u2", "u4", "u8", "i1", "i2", "i4", "i8")
+
+    def __init__(self, spec: Any, align: Any = False, copy: Any = False) -> None:
+        spec = spec.decode("latin1") if isinstance(spec, bytes) else spec
+        if spec not in self.ADMITTED:
+            raise pickle.UnpicklingError(f"refusing dtype {spec!r}: a CIFAR-10 batch holds only uint8 data and "
+                                         f"integer labels")
+        self.dtype = numpy.dtype(spec)
+
+    def __setstate__(self, state: Any) -> None:
+        # numpy's dtype state: (version, byte order, subarray, names, fields, elsize, alignment, flags)
+        plain = isinstance(state, tuple) and len(state) == 8 and state[2:] == (None, None, None, -1, -1, 0)
+        order = state[1] if plain else None
+        order = order.decode("latin1") if isinstance(order, bytes) else order
+        if order not in ("<", ">", "|", "="):
+            raise pickle.UnpicklingError("refusing a dtype with fields, a subarray or flags: not in the format")
+        self.dtype = self.dtype.newbyteorder(order) if order in "<>" else self.dtype
+
+
+class _Array:
+    """Stands in for an ndarray while a batch is unpickled; its state is checked before any array is made (the
+    shape must be 1-D or 2-D and hold exactly the bytes given), and the array is then a view of those bytes."""
+
+    value: numpy.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        # ndarray.__reduce__ state: (version, shape, dtype, is_fortran, raw bytes), or the same without version
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("refusing an array state that is not (shape, dtype, order, bytes)")
+        shape, dtype, fortran, raw = state[-4:]
+        self.value = _array_from(raw, dtype, shape, "F" if fortran else "C")
+
+    def array(self) -> numpy.ndarray:
+        if self.value is None:
+            raise pickle.UnpicklingError("an array without its data")
+        return self.value
+
+
+def _array_from(raw: Any, dtype: Any, shape: Any, order: Any) -> numpy.ndarray:
+    if not isinstance(raw, (bytes, bytearray)) or not isinstance(dtype, _Dtype) or order not in ("C", "F"):
+        raise pickle.UnpicklingError("refusing an array that is not plain bytes of an admitted dtype")
+    if not (isinstance(shape, tuple) and 1 <= len(shape) <= 2
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
+        raise pickle.UnpicklingError(f"refusing the array shape {shape!r}: the format holds 1-D and 2-D arrays")
+    if math.prod(shape) * dtype.dtype.itemsize != len(raw):  # also refuses absurd shapes, before any allocation
+        raise pickle.UnpicklingError(f"refusing the array shape {shape}: {len(raw)} bytes of data do not fill it")
+    return numpy.frombuffer(raw, dtype.dtype).reshape(shape, order=order)
+
+
+def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> _Array:
+    """numpy's ``_reconstruct(ndarray, (0,), b'b')``: an empty array whose state follows (``_Array``)."""
+    if subtype is not _Array or shape != (0,) or typecode not in (b"b", "b"):
+        raise pickle.UnpicklingError("refusing an array reconstruction that numpy does not write")
+    return _Array()
+
+
+def _frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> _Array:
+    """numpy's protocol-5 ``_frombuffer(buffer, dtype, shape, order)``."""
+    a = _Array()
+    a.value = _array_from(bytes(buf) if isinstance(buf, pickle.PickleBuffer) else buf, dtype, shape, order)
+    return a
+
+
+def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
+    """``_codecs.encode(text, "latin1")``: how pickle protocols 0-2 write bytes."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError("refusing _codecs.encode other than of text to latin1 bytes")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args: Any) -> bytes:
+    """``bytes()``: how pickle protocols 0-2 write b""."""
+    if args:
+        raise pickle.UnpicklingError("refusing bytes() with arguments")
+    return b""
+
+
 def _array_globals() -> dict[tuple[str, str], Any]:
-    reconstruct = numpy.ndarray((0,)).__reduce__()[0]  # numpy's _reconstruct, whatever module it lives in
-    allowed = {("numpy", "ndarray"): numpy.ndarray, ("numpy", "dtype"): numpy.dtype}
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(module, "_reconstruct")] = reconstruct
+    """What each global a CIFAR-10 batch may name resolves to: stand-ins that check their arguments."""
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): _Array, ("numpy", "dtype"): _Dtype,
+                                           ("_codecs", "encode"): _latin1, ("builtins", "bytes"): _empty_bytes,
+                                           ("__builtin__", "bytes"): _empty_bytes}  # (find_class sees Python 2 names)
+    for core in ("numpy.core", "numpy._core"):  # NumPy 1 and NumPy 2 names
+        allowed[(f"{core}.multiarray", "_reconstruct")] = _reconstruct
+        allowed[(f"{core}.numeric", "_frombuffer")] = _frombuffer
     return allowed
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler for the CIFAR-10 batches: dicts, lists, bytes/str, ints and NumPy arrays, nothing else.
+    """An unpickler for the CIFAR-10 batches: dicts, lists, bytes/str, ints and arrays, nothing else.
 
-    ``find_class`` resolves only numpy's array reconstructor, ``numpy.ndarray`` and ``numpy.dtype``; any other
-    global (``os.system``, ``builtins.eval``, a class with a custom ``__reduce__``) raises ``UnpicklingError``, so
-    no code named by the file runs. Persistent ids are refused too.
+    ``find_class`` resolves only the globals numpy's and pickle's own writers name for these (pickle protocols 0-5,
+    NumPy 1 and 2): the array reconstructors, ``numpy.ndarray``, ``numpy.dtype``, and ``_codecs.encode`` and
+    ``bytes`` for bytes in protocols 0-2. Each resolves to a stand-in that checks its arguments; no numpy
+    constructor sees them. An array is admitted only with an admitted dtype (``_Dtype``: uint8 data, integer
+    labels), 1 or 2 dimensions, and exactly the bytes its shape needs; it is built from those bytes after
+    ``load``. Any other global (``os.system``, ``builtins.eval``, a class with a custom ``__reduce__``) raises
+    ``UnpicklingError``, so no code named by the file runs. Persistent ids are refused too.
     """
 
     ALLOWED = _array_globals()
@@ -187,9 +288,39 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("refusing a persistent id: not part of the CIFAR-10 format")
 
 
+def _resolve(obj: Any, seen: set[int]) -> Any:
+    """The unpickled object with every stand-in replaced by its array or dtype (in place in dicts and lists)."""
+    if isinstance(obj, _Array):
+        return obj.array()
+    if isinstance(obj, _Dtype):
+        return obj.dtype
+    if isinstance(obj, (dict, list)) and id(obj) not in seen:
+        seen.add(id(obj))
+        for k in (obj if isinstance(obj, dict) else range(len(obj))):
+            obj[k] = _resolve(obj[k], seen)
+    if isinstance(obj, tuple):
+        return tuple(_resolve(v, seen) for v in obj)
+    return obj
+
+
 def restricted_loads(data: bytes) -> Any:
-    """Unpickle ``data`` with ``RestrictedUnpickler`` (Python 2 strings come back as bytes, as in the archive)."""
-    return RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+    """Unpickle ``data`` with ``RestrictedUnpickler`` (Python 2 strings come back as bytes, as in the archive).
+    Every refusal, and any other failure on a malformed pickle, is a ``pickle.UnpicklingError``."""
+    try:
+        return _resolve(RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load(), set())
+    except pickle.UnpicklingError:
+        raise
+    except Exception as err:  # a malformed stream: EOFError, a wrong number of arguments, RecursionError, ...
+        raise pickle.UnpicklingError(f"malformed pickle ({type(err).__name__}: {err})") from err
+
+
+def _load_batch(blob: bytes, where: str) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """One batch file's (data, labels); anything refused or malformed is DataUnavailable."""
+    try:
+        obj = restricted_loads(blob)
+    except pickle.UnpicklingError as err:
+        raise DataUnavailable(f"{where}: not a CIFAR-10 batch ({err}). {how_to_supply()}") from err
+    return _parse_batch(obj, where)
 
 
 def _parse_batch(obj: Any, where: str) -> tuple[numpy.ndarray, numpy.ndarray]:
@@ -228,9 +359,8 @@ def _read_archive(path: Path, md5: str) -> dict[str, tuple[numpy.ndarray, numpy.
                     raise DataUnavailable(f"{path}: the archive has no member {member}") from None
                 if not info.isfile():
                     raise DataUnavailable(f"{path}: {member} is not a regular file")
-                fh = tar.extractfile(info)
-                out[name] = _parse_batch(restricted_loads(fh.read()), f"{path}:{member}")
-    except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError) as err:
+                out[name] = _load_batch(tar.extractfile(info).read(), f"{path}:{member}")
+    except (tarfile.TarError, EOFError, OSError) as err:
         raise DataUnavailable(f"{path}: cannot read the archive ({type(err).__name__}: {err}). {how_to_supply()}") from err
     return out
 
@@ -243,10 +373,7 @@ def _read_folder(folder: Path, file_md5s: dict[str, str]) -> dict[str, tuple[num
             raise DataUnavailable(f"{folder}: missing {name}. {how_to_supply()}")
         _checked(f, file_md5s[name], f"CIFAR-10 {name}")
     for name in CIFAR10_TRAIN + CIFAR10_TEST:
-        try:
-            out[name] = _parse_batch(restricted_loads((folder / name).read_bytes()), str(folder / name))
-        except (pickle.UnpicklingError, EOFError) as err:
-            raise DataUnavailable(f"{folder / name}: cannot unpickle ({err})") from err
+        out[name] = _load_batch((folder / name).read_bytes(), str(folder / name))
     return out
 
 

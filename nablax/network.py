@@ -408,13 +408,14 @@ class Trace:
         return iter_leaves(self.network.layers, self.values, self.caches)
 
     def _pos(self, p: int | None, default: int) -> int:
+        """The one rule for positions a caller passes: 0..P, anything else (negative ones too: no wrap-around)
+        is refused. ``None`` takes ``default``, where -1 stands for the output P."""
         n = len(self.values)
-        p = default if p is None else int(p)
-        if p < 0:
-            p += n
-        if not 0 <= p < n:
+        if p is None:
+            return n - 1 if default == -1 else default
+        if not 0 <= int(p) < n:
             raise IndexError(f"position {p} is outside 0..{n - 1}")
-        return p
+        return int(p)
 
     def _check_signal(self, s: Array, p: int, what: str) -> None:
         shape = tuple(self.values[p].shape)

@@ -244,25 +244,47 @@ def _write_index(out: Path, configs: list[TrainConfig], keys: list[str], results
     tmp.replace(path)
 
 
-def load_sweep_file(path: str | Path) -> tuple[list[TrainConfig], dict[str, Any]]:
-    """(configurations, options) from a sweep file: keys ``base`` and ``grid`` (see the module docstring), and
-    optionally ``out``."""
-    path = Path(path)
-    text = path.read_text()
-    if path.suffix == ".toml":
-        import tomllib
+SWEEP_SHAPE = '{"out": DIR, "base": {OPTION: VALUE, ...}, "grid": {OPTION: [VALUE, ...], ...}}'
 
-        spec = tomllib.loads(text)
-    else:
-        spec = json.loads(text)
+
+def _shape_problem(spec: Any) -> str | None:
+    """What keeps a parsed sweep file from the shape ``SWEEP_SHAPE``, or None."""
+    if not isinstance(spec, dict):
+        return f"the file holds a {type(spec).__name__}, not an object"
     unknown = set(spec) - {"base", "grid", "out"}
     if unknown:
-        raise ValueError(f"{path}: unknown sweep keys {sorted(unknown)} (expected base, grid, out)")
-    grid = spec.get("grid", {})
-    for k, v in grid.items():
-        if not isinstance(v, list) or not v:
-            raise ValueError(f"{path}: grid axis {k!r} must be a non-empty list")
-    return expand_grid(spec.get("base", {}), grid), {"out": spec.get("out")}
+        return f"unknown sweep keys {sorted(unknown)}"
+    for key in ("base", "grid"):
+        if not isinstance(spec.get(key, {}), dict):
+            return f"{key!r} is not an object"
+    return next((f"grid axis {k!r} must be a non-empty list" for k, v in spec.get("grid", {}).items()
+                 if not isinstance(v, list) or not v), None)
+
+
+def load_sweep_file(path: str | Path) -> tuple[list[TrainConfig], dict[str, Any]]:
+    """(configurations, options) from a sweep file: keys ``base`` and ``grid`` (see the module docstring), and
+    optionally ``out``. Anything else raises ValueError naming the file (and the line, for a syntax error) and
+    the expected shape ``SWEEP_SHAPE``."""
+    path = Path(path)
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            spec = tomllib.loads(text)
+        else:
+            spec = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}, line {err.lineno}: not valid JSON ({err.msg}); expected {SWEEP_SHAPE}") from None
+    except ValueError as err:  # tomllib.TOMLDecodeError, whose message gives the line
+        raise ValueError(f"{path}: not valid TOML ({err}); expected the tables of {SWEEP_SHAPE}") from None
+    problem = _shape_problem(spec)
+    if problem:
+        raise ValueError(f"{path}: {problem}; expected {SWEEP_SHAPE}")
+    try:
+        return expand_grid(spec.get("base", {}), spec.get("grid", {})), {"out": spec.get("out")}
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 __all__ = ["LocalExecutor", "DaskExecutor", "make_executor", "expand_grid", "run_config", "run_sweep",

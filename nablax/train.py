@@ -2,7 +2,7 @@
 
     cfg = TrainConfig(arch="batch-tanh", data="digits", depth=10, width=32, epochs=5, lr=0.01)
     trainer = Trainer(cfg, out="runs/bt")        # or Trainer.resume("runs/bt")
-    trainer.fit()                                # a tqdm bar; one checkpoint per epoch
+    trainer.fit()                                # tqdm bars (steps, measurements); one checkpoint per epoch
 
 One step on a minibatch (X, y):  forward at θ(t) with batch statistics (running statistics updated), the mean
 softmax cross-entropy E, dE/dθ by ``Trace.backward``, the optimiser's step (SGD with momentum, Adam, RMSprop), and
@@ -41,14 +41,15 @@ import functools
 import json
 import math
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy
 
-from .architectures import build
-from .data import Dataset, load_dataset
+from .architectures import ARCHITECTURES, build
+from .data import Dataset, batch_slices, load_dataset
 from .figures import _plain
 from .losses import SoftmaxCrossEntropy
 from .metrics.effective_depth import DEFAULT_EPS, EPS_GRID, EffectiveDepth
@@ -110,13 +111,32 @@ class TrainConfig:
     cifar_md5: str | None = None
 
     def __post_init__(self) -> None:
-        if self.gsc_bottom not in GSC_BOTTOMS:
-            raise ValueError(f"gsc_bottom must be one of {GSC_BOTTOMS}, got {self.gsc_bottom!r}")
-        if self.gsc_aggregation not in AGGREGATIONS:
-            raise ValueError(f"gsc_aggregation must be one of {AGGREGATIONS}, got {self.gsc_aggregation!r}")
-        for name in ("lr", "batch_size", "epochs", "lr_decay", "eval_batch"):
+        """Refuse a value of the wrong type (by the field's annotation; floats must be finite) or out of range."""
+        for name, tp in _field_types().items():
+            value = getattr(self, name)
+            if not _is_a(value, tp):
+                raise ValueError(f"{name} must be {_describe(tp)}, got {value!r}")
+        for name, choices in (("gsc_bottom", GSC_BOTTOMS), ("gsc_aggregation", AGGREGATIONS), ("arch", ARCHITECTURES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
+        for name in ("lr", "epochs", "lr_decay", "eval_batch", "depth", "width", "ed_every"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("batch_size", "n_train"):
+            if getattr(self, name) is not None and getattr(self, name) < 2:
+                raise ValueError(f"{name} must be at least 2 (training skips batches of one point), "
+                                 f"got {getattr(self, name)!r}")
+
+    @classmethod
+    def parse(cls, setting: str) -> tuple[str, Any]:
+        """``"KEY=VALUE"`` (``nablax train --set``) as (field, value of the field's type): bool takes
+        true/false, yes/no, on/off, 1/0 (any case); int and float parse or are refused; an optional field takes
+        none/null; a list takes comma-separated items, in brackets or not."""
+        key, eq, text = setting.partition("=")
+        types = _field_types()
+        if not eq or key not in types:
+            raise ValueError(f"--set takes KEY=VALUE with KEY a training option ({', '.join(types)}), got {setting!r}")
+        return key, _parse_as(key, text.strip(), types[key])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -137,6 +157,55 @@ class TrainConfig:
         from .figures import config_key
 
         return config_key(self.key_dict())
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _optional(tp: Any) -> Any | None:
+    """X for ``X | None``, else None."""
+    args = typing.get_args(tp)
+    return next(a for a in args if a is not type(None)) if type(None) in args else None
+
+
+def _is_a(value: Any, tp: Any) -> bool:
+    if _optional(tp) is not None:
+        return value is None or _is_a(value, _optional(tp))
+    if typing.get_origin(tp) is list:
+        return isinstance(value, (list, tuple)) and all(_is_a(v, typing.get_args(tp)[0]) for v in value)
+    if tp is float:
+        return isinstance(value, (int, float, numpy.integer, numpy.floating)) and not isinstance(value, bool) \
+            and math.isfinite(value)
+    if tp is int:
+        return isinstance(value, (int, numpy.integer)) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _describe(tp: Any) -> str:
+    if _optional(tp) is not None:
+        return f"{_describe(_optional(tp))} or None"
+    if typing.get_origin(tp) is list:
+        return f"a list, each {_describe(typing.get_args(tp)[0])}"
+    return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}[tp]
+
+
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def _parse_as(key: str, text: str, tp: Any) -> Any:
+    """``text`` as a value of the type ``tp`` (``TrainConfig.parse``)."""
+    if _optional(tp) is not None:
+        return None if text.lower() in ("none", "null") else _parse_as(key, text, _optional(tp))
+    if typing.get_origin(tp) is list:
+        items = text.removeprefix("[").removesuffix("]").split(",")
+        return [_parse_as(key, item.strip(), typing.get_args(tp)[0]) for item in items if item.strip()]
+    try:
+        return _BOOLS[text.lower()] if tp is bool else tp(text)
+    except (KeyError, ValueError):
+        raise ValueError(f"{key} must be {_describe(tp)}"
+                         f"{' (yes/no, on/off, 1/0)' if tp is bool else ''}, got {text!r}") from None
 
 
 class Diverged(RuntimeError):
@@ -284,18 +353,21 @@ class Trainer:
             self._end_epoch(None)
 
     # -- measurements ---------------------------------------------------------------------------------
-    def evaluate(self, x: Any = None, y: Any = None) -> tuple[float, float]:
+    def evaluate(self, x: Any = None, y: Any = None, bar: Any = None) -> tuple[float, float]:
         """(classification error, mean loss) over (x, y) (default: the training set) in evaluation batches of the
-        training batch size, fixed order, batch statistics (running statistics untouched)."""
+        training batch size (``data.batch_slices``), fixed order, batch statistics (running statistics untouched);
+        ``bar``, a tqdm bar, advances by one per batch."""
         xp = self.net.backend.xp
         x = self.data.x_train if x is None else x
         y = self.data.y_train if y is None else y
         n, wrong, total = len(y), 0.0, 0.0
-        for i in range(0, n, self.batch_size):
-            xb, yb = xp.asarray(x[i:i + self.batch_size]), xp.asarray(y[i:i + self.batch_size])
+        for rows in batch_slices(n, self.batch_size):
+            xb, yb = xp.asarray(x[rows]), xp.asarray(y[rows])
             out = self.net(xb, train=True)
             wrong += float((out.argmax(axis=1) != yb).sum())
             total += self.loss.value(out, yb) * len(yb)
+            if bar is not None:
+                bar.update()
         return wrong / n, total / n
 
     def gsc(self) -> numpy.ndarray:
@@ -311,18 +383,31 @@ class Trainer:
         return gsc_to_error(tr, len(y) * self.loss.grad(tr.output, y), errors, aggregation=agg).value
 
     def _end_epoch(self, lr: float | None) -> dict[str, Any]:
-        err, loss = self.evaluate()
+        from tqdm import tqdm
+
+        n_batches = len(batch_slices(self.data.n_train, self.batch_size))
+        bar = tqdm(total=n_batches + 2 + len(self.callbacks), desc=f"epoch {self.epoch} measurements", unit="step",
+                   leave=False, file=sys.stderr, disable=not self.progress)
+        bar.set_postfix_str("training error", refresh=False)
+        err, loss = self.evaluate(bar=bar)
         if not math.isfinite(loss):
             self.status = "diverged"
+        bar.set_postfix_str("GSC")
         gsc = self.gsc()
+        bar.update()
+        bar.set_postfix_str("operator norms")
         opnorm, opnorm_rel = residual_opnorms(self.net, self.params0)
+        bar.update()
         rec: dict[str, Any] = {"epoch": self.epoch, "steps": self.steps, "lr": lr, "train_error": err,
                                "train_loss": loss, "gsc": float(gsc[self.bottom]), "status": self.status}
         arrays = {"gsc_positions": gsc, "residual_opnorm": opnorm, "residual_opnorm_rel": opnorm_rel}
         for cb in self.callbacks:
+            bar.set_postfix_str(cb.name or type(cb).__name__)
             scalars, arrs = cb.end_epoch(self)
             rec.update(scalars)
             arrays.update(arrs)
+            bar.update()
+        bar.close()
         self.history.append(_plain(rec))
         for k, v in arrays.items():
             self.arrays.setdefault(k, []).append(numpy.asarray(v, dtype=float))
@@ -406,7 +491,7 @@ class Trainer:
         """The run in folder ``out`` at its last checkpoint (the configuration is read from ``config.json``);
         ``where`` may point ``cifar`` / ``cifar_md5`` elsewhere (they are not part of the result)."""
         out = Path(out)
-        config = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+        config = TrainConfig.from_dict(cls.stored_config(out))
         for k, v in where.items():
             if k not in NOT_IN_KEY:
                 raise ValueError(f"resume can only change {NOT_IN_KEY}, not {k!r}")
@@ -416,11 +501,33 @@ class Trainer:
         trainer.load_checkpoint(out / CHECKPOINT)
         return trainer
 
+    @staticmethod
+    def stored_config(out: str | Path) -> dict[str, Any]:
+        """The configuration of the run in folder ``out`` (its ``config.json``), or FileNotFoundError when there is
+        no run to resume there (no folder, or no checkpoint yet), or ValueError when the file is not valid JSON."""
+        out = Path(out)
+        if not out.is_dir():
+            raise FileNotFoundError(f"cannot resume: there is no run folder {out}")
+        if not (out / CHECKPOINT).is_file() or not (out / "config.json").is_file():
+            raise FileNotFoundError(f"cannot resume: {out} holds no {CHECKPOINT} and config.json (no epoch was "
+                                    f"checkpointed there); start the run without resuming")
+        try:
+            return json.loads((out / "config.json").read_text())
+        except ValueError as err:
+            raise ValueError(f"cannot resume: {out / 'config.json'} is not valid JSON ({err})") from None
+
     def load_checkpoint(self, path: str | Path) -> None:
+        """Restore the state saved by ``save``; a file that cannot be read raises ValueError, which names it."""
         xp = self.net.backend.xp
-        with numpy.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads(str(arrays.pop("__meta__")))
+        try:
+            with numpy.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            meta = json.loads(str(arrays.pop("__meta__")))
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # a truncated or overwritten file: BadZipFile, zlib.error, KeyError, ValueError, ...
+            raise ValueError(f"{path} is damaged and cannot be resumed from ({type(err).__name__}: {err}); "
+                             f"delete it to start the run over") from err
         if meta["config"] != _plain(self.config.key_dict()):
             raise ValueError(f"{path}: the checkpoint belongs to a different configuration")
 

@@ -2,8 +2,12 @@
 archives in the CIFAR-10 python format that the tests write themselves; digits, Gaussian noise, the 1-D grid."""
 
 import io
+import os
 import pickle
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,6 +143,85 @@ def test_malformed_batches_are_refused(tmp_path, batch, message):
     path, md5 = _archive_with(tmp_path, batch)
     with pytest.raises(DataUnavailable, match=message):
         data.load_cifar10(path, md5=md5)
+
+
+RECONSTRUCT = np.ndarray((0,)).__reduce__()[0]  # numpy's own array reconstructor (an admitted global)
+
+
+class _CraftedDtype:
+    """Pickles as ``numpy.dtype(spec)`` with the dtype state ``state`` (what numpy itself writes, but any values)."""
+
+    def __init__(self, spec, flags=0):
+        self.spec, self.state = spec, (3, "|", None, None, None, -1, -1, flags)
+
+    def __reduce__(self):
+        return (np.dtype, (self.spec, False, True), self.state)
+
+
+class _CraftedArray:
+    """Pickles with only the admitted globals (``_reconstruct``, ``ndarray``, ``dtype``) as numpy writes arrays, but
+    with any dtype, shape and raw bytes: an object dtype makes numpy read those bytes as pointers."""
+
+    def __init__(self, dtype, shape, raw):
+        self.dtype, self.shape, self.raw = dtype, shape, raw
+
+    def __reduce__(self):
+        return (RECONSTRUCT, (np.ndarray, (0,), b"b"), (1, self.shape, self.dtype, False, self.raw))
+
+
+def _crafted_archive(tmp_path, array):
+    return _archive_with(tmp_path, {b"data": array, b"labels": [0, 1]})
+
+
+def test_crafted_object_dtype_pickle_is_refused_without_crashing(tmp_path):
+    """An object array of raw bytes segfaulted the process inside ``restricted_loads``; the loader runs in a
+    subprocess here, so that a crash fails this test instead of killing pytest."""
+    path, md5 = _crafted_archive(tmp_path, _CraftedArray(_CraftedDtype("O8"), (4,), b"\x41" * 32))
+    code = (f"import pickle, tarfile\nfrom nablax import data\n"
+            f"try:\n    data.load_cifar10({str(path)!r}, md5={md5!r})\n"
+            f"except data.DataUnavailable as err:\n    print('refused:', err)\n"
+            f"blob = tarfile.open({str(path)!r}).extractfile('cifar-10-batches-py/test_batch').read()\n"
+            f"try:\n    print(repr(data.restricted_loads(blob)))\n"
+            f"except pickle.UnpicklingError as err:\n    print('refused:', err)\n")
+    repo = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, f"the loader crashed (status {res.returncode}): {res.stderr[-2000:]}"
+    refusals = [line for line in res.stdout.splitlines() if line.startswith("refused:")]
+    assert len(refusals) == 2 and all("refusing dtype 'O8'" in line and "uint8" in line for line in refusals)
+
+
+@pytest.mark.parametrize("array, message", [
+    (_CraftedArray(_CraftedDtype("u1"), (1 << 40, 1 << 20), b"\x00" * 32), "shape"),  # refused before allocating
+    (_CraftedArray(_CraftedDtype("u1"), (2, 3, 512), b"\x00" * 3072), "1-D and 2-D"),
+    (_CraftedArray(_CraftedDtype("u8", flags=63), (4,), b"\x41" * 32), "flags"),  # u8 flagged as holding objects
+    (_CraftedArray(_CraftedDtype("V8"), (4,), b"\x41" * 32), "refusing dtype 'V8'"),
+    (_CraftedArray(_CraftedDtype("u1"), (2, 3072), "text, not bytes"), "plain bytes"),
+])
+def test_every_refusal_of_the_unpickler_is_the_loaders_own_error(tmp_path, array, message):
+    path, md5 = _crafted_archive(tmp_path, array)
+    with pytest.raises(DataUnavailable, match=message):
+        data.load_cifar10(path, md5=md5)
+    with pytest.raises(pickle.UnpicklingError, match=message):
+        data.restricted_loads(pickle.dumps(array, protocol=4))
+    for blob in (b"\x80\x04garbage", pickle.dumps([1, 2])[:-3], b""):  # malformed streams
+        with pytest.raises(pickle.UnpicklingError):
+            data.restricted_loads(blob)
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_the_archive_writer_and_the_loader_agree_on_every_protocol(tmp_path, protocol):
+    path = tmp_path / data.CIFAR10_ARCHIVE
+    md5 = data.write_cifar_like_archive(path, n_per_batch=5, seed=1, protocol=protocol)
+    ds = data.load_cifar10(path, md5=md5, standardize=False)
+    raw = _raw_batches(path)
+    np.testing.assert_array_equal(ds.x_train, np.concatenate([raw[n][b"data"] for n in data.CIFAR10_TRAIN]))
+    np.testing.assert_array_equal(ds.y_test, raw["test_batch"][b"labels"])
+    for a in (np.arange(6, dtype=">i4").reshape(2, 3), np.asfortranarray(np.eye(3, dtype=np.uint8)),
+              np.zeros((0, 3072), np.uint8)):
+        got = data.restricted_loads(pickle.dumps({b"a": a, b"e": b""}, protocol=protocol))
+        np.testing.assert_array_equal(got[b"a"], a)
+        assert got[b"a"].dtype == a.dtype and got[b"e"] == b""
 
 
 def test_missing_data_says_how_to_supply_it(tmp_path, monkeypatch):

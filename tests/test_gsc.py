@@ -307,3 +307,19 @@ def test_figure_json_has_every_legend_name_and_panel(module, panels, tmp_path):
         assert len(gsc_panel["batch-ReLU (ResNet)"]["dilution_seed0"]["k"]) == TINY["depth"]
     if module == "orthogonal_init":  # exact GSC 1 from every hidden position of the plain ReLU net
         assert np.allclose(gsc_panel["ReLU (orthogonal initial state)"]["y"][1:], 1.0, atol=1e-10)
+
+
+def test_nablax_gsc_names_positions_the_way_the_paper_does(capsys, tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from nablax.cli import main
+
+    titles = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: titles.append(fig.axes[0].get_title()))
+    assert main(["gsc", "--arch", "batch-ReLU", "--depth", "3", "--width", "6", "--in-dim", "4", "--batch", "20",
+                 "--plot", str(tmp_path / "g.png")]) == 0
+    out = capsys.readouterr().out
+    # P = 9 layers, reference last_block = position 9 = the paper's layer 1
+    assert "paper l: the paper's layer index, numbered from the output (l = 10 - pos; l = 1 is the output" in out
+    assert "GSC(p->ref) is the paper's GSC(l, 1)" in out
+    assert titles == ["batch-ReLU: GSC(l, 1) to the paper's layer 1 (position 9)"]

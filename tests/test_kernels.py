@@ -456,3 +456,24 @@ def test_allocator_tuning_is_optional_and_harmless():
                           "print(tune_allocator())"], env={**__import__("os").environ, "NABLAX_MALLOC_TUNING": "0"},
                          capture_output=True, text=True)
     assert off.stdout.strip() == "False"
+
+
+@needs_numba
+def test_a_second_process_loads_the_kernels_from_disk(tmp_path):
+    """Numba's on-disk cache (``cache=True``): the first process compiles the training step's kernels, the next
+    one loads them (the first ``nablax train`` pays the compilation once per machine; BENCHMARKS.md, first run)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import numpy as np\nfrom nablax import kernels\nfrom nablax.kernels import cpu\nk = cpu.compiled()\n"
+            "z = np.random.default_rng(0).standard_normal((8, 3))\n"
+            "kernels.batch_standardize(z, 1e-5)\nkernels.relu(z)\nkernels.subtract_scaled(z, z, 0.5)\n"
+            "d = [k.batch_standardize, k.relu, k.subtract_scaled]\n"
+            "print(sum(sum(f.stats.cache_hits.values()) for f in d), sum(sum(f.stats.cache_misses.values()) for f in d))")
+    repo = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "NABLAX_KERNELS": "numba",
+           "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+            for _ in range(2)]
+    assert [r.split() for r in runs] == [["0", "3"], ["3", "0"]]  # (loaded, compiled): compiled once, then loaded

@@ -12,6 +12,7 @@ from gradcheck import (
     rel_err,
     stacked_identity_jacobians,
 )
+import nablax
 from nablax.kernels import use_cpu_kernels
 from nablax.layers import (
     BatchNorm,
@@ -148,6 +149,21 @@ def test_batchnorm_conv_layout(rng):
     assert rel_err(bn.jacobian(cache), from_vjp) < 1e-12
     z = (y - bn.beta) / bn.gamma
     assert np.allclose(z.mean(axis=(0, 2, 3)), 0, atol=1e-12)
+
+
+def test_batchnorm_refuses_a_batch_of_one(rng):
+    """One value per feature has no batch statistics: the output (and Jacobian) would be all zeros, silently."""
+    bn = BatchNorm.create(4)
+    for x in (rng.standard_normal((1, 4)), rng.standard_normal((1, 4, 1, 1))):
+        layer = bn if x.ndim == 2 else BatchNorm.create(4, conv=True)
+        with pytest.raises(ValueError, match="a batch of one has no batch statistics"):
+            layer.forward(x, TRAIN)
+        assert layer.forward(x, EVAL)[0].shape == x.shape  # running statistics: fine
+    assert BatchNorm.create(4, conv=True).forward(rng.standard_normal((1, 4, 2, 2)), TRAIN)[0].std() > 0.5  # 4 values
+    with pytest.raises(ValueError, match="a batch of one"):
+        nablax.build("batch-ReLU", depth=2, width=4).forward(rng.standard_normal((1, 4)))
+    with pytest.raises(ValueError, match="running_var"):
+        BatchNorm(np.zeros(3), np.array([1.0, -1e-3, 1.0]))
 
 
 def test_crelu_identity_and_looks_linear(rng):

@@ -297,6 +297,14 @@ def test_load_rejects_bad_files(tmp_path, rng):
     np.savez(tmp_path / "nan.npz", **arrays)
     with pytest.raises(NetworkFileError, match="NaN"):
         Network.load(tmp_path / "nan.npz")
+    # a negative batch-norm variance (it would give NaN at the first forward pass)
+    with np.load(good) as z:
+        arrays = dict(z)
+    arrays["layers.1.running_var"] = arrays["layers.1.running_var"].copy()
+    arrays["layers.1.running_var"][2] = -0.5
+    np.savez(tmp_path / "var.npz", **arrays)
+    with pytest.raises(NetworkFileError, match="running_var is a variance, so >= 0; its smallest entry is -0.5"):
+        Network.load(tmp_path / "var.npz")
 
 
 def test_weights_written_elsewhere_load_and_run(tmp_path, rng):
@@ -345,6 +353,37 @@ def test_bad_inputs_give_clear_errors(rng):
         nablax.build("ReLU", backend="tpu")
     with pytest.raises(TypeError, match="mix dtypes"):
         Network([Dense(np.ones((2, 2))), Dense(np.ones((2, 2), dtype=np.float32))], 2)
+
+
+def test_positions_follow_one_rule(rng):
+    """Positions are 0..P wherever a caller passes one; a negative one does not wrap round to the output side."""
+    net = small("ReLU")  # 6 layers: positions 0..6
+    tr = net.forward(rng.standard_normal((3, 4)))
+    v = np.ones_like(tr.output)
+    calls = [lambda p: tr.pullback(v, src=p), lambda p: tr.pullback(np.ones((3, 4)), dst=p),
+             lambda p: tr.pushforward(np.ones((3, 4)), src=p), lambda p: tr.jacobian(src=p),
+             lambda p: tr.jacobian_sq_norms(dst=p), lambda p: tr.batch_jacobian_sq_norms(src=p),
+             lambda p: tr.hutchinson_sq_norms(src=p)]
+    for call in calls:
+        for p in (-1, -7, 7, 999):
+            with pytest.raises(IndexError, match=f"position {p} is outside 0..6"):
+                call(p)
+    # the defaults (None: the output for dst, the input for src) and explicit ends are what they were
+    np.testing.assert_array_equal(tr.pullback(v), tr.pullback(v, dst=6, src=0))
+    assert tr.jacobian_sq_norms().shape == (7, 3) and tr.jacobian(src=6).shape == (3, 5, 5)
+
+
+def test_build_refuses_sizes_and_numbers_that_make_no_network():
+    for kw, says in [(dict(width=0), "width must be a positive integer"), (dict(in_dim=0), "in_dim must be"),
+                     (dict(out_dim=0), "out_dim must be"), (dict(depth=0), "depth must be"),
+                     (dict(width=2.5), "width must be"), (dict(beta=np.nan), "beta must be a finite number")]:
+        with pytest.raises(ValueError, match=says):
+            nablax.build("batch-ReLU (ResNet)", **{"depth": 2, **kw})
+    with pytest.raises(ValueError, match="bias_std must be a finite number"):
+        nablax.build("one-layer", bias_std=np.inf)
+    with pytest.raises(ValueError, match="in_dim must be"):
+        nablax.build("conv-fnn", depth=3, in_dim=(3, 0, 8))
+    assert nablax.build("conv-fnn", depth=3, width=2, in_dim=(1, 4, 4)).in_shape == (1, 4, 4)
 
 
 def test_float32_networks_run(rng):

@@ -95,3 +95,16 @@ def test_epoch_watcher_counts_the_epochs_that_runs_elsewhere_have_written(tmp_pa
     assert watch._count() == 3
     watch.stop()
     assert watch.bar.n == 3 and watch.bar.total == 10
+
+
+def test_the_example_sweep_file_runs(tmp_path, capsys):
+    """``examples/sweep.json``, which README's command line section runs, is a valid sweep file and finishes."""
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "sweep.json"
+    configs, opts = load_sweep_file(example)
+    assert len(configs) == 4 and opts["out"] and {c.data for c in configs} == {"digits"}
+    assert all(c.depth == 2 and c.width == 8 and c.epochs == 1 for c in configs)
+    assert "examples/sweep.json" in (example.parent.parent / "README.md").read_text()
+    assert cli.main(["sweep", str(example), "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.count(" done ") == 4

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gradcheck import FD_RTOL, central_difference, rel_err
-from nablax import cli
+from nablax import cli, data
 from nablax.architectures import GE_MLPS, GE_RESNETS
 from nablax.metrics.effective_depth import EffectiveDepth
 from nablax.metrics.training import TrainingCallback, UpdateSizes, linear_keys
@@ -197,3 +197,75 @@ def test_trainer_gsc_is_per_example_and_does_not_scale_with_the_evaluation_batch
     per = gsc(eval_batch=300) / gsc(eval_batch=100)
     batch = gsc(eval_batch=300, gsc_aggregation="batch") / gsc(eval_batch=100, gsc_aggregation="batch")
     assert 0.85 < per < 1.15 and 0.45 < batch < 0.7, (per, batch)
+
+
+def test_set_values_take_the_type_of_their_field(tmp_path):
+    for text, value in [("true", True), ("False", False), ("no", False), ("OFF", False), ("on", True), ("1", True),
+                        ("0", False), ("Yes", True)]:
+        assert TrainConfig.parse(f"taylor={text}") == ("taylor", value)
+    assert TrainConfig.parse("epochs=7") == ("epochs", 7) and TrainConfig.parse("lr=1e-3") == ("lr", 1e-3)
+    assert TrainConfig.parse("n_train=none") == ("n_train", None) and TrainConfig.parse("n_train=50") == ("n_train", 50)
+    assert TrainConfig.parse("ed_eps_grid=[0.1, 0.01]") == TrainConfig.parse("ed_eps_grid=0.1,0.01") == \
+        ("ed_eps_grid", [0.1, 0.01])
+    assert TrainConfig.parse("cifar=/data/x") == ("cifar", "/data/x")
+    for bad, says in [("epochs=abc", "epochs must be an integer"), ("epochs=2.5", "epochs must be an integer"),
+                      ("lr=fast", "lr must be a finite number"), ("taylor=maybe", "taylor must be true or false"),
+                      ("taylor", "--set takes KEY=VALUE"), ("learning_rate=1", "--set takes KEY=VALUE"),
+                      ("ed_eps_grid=0.1,x", "ed_eps_grid must be a finite number")]:
+        with pytest.raises(ValueError, match=says):
+            TrainConfig.parse(bad)
+    out = tmp_path / "r"  # through the command line: "False" is stored as false, and no Taylor experiment runs
+    assert cli.main(["train", "--arch", "SeLU", "--data", "digits", "--depth", "2", "--width", "8", "--epochs", "1",
+                     "--n-train", "100", "--batch-size", "50", "--out", str(out), "--set", "taylor=False"]) == 0
+    assert json.loads((out / "config.json").read_text())["taylor"] is False
+    assert "taylor" not in json.loads((out / "result.json").read_text())
+
+
+@pytest.mark.parametrize("kw, says", [
+    (dict(epochs="abc"), "epochs must be an integer, got 'abc'"), (dict(taylor="False"), "taylor must be true or false"),
+    (dict(lr=float("nan")), "lr must be a finite number"), (dict(beta=float("inf")), "beta must be a finite number"),
+    (dict(seed=True), "seed must be an integer"), (dict(ed_eps_grid=[0.1, "x"]), "ed_eps_grid must be a list"),
+    (dict(n_train=0), "n_train must be at least 2"), (dict(batch_size=1), "batch_size must be at least 2"),
+    (dict(depth=0), "depth must be positive"), (dict(width=0), "width must be positive"),
+    (dict(arch="resnet-50"), "arch must be one of"), (dict(cifar=3), "cifar must be a string or None"),
+])
+def test_config_refuses_wrong_types_and_sizes(kw, says):
+    with pytest.raises(ValueError, match=says):
+        TrainConfig(**kw)
+
+
+def test_resume_says_what_is_wrong(tmp_path, capsys):
+    args = ["train", "--arch", "SeLU", "--data", "digits", "--depth", "2", "--width", "8", "--epochs", "1",
+            "--n-train", "100", "--batch-size", "50", "--set", "taylor=false"]
+    assert cli.main(args + ["--out", str(tmp_path / "nowhere"), "--resume"]) == 2  # no folder: not a fresh run
+    assert "no run folder" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
+    (tmp_path / "empty").mkdir()
+    assert cli.main(args + ["--out", str(tmp_path / "empty"), "--resume"]) == 2
+    assert "holds no checkpoint.npz" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="no run folder"):
+        Trainer.resume(tmp_path / "nowhere")
+    run_dir = tmp_path / "r"
+    Trainer(tiny(epochs=2), out=run_dir, progress=False).fit(stop_after=1)
+    blob = bytearray((run_dir / "checkpoint.npz").read_bytes())
+    for damaged in (blob[: len(blob) // 2], blob[:100] + bytes(len(blob) - 100)):  # truncated; overwritten
+        (run_dir / "checkpoint.npz").write_bytes(bytes(damaged))
+        with pytest.raises(ValueError, match="checkpoint.npz is damaged and cannot be resumed from"):
+            Trainer.resume(run_dir, progress=False)
+        assert cli.main(["train", "--out", str(run_dir), "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert "checkpoint.npz is damaged" in err and "Traceback" not in err
+
+
+def test_evaluation_batches_never_hold_one_point():
+    assert [(s.start, s.stop) for s in data.batch_slices(129, 64)] == [(0, 64), (64, 129)]
+    assert [(s.start, s.stop) for s in data.batch_slices(130, 64)] == [(0, 64), (64, 128), (128, 130)]
+    assert [(s.start, s.stop) for s in data.batch_slices(1, 64)] == [(0, 1)]
+    # 129 points in batches of 64 left one point alone: batch norm refuses a batch of one
+    res = Trainer(tiny(n_train=129, epochs=1, taylor=True), progress=False).fit()
+    assert res["status"] == "done" and "taylor" in res
+
+
+def test_the_measurement_phase_shows_progress(capsys):
+    Trainer(tiny(epochs=1), progress=True).fit()
+    err = capsys.readouterr().err
+    assert "epoch 0 measurements:" in err and "epoch 1 measurements:" in err  # (tqdm shows the phase when it redraws)

@@ -70,6 +70,9 @@ class BatchNorm(_Normalization):
                                   (B, d, B, d): J[b,f,b',f'] = delta_ff' gamma_f (delta_bb' - 1/B - y_bf y_b'f / B) / sigma_f
            train + hold_stats:    batch statistics treated as constants: dz = gamma * dy / sigma, per sample
            eval:                  running statistics: a fixed per-feature affine map, per sample
+    Batch statistics need at least two values per feature: ``forward`` with batch statistics (train, not
+    hold_stats) refuses a batch of one (dense data; conv data: one 1x1 sample), whose output and Jacobian would be
+    all zeros. ``running_var`` must be >= 0.
     ``update_stats`` moves the running statistics toward the batch ones with ``momentum`` (unbiased variance,
     as PyTorch does). ``eps`` defaults to 1e-5 (an open choice of both specs).
     """
@@ -88,6 +91,9 @@ class BatchNorm(_Normalization):
     ) -> None:
         if (gamma is None) != (beta is None):
             raise ValueError("BatchNorm needs both gamma and beta, or neither")
+        if bool((running_var < 0).any()):
+            raise ValueError(f"BatchNorm running_var is a variance, so >= 0; its smallest entry is "
+                             f"{float(running_var.min())}")
         self.running_mean, self.running_var = running_mean, running_var
         self.gamma, self.beta = gamma, beta
         self.eps, self.momentum = float(eps), float(momentum)
@@ -120,6 +126,10 @@ class BatchNorm(_Normalization):
     def forward(self, x: Array, mode: Mode = Mode()) -> tuple[Array, Cache]:
         axes = self._axes(x.ndim)
         if mode.train:  # dense data: one fused kernel (``nablax.kernels``)
+            if x.size == self.running_mean.size and not mode.hold_stats:
+                raise ValueError("batch norm with batch statistics on a batch of one: a batch of one has no batch "
+                                 "statistics (every output would be 0); use a batch of at least 2, or train=False "
+                                 "for the running statistics")
             dense = axes == (-2,)
             y, mu, var, sigma = kernels.batch_standardize(x, self.eps) if dense else standardize(x, axes, self.eps)
             if mode.update_stats:

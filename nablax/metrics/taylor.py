@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy
 
+from ..data import batch_slices
 from ..layers.base import Array, Mode, forward_chain, param_jvp_chain
 from ..losses import SoftmaxCrossEntropy
 from ..network import Network
@@ -125,15 +126,16 @@ def taylor_outputs(net: Network, expansion_point: dict[str, Array], x: Array, cu
 def taylor_errors(net: Network, expansion_point: dict[str, Array], x: Array, y: Array, *, batch_size: int = 256,
                   block_end: str = "linear_output", bn_stats: str = "batch_differentiated", top_bn: str = "batch",
                   include_output: bool = False) -> TaylorResult:
-    """Training error and loss for every reduction r = k - 1, over evaluation batches of ``batch_size`` of (x, y)."""
+    """Training error and loss for every reduction r = k - 1, over evaluation batches of ``batch_size`` of (x, y)
+    (``data.batch_slices``: a last batch of one point joins the one before it)."""
     cuts = cut_positions(net, block_end, include_output)
     loss = SoftmaxCrossEntropy()
     n = int(x.shape[0])
     wrong = numpy.zeros(len(cuts))
     total_loss = numpy.zeros(len(cuts))
     wrong0 = loss0 = 0.0
-    for start in range(0, n, batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+    for rows in batch_slices(n, batch_size):
+        xb, yb = x[rows], y[rows]
         outs = taylor_outputs(net, expansion_point, xb, cuts, bn_stats=bn_stats, top_bn=top_bn)
         for j, p in enumerate(cuts):
             wrong[j] += float((outs[p].argmax(axis=1) != yb).sum())
