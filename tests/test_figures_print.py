@@ -52,3 +52,72 @@ def test_theory_legends_are_legible_and_log_panels_are_cut_to_the_data(tmp_path)
                      for v in s["y"] if v is not None and v > 0]
         lo, hi = ax.get_ylim()
         assert 1e-8 < lo <= min(estimates) and hi >= 1.0
+
+
+def inside(box, pts: np.ndarray) -> np.ndarray:
+    return (pts[:, 0] >= box.x0) & (pts[:, 0] <= box.x1) & (pts[:, 1] >= box.y0) & (pts[:, 1] <= box.y1)
+
+
+def lines_under_legends(fig) -> list[str]:
+    """Labels of the plotted lines that pass under a legend box (display coordinates, segments sampled densely)."""
+    fig.canvas.draw()
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    hits = []
+    for leg in legends:
+        box = leg.get_window_extent()
+        for ax in fig.axes:
+            for line in ax.get_lines():
+                xy = line.get_transform().transform(np.asarray(line.get_xydata(), float))
+                xy = xy[np.isfinite(xy).all(axis=1)]
+                t = np.linspace(0, 1, 50)[:, None, None]
+                pts = (xy[:-1] * (1 - t) + xy[1:] * t).reshape(-1, 2) if len(xy) > 1 else xy
+                if (inside(box, pts) & inside(ax.bbox, pts)).any():
+                    hits.append(line.get_label())
+    return hits
+
+
+def image_colorbars(fig) -> list:
+    """(image, its colour bar or None) for every image drawn in the figure."""
+    return [(im, im.colorbar) for ax in fig.axes for im in ax.images]
+
+
+# --- shattered fig1.png and fig4.png ----------------------------------------------------------------------------
+
+def test_sg_fig1_covariance_images_have_colour_bars():
+    mod = load("shattered_gradients", "fig1")
+    from nablax.figures import FigureRecord
+
+    rng = np.random.default_rng(0)
+    gs = {name: rng.standard_normal(16).cumsum() for _, name, _, _ in mod.PANELS}
+    rec = FigureRecord("fig1", {})
+    fig = mod.plot(gs, rec)
+    images = image_colorbars(fig)
+    assert len(images) == len(mod.PANELS) and all(bar is not None for _, bar in images)
+    for im, bar in images:  # each bar shows its own image's scale
+        assert bar.mappable is im and im.get_clim()[1] == pytest.approx(im.get_array().max())
+    assert list(rec.to_dict()["panels"]) == [key for key, *_ in mod.PANELS]
+
+
+def test_sg_fig4_gram_colour_bar_legend_off_the_lines_and_mathtext_label():
+    mod = load("shattered_gradients", "fig4")
+    x, y, source = mod.load_images(True, None, 24, 0)
+    s = {"width": 2, "beta": 0.1, "seed": 0, "dtype": "float64", "grad_target": "first_layer_activations",
+         "order": "kmeans"}
+    depths = mod.DEPTHS  # the default list: its curves are what a legend inside the axes covered
+    results = {f: {d: mod.measure(f, d, x, y, s, d == depths[0]) for d in depths} for f in mod.FAMILIES}
+    settings = {"depths": depths, "minibatch": len(y), "grad_target": s["grad_target"], "data": source, "width": 2}
+    fig, rec = mod.plot(results, settings)
+    images = image_colorbars(fig)
+    assert len(images) == 2 * len(depths)
+    bars = [bar for _, bar in images if bar is not None]
+    assert len(bars) == 1 and bars[0].vmin == 0.0 and bars[0].vmax == 1.0
+    assert all(im.get_clim() == (0.0, 1.0) for im, _ in images)  # one bar serves every image
+    assert lines_under_legends(fig) == []
+    (norm_ax,) = [ax for ax in fig.axes if ax.get_yscale() == "log"]
+    assert norm_ax.get_ylabel() == mod.NORM_RATIO == rec.panels["D"]["ylabel"]
+    assert norm_ax.get_ylabel().startswith("$") and "||" not in norm_ax.get_ylabel()
+    d = rec.to_dict()["panels"]
+    assert sorted(d) == list("ABCD")
+    for key in "CD":
+        assert list(d[key]["series"]) == [*mod.FAMILIES, "white noise"]
+        assert all(s["x"] == depths for s in d[key]["series"].values())
