@@ -121,3 +121,26 @@ def test_sg_fig4_gram_colour_bar_legend_off_the_lines_and_mathtext_label():
     for key in "CD":
         assert list(d[key]["series"]) == [*mod.FAMILIES, "white noise"]
         assert all(s["x"] == depths for s in d[key]["series"].values())
+
+
+# --- gradients-explode orthogonal_init.png ----------------------------------------------------------------------
+
+def test_orthogonal_init_lines_that_coincide_all_show(tmp_path):
+    mod = load("gradients_explode", "orthogonal_init")
+    tiny = {"depth": 3, "width": 6, "in_dim": 6, "eval_batch": 12, "n_seeds": 2, "selu_wide_width": 8,
+            "exact_max_width": 6, "n_probes": 4}
+    fig = mod.main(["--quick", "--out", str(tmp_path)], overrides=tiny)
+    rec = json.loads((tmp_path / "orthogonal_init.json").read_text())
+    # batch norm fixes the pre-activation std at 1 under both inits: panel B has lines that lie on each other
+    assert any({"batch-ReLU", "batch-ReLU" + mod.ORTHO} <= set(g) for g in rec["panels"]["B"]["coinciding"])
+    for ax, key in zip(fig.axes, "ABC"):
+        ortho = [ln for ln in ax.get_lines() if ln.get_label().endswith(mod.ORTHO)]
+        solid = [ln for ln in ax.get_lines() if ln.get_label() in mod.ARCHS]
+        assert len(ortho) == len(solid) == 3
+        assert min(ln.get_zorder() for ln in ortho) > max(ln.get_zorder() for ln in solid)  # drawn on top
+        assert len({ln.get_marker() for ln in ortho}) == 3 and "None" not in {ln.get_marker() for ln in ortho}
+        assert len({ln.get_markevery()[0] for ln in ortho}) == 3  # staggered: each of coinciding lines shows
+        notes = [t.get_text() for t in ax.texts]
+        assert bool(notes) == bool(rec["panels"][key]["coinciding"])
+    legend_markers = {h.get_marker() for h in fig.axes[0].get_legend().legend_handles}
+    assert set(mod.MARKERS.values()) <= legend_markers  # the legend says which marker is which
