@@ -144,3 +144,67 @@ def test_orthogonal_init_lines_that_coincide_all_show(tmp_path):
         assert bool(notes) == bool(rec["panels"][key]["coinciding"])
     legend_markers = {h.get_marker() for h in fig.axes[0].get_legend().legend_handles}
     assert set(mod.MARKERS.values()) <= legend_markers  # the legend says which marker is which
+
+
+# --- shattered looks_linear.png ---------------------------------------------------------------------------------
+
+LL_TINY = {"init_depth": 4, "width": 6, "train_depth": 3, "train_width": 6, "steps": 6, "snapshots": [0, 3]}
+
+
+@pytest.fixture(scope="module")
+def looks_linear(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ll")
+    mod = load("shattered_gradients", "looks_linear")
+    fig = mod.main(["--quick", "--out", str(out)], overrides=LL_TINY)
+    return mod, fig, json.loads((out / "looks_linear.json").read_text())
+
+
+def test_looks_linear_is_a_grid_with_a_notes_panel(looks_linear):
+    mod, fig, rec = looks_linear
+    rows = {round(ax.get_position().y0, 3) for ax in fig.axes}
+    assert len(rows) == 2 and len(fig.axes) == 6
+    width, height = fig.get_size_inches()
+    assert width / height < 2
+    notes = fig.axes[5]
+    assert not notes.axison and notes.texts and rec["settings"]["notes"]
+    assert sorted(rec["panels"]) == list("ABCDE")
+    assert list(rec["panels"]["D"]["series"]) == ["best affine fit"] + [name for name, _, _ in mod.TRAINED]
+    assert all(len(s["x"]) == len(s["y"]) == LL_TINY["steps"] + 1 for name, s in rec["panels"]["D"]["series"].items()
+               if name != "best affine fit")
+    assert rec["panels"]["D"]["series"]["best affine fit"]["y"][0] == rec["settings"]["best_affine_fit_loss"]
+
+
+def test_looks_linear_panel_a_shows_both_coinciding_lines(looks_linear):
+    mod, fig, rec = looks_linear
+    crelu, prelu = fig.axes[0].get_lines()
+    assert prelu.get_zorder() > crelu.get_zorder() and prelu.get_marker() not in ("None", "", None)
+    assert crelu.get_linewidth() > 2 * prelu.get_linewidth()  # the one below shows round the one on top
+    a = rec["panels"]["A"]
+    ys = [np.array(s["y"]) for s in a["series"].values()]
+    assert a["max_abs_difference"] == pytest.approx(np.abs(ys[0] - ys[1]).max())
+    assert "coincide" in rec["settings"]["notes"][0]
+
+
+def test_looks_linear_panel_e_records_where_the_acf_is_undefined(looks_linear):
+    mod, fig, rec = looks_linear
+    for name, s in rec["panels"]["E"]["series"].items():
+        undefined = [t for t, v in zip(s["x"], s["y"]) if v is None]
+        assert s["acf_undefined_steps"] == undefined
+        if name in [n for n, _, _ in mod.LL]:
+            assert undefined[:1] == [0]  # exactly linear at initialisation
+    marks = [ln for ln in fig.axes[4].get_lines() if ln.get_marker() == "x" and len(ln.get_xdata())]
+    assert len(marks) == sum(bool(s["acf_undefined_steps"]) for s in rec["panels"]["E"]["series"].values())
+    assert "acf.undefined" in rec["settings"] and any("undefined" in n for n in rec["settings"]["notes"])
+
+
+def test_looks_linear_quick_protocol_trains_past_the_linear_plateau():
+    """A looks-linear net starts as a linear map, near the best affine fit, and leaves that plateau only after tens
+    of steps: the --quick protocol (the paper's steps and step size) must get its CReLU net well below it."""
+    mod = load("shattered_gradients", "looks_linear")
+    assert (mod.QUICK["steps"], mod.QUICK["lr"]) == (mod.PAPER["steps"], mod.PAPER["lr"])
+    s = {**mod.QUICK, "snapshots": []}
+    x = np.linspace(-2, 2, 256)[:, None]
+    floor = mod.best_affine_loss(x, np.sin(np.pi * x))
+    loss = mod.train("crelu-ll", s, 0)["loss"]
+    assert loss[0] == pytest.approx(floor, rel=0.05)  # linear at initialisation: on the plateau
+    assert loss[-1] < 0.5 * floor
