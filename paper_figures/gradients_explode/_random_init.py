@@ -170,16 +170,20 @@ def settings_record(s: dict[str, Any], runs: dict[str, list], base_seed: int) ->
 
 def make_figure(name: str, series: list[tuple[str, str, str]], s: dict[str, Any], args: Any, colors: dict[str, str],
                 title: str, extra: dict[str, Any] | None = None, panels: dict[str, str] = FIG1_PANELS,
-                gsc_which: str = "plot", finish: Any = None) -> FigureRecord:
+                gsc_which: str = "plot", finish: Any = None, restyle: Any = None) -> tuple[FigureRecord, Any]:
     """Measure every (legend, architecture, init) over the seeds, fill the panels, let ``finish(rec, runs)`` add
-    to the record, then write OUT/name.png and OUT/name.json and print the GSC at the input per legend."""
+    to the record and ``restyle(fig, rec)`` change the drawn figure, then write OUT/name.png and OUT/name.json and
+    print the GSC at the input per legend. Returns the record and the matplotlib figure."""
     runs = measure_all(series, s, args.out, args.seed, args.backend)
     rec = FigureRecord(f"gradients_explode/{name}", {**settings_record(s, runs, args.seed), "quick": args.quick,
                                                      **(extra or {})})
     add_panels(rec, runs, panels, gsc_which)
     if finish is not None:
         finish(rec, runs)
-    save_figure(plot(rec, colors, title), rec, args.out, name)
+    fig = plot(rec, colors, title)
+    if restyle is not None:
+        fig = restyle(fig, rec)
+    save_figure(fig, rec, args.out, name)
     for legend, v in rec.settings["gsc_at_input"].items():
         print(f"GSC(input -> output) {legend:40s} {v['geomean']:.6g}  (seeds: {v['min']:.6g} .. {v['max']:.6g})")
-    return rec
+    return rec, fig

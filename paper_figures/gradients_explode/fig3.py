@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None, overrides: dict | None = None) -> None:
                 ex.close()
 
     trained_on = {"quick": "digits, quick protocol", "digits": "digits, paper depth", "cifar": "CIFAR-10"}[args.scale]
-    rec = make_figure("fig3", [(n, n, s["init"]) for n in NAMES], s, args, COLORS,
+    rec, _ = make_figure("fig3", [(n, n, s["init"]) for n in NAMES], s, args, COLORS,
                       f"Fig. 3: ResNets of {s['depth']} blocks, width {s['width']}, "
                       f"{s['eval_batch']} Gaussian-noise points, {s['n_seeds']} seeds (A, B at initialisation; D trained on "
                       f"{trained_on})",

@@ -67,6 +67,26 @@ def gradients(seed: int, bias_std: float, backend: str = "numpy") -> dict[str, n
     return out
 
 
+def plot(gs: dict[str, numpy.ndarray], rec: FigureRecord):
+    """Both rows from the gradients (into ``rec`` as well); each covariance image has its own colour bar."""
+    fig, axes = plt.subplots(2, 5, figsize=(17, 6.6), gridspec_kw={"height_ratios": [1, 1.5]})
+    for col, (key, name, _, _) in enumerate(PANELS):
+        g = gs[name]
+        lag1 = float(sh.acf(g, 1)[1])
+        rec.panel(key, name, "grid index", "df/dx" if col < 3 else "value")
+        rec.add(key, name, numpy.arange(len(g)), g, acf_lag1=lag1)
+        axes[0, col].plot(g, lw=0.8, color="k")
+        axes[0, col].set(title=f"({key.lower()}) {name}", xlabel="grid index", xlim=(0, len(g) - 1))
+        im = axes[1, col].imshow(sh.covariance_image(g), cmap="gray_r", interpolation="nearest")
+        fig.colorbar(im, ax=axes[1, col], fraction=0.046, pad=0.03)
+        ticks = [0, (len(g) - 1) // 2, len(g) - 1]
+        axes[1, col].set(xticks=ticks, yticks=ticks, xlabel=f"ACF(1) = {lag1:.2f}")
+    axes[0, 0].set_ylabel("gradient df/dx")
+    axes[1, 0].set_ylabel(r"covariance image $|g_c g_c^{\top}|\,/\,\mathrm{var}(g)$")
+    fig.tight_layout()
+    return fig
+
+
 def main(argv: list[str] | None = None) -> None:
     args = figure_args(__doc__.split("\n")[0], argv, default_out="figures/shattered_gradients",
                        extra=lambda p: p.add_argument("--bias-std", type=float, default=ONE_LAYER_BIAS_STD,
@@ -80,20 +100,7 @@ def main(argv: list[str] | None = None) -> None:
                                                     "one_layer.bias_std_study": study, "seed": args.seed,
                                                     "quick": args.quick, "backend": args.backend})
     gs = gradients(args.seed, args.bias_std, args.backend)
-    fig, axes = plt.subplots(2, 5, figsize=(17, 6.6), gridspec_kw={"height_ratios": [1, 1.5]})
-    for col, (key, name, _, _) in enumerate(PANELS):
-        g = gs[name]
-        lag1 = float(sh.acf(g, 1)[1])
-        rec.panel(key, name, "grid index", "df/dx" if col < 3 else "value")
-        rec.add(key, name, numpy.arange(len(g)), g, acf_lag1=lag1)
-        axes[0, col].plot(g, lw=0.8, color="k")
-        axes[0, col].set(title=f"({key.lower()}) {name}", xlabel="grid index", xlim=(0, len(g) - 1))
-        axes[1, col].imshow(sh.covariance_image(g), cmap="gray_r", interpolation="nearest")
-        axes[1, col].set(xticks=[0, 127, 255], yticks=[0, 127, 255], xlabel=f"ACF(1) = {lag1:.2f}")
-    axes[0, 0].set_ylabel("gradient df/dx")
-    axes[1, 0].set_ylabel("covariance image")
-    fig.tight_layout()
-    save_figure(fig, rec, args.out, "fig1")
+    save_figure(plot(gs, rec), rec, args.out, "fig1")
 
 
 if __name__ == "__main__":

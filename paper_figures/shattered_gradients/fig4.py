@@ -138,27 +138,41 @@ def run(args: argparse.Namespace) -> None:
             print(f"{family:12s} depth {depth:3d}: relative erank {r['relative_erank']:.3f}  "
                   f"norm ratio {r['norm_ratio']:.4f}  ({time.perf_counter() - t0:.1f}s)", file=sys.stderr)
 
+    fig, record = plot(results, settings)
+    save_figure(fig, record, args.out, "fig4")
+
+
+NORM_RATIO = r"$\|\bar g\|^2 \,/\, \overline{\|g\|^2}$"  # bar: the mean over the M images
+
+
+def plot(results: dict[str, dict[int, dict]], settings: dict) -> tuple:
+    """The Gram images (one colour bar for all: they share the scale 0..1), and the summaries against depth with
+    one legend below them, off the lines."""
+    depths, m = settings["depths"], settings["minibatch"]
     record = FigureRecord("shattered_gradients/fig4", settings)
-    fig = plt.figure(figsize=(3.0 * len(depths) + 4.5, 6.4))
-    grid = fig.add_gridspec(2, len(depths) + 1, width_ratios=[1] * len(depths) + [1.6], wspace=0.3, hspace=0.35)
+    fig = plt.figure(figsize=(3.0 * len(depths) + 5.0, 7.2))
+    grid = fig.add_gridspec(2, len(depths) + 2, width_ratios=[1] * len(depths) + [0.07, 1.6], wspace=0.3,
+                            hspace=0.35)
     for row, (family, key_) in enumerate(zip(FAMILIES, "AB")):
         order = numpy.asarray(results[family][depths[0]]["order"])
-        record.panel(key_, f"{family}: |G| / mean diag G of per-example gradients ({s['grad_target']}), images in "
-                     "k-means order; x = the image indices in display order, y = the displayed image as colour levels "
-                     "round(255 clip(|G| / mean diag G, 0, 1))", "image", "image")
+        record.panel(key_, f"{family}: |G| / mean diag G of per-example gradients ({settings['grad_target']}), "
+                     "images in k-means order; x = the image indices in display order, y = the displayed image as "
+                     "colour levels round(255 clip(|G| / mean diag G, 0, 1))", "image", "image")
         for col, depth in enumerate(depths):
             img = numpy.asarray(results[family][depth]["gram"])[numpy.ix_(order, order)]
             ax = fig.add_subplot(grid[row, col])
-            ax.imshow(img, cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
+            im = ax.imshow(img, cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{family}, {depth} layers", fontsize=9)
             record.add(key_, f"{depth}-layer", order, numpy.rint(255 * numpy.clip(img, 0.0, 1.0)).astype(int),
                        depth=depth)
+    bar = fig.colorbar(im, cax=fig.add_subplot(grid[:, len(depths)]))
+    bar.set_label(r"$|G|\,/\,\mathrm{mean\ diag}\,G$ (clipped at 1)", fontsize=9)
     summaries = [("C", "relative_erank", "relative effective rank", "relative effective rank (white noise = 1)", 1.0),
-                 ("D", "norm_ratio", "gradient-norm ratio", "||mean g||^2 / mean ||g||^2", 1.0 / m)]
+                 ("D", "norm_ratio", "gradient-norm ratio", NORM_RATIO, 1.0 / m)]
     for row, (key_, field, title, ylabel, white) in enumerate(summaries):
-        ax = fig.add_subplot(grid[row, len(depths)])
+        ax = fig.add_subplot(grid[row, len(depths) + 1])
         ax.yaxis.tick_right()
         ax.yaxis.set_label_position("right")
         record.panel(key_, title, "depth", ylabel)
@@ -168,7 +182,7 @@ def run(args: argparse.Namespace) -> None:
             record.add(key_, family, depths, vals, **extra_fields)
             ax.plot(depths, vals, "o-", label=family)
         record.add(key_, "white noise", depths, [white] * len(depths))
-        ax.plot(depths, [white] * len(depths), "k--", lw=1, label="white noise" + (" (1/M)" if white < 1 else ""))
+        ax.plot(depths, [white] * len(depths), "k--", lw=1, label="white noise (C: 1, D: 1/M)")
         ax.set_xscale("log")
         ax.minorticks_off()
         ax.set_xticks(depths)
@@ -176,12 +190,12 @@ def run(args: argparse.Namespace) -> None:
         if field == "norm_ratio":
             ax.set_yscale("log")
         ax.set_xlabel("depth")
-        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=9 if row else 8)
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"Gradients in convnets at initialisation ({source}, M = {m}, width {width})", fontsize=10)
-    save_figure(fig, record, args.out, "fig4")
-
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
+    fig.suptitle(f"Gradients in convnets at initialisation ({settings['data']}, M = {m}, width {settings['width']})",
+                 fontsize=10)
+    return fig, record
 
 if __name__ == "__main__":
     main()

@@ -4,22 +4,37 @@ training steps do to the gradient.
     A  df/dx over the grid of 200-layer looks-linear nets at initialisation: a horizontal line (std in the JSON)
        "CReLU looks-linear": orthogonal first layer, then CReLU -> [W; -W] with orthogonal 200 x 200 W
        "PReLU looks-linear": orthogonal weights, PReLU slopes a = 1
+       (one seed draws the same base matrices for both, so at initialisation they are the same linear map and
+       their lines coincide; the figure says so)
     B  singular values of the Jacobian between the first and the last hidden layer (one grid point) of the
        200-layer CReLU looks-linear net (all exactly 1: the chain is orthogonal) and of a 200-layer He ReLU net
        without batch norm ("fnn-no-bn") for contrast (log y; exact zeros are not drawn)
-    C  df/dx of the CReLU looks-linear net after 0, 3, 10, 30, 100 training steps
-    D  training loss against step, E  ACF at lag 1 of df/dx against step (undefined, so not drawn, while the net
-       is still exactly linear), for the CReLU and PReLU looks-linear nets and a feedforward net with batch norm
+    C  df/dx of the CReLU looks-linear net at the snapshot steps
+    D  training loss against step, with the loss of the best affine fit a x + b of the target on the grid (dotted)
+    E  ACF at lag 1 of df/dx against step, for the CReLU and PReLU looks-linear nets and a feedforward net with
+       batch norm. While a net is still exactly linear df/dx is constant and its ACF undefined: not drawn, marked
+       on the bottom edge, and listed in the JSON (acf_undefined_steps; y is null there)
+    F  notes: what the panels show, in numbers
 
 Training (a project choice; the paper's 1-D experiments stop at initialisation): regress y = sin(pi x) on the 256
 grid points with the mean squared error (nablax.losses.MeanSquaredError), full batch, Adam (lr 1e-4), all
-parameters free (the mirrored halves diverge after the first step). Paper setting: the training nets have depth 50
-and width 100 (the 200-layer net costs seconds per step on 2 CPU cores), 100 steps; --quick: depth 16, width 40,
-20 steps with lr 1e-3, and 50-layer nets of width 100 in panels A-B. df/dx uses batch-norm statistics held constant; the BN
-net trains with batch statistics. Every training run is cached under OUT/.cache.
+parameters free (the mirrored halves diverge after the first step), 100 steps. Paper setting: the training nets
+have depth 50 and width 100 (the 200-layer net costs seconds per step on 2 CPU cores); --quick: the same steps and
+step size on smaller nets (depth 16, width 40; 50-layer nets of width 100 in panels A-B). --steps and --lr change
+the protocol. df/dx uses batch-norm statistics held constant; the BN net trains with batch statistics. Every
+training run is cached under OUT/.cache.
+
+Why --quick keeps the 100 steps: a looks-linear net starts as a linear map, at about the loss of the best affine
+fit (0.21 here), and leaves that plateau only once training has made it nonlinear (mirrored halves apart, biases
+off 0), which takes tens of steps (20 steps at lr 1e-3 end on the plateau, at 0.208). The PReLU net leaves it far
+more slowly: Adam moves each slope by about lr per step from a = 1.
 """
 
 from __future__ import annotations
+
+import argparse
+import textwrap
+from typing import Any
 
 import matplotlib
 
@@ -37,11 +52,13 @@ LL = [("CReLU looks-linear", "crelu-ll", "tab:blue"), ("PReLU looks-linear", "pr
 TRAINED = LL + [("feedforward", "fnn-bn", "tab:red")]
 PAPER = {"init_depth": 200, "width": 200, "train_depth": 50, "train_width": 100, "steps": 100,
          "snapshots": [0, 3, 10, 30, 100], "lr": 1e-4}
-QUICK = {**PAPER, "init_depth": 50, "width": 100, "train_depth": 16, "train_width": 40, "steps": 20,
-         "snapshots": [0, 3, 10, 20], "lr": 1e-3}  # fewer steps: a larger step size
+QUICK = {**PAPER, "init_depth": 50, "width": 100, "train_depth": 16, "train_width": 40}  # the paper's protocol
 FIXED = {"task": "y = sin(pi x) on linspace(-2, 2, 256)", "loss": "mse", "optimizer": "Adam(beta1 0.9, beta2 0.999)",
          "batch": "full grid", "orth.method": "qr", "orth.gain": 1.0, "ll.biases": "0 at init, trained",
-         "bn_mode (df/dx)": "constant_stats", "bn (training)": "batch statistics"}
+         "bn_mode (df/dx)": "constant_stats", "bn (training)": "batch statistics",
+         "acf.undefined": "ACF(1) of a constant df/dx (the net still exactly linear) is undefined (sh.UndefinedACF): "
+                          "y is null at those steps, listed in acf_undefined_steps, not drawn in (e)",
+         "protocol.quick": "--quick keeps the paper setting's steps and step size and shrinks the nets only"}
 
 
 def train(arch: str, s: dict, seed: int) -> dict:
@@ -51,7 +68,10 @@ def train(arch: str, s: dict, seed: int) -> dict:
     y = numpy.sin(numpy.pi * x)
     loss, opt, params = MeanSquaredError(), Adam(s["lr"]), net.named_params()
     out = {"loss": [], "acf1": [], "grad_std": [], "snapshots": {}}
+    slopes = [v for k, v in params.items() if k.endswith(".a")]  # PReLU
     for step in range(s["steps"] + 1):
+        if slopes:
+            out.setdefault("max_abs_a_minus_1", []).append(max(float(numpy.abs(a - 1).max()) for a in slopes))
         g = sh.grid_gradient(net, x)
         try:
             out["acf1"].append(float(sh.acf(g, 1)[1]))
@@ -86,23 +106,64 @@ def init_checks(s: dict, seed: int) -> dict:
     return res
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = figure_args(__doc__.split("\n")[0], argv, default_out="figures/shattered_gradients")
-    s = QUICK if args.quick else PAPER
-    rec = FigureRecord("shattered_gradients/looks_linear", {**s, **FIXED, "seed": args.seed, "quick": args.quick})
+def best_affine_loss(x: numpy.ndarray, y: numpy.ndarray) -> float:
+    """The loss of the least-squares fit a x + b: where a linear net's loss can get to at best."""
+    basis = numpy.concatenate([x, numpy.ones_like(x)], axis=1)
+    coef = numpy.linalg.lstsq(basis, y, rcond=None)[0]
+    return MeanSquaredError().value(basis @ coef, y)
+
+
+def options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, help=f"training steps (default {PAPER['steps']})")
+    p.add_argument("--lr", type=float, help=f"Adam step size (default {PAPER['lr']})")
+
+
+def spans(steps: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5"."""
+    out: list[list[int]] = []
+    for t in steps:
+        if out and t == out[-1][-1] + 1:
+            out[-1].append(t)
+        else:
+            out.append([t])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in out) or "none"
+
+
+def main(argv: list[str] | None = None, overrides: dict[str, Any] | None = None) -> Any:
+    """``overrides`` replaces settings (tests run tiny nets with it). Returns the figure."""
+    args = figure_args(__doc__.split("\n")[0], argv, default_out="figures/shattered_gradients", extra=options)
+    s = {**(QUICK if args.quick else PAPER), **(overrides or {})}
+    s.update({k: v for k, v in [("steps", args.steps), ("lr", args.lr)] if v is not None})
+    s["snapshots"] = sorted({t for t in s["snapshots"] if t <= s["steps"]} | {s["steps"]})
+    grid_x = sh.grid()
+    floor = best_affine_loss(grid_x, numpy.sin(numpy.pi * grid_x))
+    rec = FigureRecord("shattered_gradients/looks_linear", {**s, **FIXED, "seed": args.seed, "quick": args.quick,
+                                                             "best_affine_fit_loss": floor})
     init = cached(args.out, {"fig": "sg-ll-init-v1", "seed": args.seed, **s}, lambda: init_checks(s, args.seed))
-    runs = {name: cached(args.out, {"fig": "sg-ll-train-v1", "arch": arch, "seed": args.seed, **s, **FIXED},
+    runs = {name: cached(args.out, {"fig": "sg-ll-train-v2", "arch": arch, "seed": args.seed, **s, **FIXED},
                          lambda: train(arch, s, args.seed)) for name, arch, _ in TRAINED}
-    fig, ax = plt.subplots(1, 5, figsize=(24, 4.4))
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9.5))
+    ax = axes.flat
     idx = numpy.arange(256)
+    notes = []
 
     rec.panel("A", f"df/dx at initialisation, {s['init_depth']} layers", "grid index", "df/dx")
-    for (name, _, color), style in zip(LL, ["-", "--"]):
+    (c_name, _, c_color), (p_name, _, p_color) = LL
+    for name, _, _ in LL:
         r = init[name]
-        ax[0].plot(idx, r["g"], style, color=color, label=f"{name} (std {r['grad_std']:.1e})")
         rec.add("A", name, idx, r["g"], **{k: v for k, v in r.items() if k != "g"})
         print(f"  {name}: std of df/dx {r['grad_std']:.2e} (mean {r['grad_mean']:.3g}), nonlinearity "
               f"{r['nonlinearity']:.1e}, |J^T J - I| {r['orth_error']:.1e}")
+    # the two nets share their base matrices: draw the CReLU line wide and the PReLU one on top with markers
+    ax[0].plot(idx, init[c_name]["g"], "-", color=c_color, lw=4, alpha=0.5,
+               label=f"{c_name} (std {init[c_name]['grad_std']:.1e})")
+    ax[0].plot(idx, init[p_name]["g"], "--", color=p_color, lw=1.5, marker="o", mfc="white", markevery=16,
+               label=f"{p_name} (std {init[p_name]['grad_std']:.1e})", zorder=3)
+    diff = float(numpy.abs(numpy.subtract(init[c_name]["g"], init[p_name]["g"])).max())
+    rec.panels["A"]["max_abs_difference"] = diff
+    notes.append(f"(a) One seed draws the same base matrices for both looks-linear nets, so at initialisation they "
+                 f"are the same linear map, slope {init[c_name]['grad_mean']:.3g}: the lines coincide (largest "
+                 f"difference {diff:.1e}).")
     level = max(abs(init[name]["grad_mean"]) for name, _, _ in LL)
     ax[0].set(title=f"(a) df/dx at initialisation, {s['init_depth']} layers", xlabel="grid index", ylabel="df/dx",
               ylim=(-2 * level, 2 * level))  # a scale on which a shattered gradient would show; no offset zoom
@@ -126,20 +187,48 @@ def main(argv: list[str] | None = None) -> None:
     steps = numpy.arange(s["steps"] + 1)
     rec.panel("D", "training loss", "step", "mean squared error")
     rec.panel("E", "ACF at lag 1 of df/dx", "step", "ACF(1)")
+    ax[3].axhline(floor, color="k", ls=":", lw=1.2, label="best affine fit a x + b")
+    rec.add("D", "best affine fit", steps[[0, -1]], [floor, floor])
+    undefined_text = []
     for name, _, color in TRAINED:
         r = runs[name]
         acf1 = numpy.array([numpy.nan if v is None else v for v in r["acf1"]])
+        undefined = [int(t) for t in steps[numpy.isnan(acf1)]]
         ax[3].semilogy(steps, r["loss"], color=color, label=name)
         ax[4].plot(steps, acf1, color=color, label=name)
-        rec.add("D", name, steps, r["loss"])
-        rec.add("E", name, steps, r["acf1"], grad_std=r["grad_std"])
-        print(f"  {name}: loss {r['loss'][0]:.3f} -> {r['loss'][-1]:.4f}, ACF(1) at the end {acf1[-1]:+.3f}")
-    ax[3].set(title=f"(d) training loss (depth {s['train_depth']}, width {s['train_width']})", xlabel="step")
-    ax[4].set(title="(e) ACF at lag 1 of df/dx", xlabel="step", ylim=(-0.3, 1.05))
-    for a in ax:
-        a.legend(fontsize=7)
+        if undefined:  # (an empty unclipped line would stretch the layout to the figure's corner)
+            ax[4].plot(undefined, [-0.3] * len(undefined), "x", color=color, ms=9, mew=2, clip_on=False)
+        rec.add("D", name, steps, r["loss"], **{k: v for k, v in r.items() if k == "max_abs_a_minus_1"})
+        rec.add("E", name, steps, r["acf1"], grad_std=r["grad_std"], acf_undefined_steps=undefined)
+        undefined_text.append(f"{name}: {spans(undefined)}")
+        print(f"  {name}: loss {r['loss'][0]:.3f} -> {r['loss'][-1]:.4f}, ACF(1) at the end {acf1[-1]:+.3f}, "
+              f"ACF undefined at steps {spans(undefined)}")
+    ax[4].plot([], [], "kx", label="ACF undefined (df/dx constant)")
+    notes.append(f"(d) Dotted: the loss of the best affine fit of sin(pi x) on the grid, {floor:.4f}. A looks-linear "
+                 "net starts as a linear map, so its loss starts near that line, and gets below it only once "
+                 "training has made the net nonlinear (mirrored halves apart, biases off 0).")
+    a_dev = runs[p_name].get("max_abs_a_minus_1")
+    if a_dev:
+        notes.append(f"PReLU slopes start at a = 1, and Adam moves each by about lr = {s['lr']:g} per step at most: "
+                     f"after {s['steps']} steps max |a - 1| = {a_dev[-1]:.3g}, which bounds how nonlinear that net "
+                     "can have become.")
+    notes.append("(e) While a net is still exactly linear, df/dx is constant and its ACF undefined; those steps are "
+                 "not drawn (x on the bottom edge): " + "; ".join(undefined_text) + ".")
+    notes.append(f"Training: Adam, lr {s['lr']:g}, {s['steps']} steps, full batch, MSE; depth {s['train_depth']}, "
+                 f"width {s['train_width']}; seed {args.seed}.")
+    ax[3].set(title=f"(d) training loss (depth {s['train_depth']}, width {s['train_width']})", xlabel="step",
+              ylabel="mean squared error")
+    ax[4].set(title="(e) ACF at lag 1 of df/dx", xlabel="step", ylabel="ACF(1)", ylim=(-0.3, 1.05))
+    for a in ax[:5]:
+        a.legend(fontsize=9)
+    ax[5].axis("off")
+    ax[5].set_title("(f) notes")
+    ax[5].text(0, 1, "\n\n".join(textwrap.fill(n, 62) for n in notes), va="top", fontsize=9.5,
+               transform=ax[5].transAxes).set_in_layout(False)  # sized to the panel; no squeeze of the rest
+    rec.settings["notes"] = notes
     fig.tight_layout()
     save_figure(fig, rec, args.out, "looks_linear")
+    return fig
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ architecture family, three ways.
 Where real networks drift from the theory (spec §4.9): without BN the co-active proportion exceeds 1/4 and grows
 with depth, so their correlations decay far more slowly than the theorems say; in BN resnets the branch output
 has a nonzero mean, so the stream variance grows by less than beta^2 per block. On log axes, estimates <= 0 are
-not drawn (they are in the JSON). Paper setting (project choice; the paper gives none): depths 1, 2, 4, 10, 24, 50,
+not drawn (they are in the JSON), and the axis runs down to half the smallest estimate drawn. Colour: the family
+(legend in each panel with more than one); style: closed form, path model or network (the legend below). Paper setting (project choice; the paper gives none): depths 1, 2, 4, 10, 24, 50,
 10,000 path-model trials, 10 networks per point with 256 inputs. --quick: depths up to 10, 1,000 trials, 2
 networks with 64 inputs. Every point is cached under OUT/.cache.
 """
@@ -25,6 +26,7 @@ networks with 64 inputs. Every point is cached under OUT/.cache.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import matplotlib
 
@@ -70,22 +72,40 @@ def network_point(kind: str, arch: str, beta: float | None, depth: int, s: dict,
     return {"corr": est.corr, "corr_se": est.corr_se, "var": est.var, "cov": est.cov}
 
 
-def main(argv: list[str] | None = None) -> None:
+STYLES = [("closed form", {"color": "k", "lw": 1.2}),
+          (r"Theorem 3 asymptotic $1/(\beta\sqrt{L})$", {"color": "k", "ls": ":", "lw": 1}),
+          ("path model ± 2 s.e.", {"color": "k", "marker": "o", "ls": "none"}),
+          ("network ± 2 s.e.", {"color": "k", "marker": "s", "mfc": "white", "ls": "none"})]
+LEGEND_SIZE = 10
+LOG_FLOOR = "from 1.5 down to half the smallest positive point estimate drawn in the panel"
+
+
+def log_floor(estimates: list[numpy.ndarray]) -> float:
+    """The lower y limit of a log panel (LOG_FLOOR). The closed form and the error bars that reach further down
+    (estimates consistent with 0) run out through the bottom edge."""
+    positive = numpy.concatenate([r[r > 0] for r in estimates])
+    return 0.5 * float(positive.min())
+
+
+def main(argv: list[str] | None = None, overrides: dict | None = None) -> Any:
+    """``overrides`` replaces settings (tests run tiny nets with it)."""
     args = figure_args(__doc__.split("\n")[0], argv, default_out="figures/shattered_gradients")
-    s = QUICK if args.quick else PAPER
-    rec = FigureRecord("shattered_gradients/theory", {**s, **FIXED, "seed": args.seed, "quick": args.quick})
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.6))
+    s = {**(QUICK if args.quick else PAPER), **(overrides or {})}
+    rec = FigureRecord("shattered_gradients/theory", {**s, **FIXED, "seed": args.seed, "quick": args.quick,
+                                                      "ylim (log panels)": LOG_FLOOR})
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
     depths = numpy.array(s["depths"])
     dense_l = numpy.arange(1, depths.max() + 1)
-    for ax, (key, title, kind, arch, series, logy) in zip(axes, PANELS):
+    for ax, (key, title, kind, arch, series, logy) in zip(axes.flat, PANELS):
         rec.panel(key, title, "depth L", "gradient correlation R")
+        estimates = []
         for legend, beta, color in series:
             closed = [th.closed_form(kind, int(L), beta or 1.0).corr for L in dense_l]
-            ax.plot(dense_l, closed, "-", color=color, lw=1.2, label=f"{legend}: closed form")
+            ax.plot(dense_l, closed, "-", color=color, lw=1.2, label=legend)
             rec.add(key, f"{legend}: closed form", dense_l, closed)
             if kind == "res_bn":
                 asym = [th.theorem3_asymptotic(int(L), beta).corr for L in dense_l]
-                ax.plot(dense_l, asym, ":", color=color, lw=1, label=f"{legend}: 1/(beta sqrt L)")
+                ax.plot(dense_l, asym, ":", color=color, lw=1)
                 rec.add(key, f"{legend}: asymptotic 1/(beta sqrt L)", dense_l, asym)
             for what, marker, shift, fn in [
                     ("path model", "o", 0.97, lambda L: path_point(kind, beta, L, s, args.seed)),
@@ -98,22 +118,31 @@ def main(argv: list[str] | None = None) -> None:
                 extra = {"z_vs_closed_form": [p["z"]["corr"] for p in pts]} if what == "path model" else {}
                 rec.add(key, f"{legend}: {what}", depths, r, lo=r - 2 * se, hi=r + 2 * se, stderr=se, **extra)
                 show = r > 0 if logy else numpy.ones_like(r, bool)
+                estimates.append(r[show])
                 lo = numpy.minimum(2 * se, r * 0.999) if logy else 2 * se
                 ax.errorbar(depths[show] * shift, r[show], yerr=[lo[show], 2 * se[show]], fmt=marker,
-                            mfc="white" if what == "network" else color, color=color, ms=5, capsize=2,
-                            label=f"{legend}: {what}")
+                            mfc="white" if what == "network" else color, color=color, ms=5, capsize=2)
                 print(f"  {title[:28]:28s} {legend:20s} {what:10s} " +
                       " ".join(f"L={L}:{v:.3g}" for L, v in zip(depths, r)))
         ax.set(title=f"({key.lower()}) {title}", xlabel="depth L", xscale="log")
+        ax.set_xticks(depths, [str(L) for L in depths], minor=False)
+        ax.minorticks_off()
         if logy:
             ax.set_yscale("log")
-            ax.set_ylim(1e-8, 2)  # the closed form goes on below (2^-50 ~ 1e-15); Monte Carlo resolves ~1e-3
+            ax.set_ylim(log_floor(estimates), 1.5)
         else:
             ax.set_ylim(0, 1.05)
-        ax.legend(fontsize=6.5, loc="lower left")
-    axes[0].set_ylabel("gradient correlation R(i, j)")
-    fig.tight_layout()
+        if len(series) > 1:
+            ax.legend(fontsize=LEGEND_SIZE, loc="best")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("gradient correlation R(i, j)")
+    from matplotlib.lines import Line2D
+
+    fig.legend(handles=[Line2D([], [], label=label, **kw) for label, kw in STYLES], loc="lower center", ncol=4,
+               fontsize=LEGEND_SIZE, frameon=False)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     save_figure(fig, rec, args.out, "theory")
+    return fig
 
 
 if __name__ == "__main__":
