@@ -55,7 +55,8 @@ def test_fig4_digits_scale(tmp_path):
 
 
 @pytest.mark.parametrize("module, args", [("fig4", ["--depths", "2", "--width", "2", "--batch", "8"]),
-                                          ("fig6", ["--depths", "6"]), ("fig1", [])])
+                                          ("fig6", ["--depths", "6"]), ("fig1", []), ("fig2", []), ("fig3", []),
+                                          ("theory", []), ("looks_linear", [])])
 def test_backend_flag_reaches_the_networks(module, args, tmp_path, monkeypatch):
     backend._cupy_backend.cache_clear()
     monkeypatch.setitem(sys.modules, "cupy", None)

@@ -34,11 +34,13 @@ FIXED = {"grid": "linspace(-2, 2, 256)", "width": 200, "bn_mode": "constant_stat
          "band": "mean +- 1 std over seeds", "curve": "mean ACF over seeds"}
 
 
-def acf_curves(arch: str, depth: int, beta: float, seeds: list[int], max_lag: int) -> list[list[float]] | None:
-    """ACF (lags 0..max_lag) of df/dx for one network per seed; None where df/dx is constant (a 1-layer resnet
-    has no block: it is linear, and its ACF is undefined)."""
+def acf_curves(arch: str, depth: int, beta: float, seeds: list[int], max_lag: int,
+               backend: str = "numpy") -> list[list[float]] | None:
+    """ACF (lags 0..max_lag) of df/dx for one network per seed, on the host; None where df/dx is constant (a
+    1-layer resnet has no block: it is linear, and its ACF is undefined)."""
+    nets = (nablax.build(arch, depth=depth, beta=beta, seed=s, backend=backend) for s in seeds)
     try:
-        return [sh.acf(sh.grid_gradient(nablax.build(arch, depth=depth, beta=beta, seed=s)), max_lag) for s in seeds]
+        return [net.backend.asnumpy(sh.acf(sh.grid_gradient(net), max_lag)) for net in nets]
     except sh.UndefinedACF:
         return None
 
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     args = figure_args(__doc__.split("\n")[0], argv, default_out="figures/shattered_gradients")
     s = QUICK if args.quick else PAPER
     seeds = [args.seed * 1000 + i for i in range(s["n_seeds"])]
-    rec = FigureRecord("shattered_gradients/fig2", {**s, **FIXED, "seeds": seeds, "quick": args.quick})
+    rec = FigureRecord("shattered_gradients/fig2", {**s, **FIXED, "seeds": seeds, "quick": args.quick,
+                                                    "backend": args.backend})
     noise = noise_curves(args.seed, s["n_seeds"], s["max_lag"])
     k = numpy.arange(s["max_lag"] + 1)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), sharey=True)
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         rec.panel(key, title, "lag", "autocorrelation")
         for depth, color in zip(s["depths"], colors):
             config = {"fig": "sg-fig2-v1", "arch": arch, "depth": depth, "beta": beta, "seeds": seeds, **s, **FIXED}
-            r = cached(args.out, config, lambda: acf_curves(arch, depth, beta, seeds, s["max_lag"]))
+            r = cached(args.out, config, lambda: acf_curves(arch, depth, beta, seeds, s["max_lag"], args.backend))
             name = f"{depth}-layer {title}"
             if r is None:
                 rec.settings.setdefault("undefined_acf", []).append(f"{name} (linear: df/dx constant)")

@@ -31,10 +31,10 @@ FIXED = {"activity.inputs": "Gaussian N(0, I) in R^200", "init": "He N(0, 2/fan_
          "bn": "batch statistics of the input batch", "biases": "none", "band": "mean +- 1 std over seeds"}
 
 
-def measure(arch: str, seed: int, s: dict) -> dict[str, list[float]]:
-    net = nablax.build(arch, depth=s["depth"], width=s["width"], in_dim=s["in_dim"], seed=seed)
+def measure(arch: str, seed: int, s: dict, backend: str = "numpy") -> dict[str, list[float]]:
+    net = nablax.build(arch, depth=s["depth"], width=s["width"], in_dim=s["in_dim"], seed=seed, backend=backend)
     x = numpy.random.default_rng([seed, 3]).standard_normal((s["n_inputs"], s["in_dim"]))
-    act = sh.activity(net.forward(x))
+    act = sh.activity(net.forward(net.backend.xp.asarray(x)))
     return {"active": act.active, "coactive": act.coactive}
 
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     layers = numpy.arange(1, s["depth"] + 1)
     runs = {name: [cached(args.out, {"fig": "sg-fig3-v1", "arch": arch, "seed": seed, **s, **FIXED},
-                          lambda: measure(arch, seed, s)) for seed in seeds] for name, arch, _ in SERIES}
+                          lambda: measure(arch, seed, s, args.backend)) for seed in seeds] for name, arch, _ in SERIES}
     for ax, (key, title, field, ref) in zip(axes, panels):
         rec.panel(key, title, "layer", title)
         for name, _, color in SERIES:

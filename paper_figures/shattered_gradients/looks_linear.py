@@ -61,18 +61,20 @@ FIXED = {"task": "y = sin(pi x) on linspace(-2, 2, 256)", "loss": "mse", "optimi
          "protocol.quick": "--quick keeps the paper setting's steps and step size and shrinks the nets only"}
 
 
-def train(arch: str, s: dict, seed: int) -> dict:
-    """Adam on the regression task; loss and lag-1 ACF of df/dx at every step, df/dx at the snapshot steps."""
-    net = nablax.build(arch, depth=s["train_depth"], width=s["train_width"], seed=seed)
+def train(arch: str, s: dict, seed: int, backend: str = "numpy") -> dict:
+    """Adam on the regression task; loss and lag-1 ACF of df/dx at every step, df/dx at the snapshot steps (all
+    on the host)."""
+    net = nablax.build(arch, depth=s["train_depth"], width=s["train_width"], seed=seed, backend=backend)
+    host, xp = net.backend.asnumpy, net.backend.xp
     x = sh.grid(net=net)
-    y = numpy.sin(numpy.pi * x)
+    y = xp.sin(numpy.pi * x)
     loss, opt, params = MeanSquaredError(), Adam(s["lr"]), net.named_params()
     out = {"loss": [], "acf1": [], "grad_std": [], "snapshots": {}}
     slopes = [v for k, v in params.items() if k.endswith(".a")]  # PReLU
     for step in range(s["steps"] + 1):
         if slopes:
-            out.setdefault("max_abs_a_minus_1", []).append(max(float(numpy.abs(a - 1).max()) for a in slopes))
-        g = sh.grid_gradient(net, x)
+            out.setdefault("max_abs_a_minus_1", []).append(max(float(xp.abs(a - 1).max()) for a in slopes))
+        g = host(sh.grid_gradient(net, x))
         try:
             out["acf1"].append(float(sh.acf(g, 1)[1]))
         except sh.UndefinedACF:
@@ -88,21 +90,24 @@ def train(arch: str, s: dict, seed: int) -> dict:
     return out
 
 
-def init_checks(s: dict, seed: int) -> dict:
-    """Panels A and B: df/dx of the deep LL nets, their linearity and orthogonality, and Jacobian spectra."""
+def init_checks(s: dict, seed: int, backend: str = "numpy") -> dict:
+    """Panels A and B: df/dx of the deep LL nets, their linearity and orthogonality, and Jacobian spectra (all
+    on the host)."""
     res, nets = {}, {}
     for name, arch, _ in LL:
-        net = nets[name] = nablax.build(arch, depth=s["init_depth"], width=s["width"], seed=seed)
+        net = nets[name] = nablax.build(arch, depth=s["init_depth"], width=s["width"], seed=seed, backend=backend)
         chk = sh.looks_linear_check(net)
-        res[name] = {"g": sh.grid_gradient(net), "grad_std": chk.grad_std, "grad_mean": chk.grad_mean,
+        res[name] = {"g": net.backend.asnumpy(sh.grid_gradient(net)), "grad_std": chk.grad_std, "grad_mean": chk.grad_mean,
                      "nonlinearity": chk.nonlinearity, "orth_error": chk.orth_error,
                      "norm_ratio_max_dev": float(numpy.abs(chk.norm_ratio - 1).max())}
-    nets["ReLU, He init"] = nablax.build("fnn-no-bn", depth=s["init_depth"], width=s["width"], seed=seed)
+    nets["ReLU, He init"] = nablax.build("fnn-no-bn", depth=s["init_depth"], width=s["width"], seed=seed,
+                                         backend=backend)
     for name in ["CReLU looks-linear", "ReLU, He init"]:
         net = nets[name]
         tr = net.forward(sh.grid(net=net)[100:101], hold_stats=True)
         hidden = [p for p, shape in enumerate(net.shapes) if 0 < p < len(net.shapes) - 1 and shape == net.shapes[1]]
-        res.setdefault("spectra", {})[name] = numpy.linalg.svd(tr.jacobian(hidden[0], hidden[-1])[0], compute_uv=False)
+        jac = net.backend.asnumpy(tr.jacobian(hidden[0], hidden[-1])[0])
+        res.setdefault("spectra", {})[name] = numpy.linalg.svd(jac, compute_uv=False)
     return res
 
 
@@ -139,9 +144,10 @@ def main(argv: list[str] | None = None, overrides: dict[str, Any] | None = None)
     floor = best_affine_loss(grid_x, numpy.sin(numpy.pi * grid_x))
     rec = FigureRecord("shattered_gradients/looks_linear", {**s, **FIXED, "seed": args.seed, "quick": args.quick,
                                                              "best_affine_fit_loss": floor})
-    init = cached(args.out, {"fig": "sg-ll-init-v1", "seed": args.seed, **s}, lambda: init_checks(s, args.seed))
+    init = cached(args.out, {"fig": "sg-ll-init-v1", "seed": args.seed, **s},
+                  lambda: init_checks(s, args.seed, args.backend))
     runs = {name: cached(args.out, {"fig": "sg-ll-train-v2", "arch": arch, "seed": args.seed, **s, **FIXED},
-                         lambda: train(arch, s, args.seed)) for name, arch, _ in TRAINED}
+                         lambda: train(arch, s, args.seed, args.backend)) for name, arch, _ in TRAINED}
     fig, axes = plt.subplots(2, 3, figsize=(16, 9.5))
     ax = axes.flat
     idx = numpy.arange(256)

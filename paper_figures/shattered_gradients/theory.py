@@ -63,12 +63,13 @@ def path_point(kind: str, beta: float | None, depth: int, s: dict, seed: int) ->
     return {"corr": est.corr, "corr_se": est.corr_se, "z": est.z_scores(th.closed_form(kind, depth, beta or 1.0))}
 
 
-def network_point(kind: str, arch: str, beta: float | None, depth: int, s: dict, seed: int) -> dict:
+def network_point(kind: str, arch: str, beta: float | None, depth: int, s: dict, seed: int,
+                  backend: str = "numpy") -> dict:
     b = gate(kind, beta, depth)
-    nets = (nablax.build(arch, depth=depth, width=s["width"], in_dim=s["width"], beta=b, seed=seed * 1000 + i)
-            for i in range(s["n_nets"]))
+    nets = (nablax.build(arch, depth=depth, width=s["width"], in_dim=s["width"], beta=b, seed=seed * 1000 + i,
+                         backend=backend) for i in range(s["n_nets"]))
     x = numpy.random.default_rng([seed, depth, 5]).standard_normal((s["n_inputs"], s["width"]))
-    est = sh.gradient_correlation(nets, x)
+    est = sh.gradient_correlation(nets, nablax.get_backend(backend).xp.asarray(x))
     return {"corr": est.corr, "corr_se": est.corr_se, "var": est.var, "cov": est.cov}
 
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None, overrides: dict | None = None) -> Any:
                 rec.add(key, f"{legend}: asymptotic 1/(beta sqrt L)", dense_l, asym)
             for what, marker, shift, fn in [
                     ("path model", "o", 0.97, lambda L: path_point(kind, beta, L, s, args.seed)),
-                    ("network", "s", 1.03, lambda L: network_point(kind, arch, beta, L, s, args.seed))]:
+                    ("network", "s", 1.03, lambda L: network_point(kind, arch, beta, L, s, args.seed, args.backend))]:
                 pts = [cached(args.out, {"fig": "sg-theory-v1", "what": what, "kind": kind, "arch": arch, "beta": beta,
                                          "depth": int(L), "seed": args.seed, **s, **FIXED}, lambda: fn(int(L)))
                        for L in depths]
