@@ -36,7 +36,7 @@ def figure_args(description: str, argv: list[str] | None = None, default_out: st
 
         --quick --out --seed --backend            every script
         --cifar PATH                              scripts that train or read images (``data=True``)
-        --executor --scheduler --workers          scripts whose runs go through the sweep runner (``sweep=True``)
+        --executor --scheduler --workers --seeds  scripts whose runs go through the sweep runner (``sweep=True``)
 
     ``extra(parser)`` adds a script's own options. The result has ``scale``: "quick" (``--quick``), "cifar"
     (``--cifar PATH``) or "digits" (the papers' architectures on the embedded digits: the default).
@@ -56,6 +56,8 @@ def figure_args(description: str, argv: list[str] | None = None, default_out: st
                        help="where the runs go: in this process (default) or a Dask cluster")
         p.add_argument("--scheduler", default=None, help="a running Dask scheduler's address (default: a LocalCluster)")
         p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
+        p.add_argument("--seeds", type=int, default=None,
+                       help="seeds per configuration (default: the protocol's); finished seeds are reused")
     if extra is not None:
         extra(p)
     args = p.parse_args(argv)

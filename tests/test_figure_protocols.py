@@ -150,3 +150,15 @@ def test_figures_command_checks_cifar_once(tmp_path, capsys):
     assert cli.main(["figures", "--cifar", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("CIFAR-10 is not usable") == 1 and "Traceback" not in err
+
+
+def test_seeds_option_adds_seeds_and_reuses_finished_ones(tmp_path):
+    fig2, tiny = ge("fig2"), {k: v for k, v in TINY.items() if k != "seeds"}
+    assert fig2.main(["--out", str(tmp_path), "--seeds", "1"], overrides=tiny) == 0
+    first = json.loads((tmp_path / "fig2.json").read_text())
+    assert first["settings"]["seeds"] == [0]
+    index = tmp_path / "fig2_runs" / "runs" / "index.json"
+    keys = set(json.loads(index.read_text()))
+    assert fig2.main(["--out", str(tmp_path), "--seeds", "2"], overrides=tiny) == 0
+    assert json.loads((tmp_path / "fig2.json").read_text())["settings"]["seeds"] == [0, 1]
+    assert keys < set(json.loads(index.read_text()))  # seed 0's runs were kept, seed 1's added

@@ -60,16 +60,16 @@ def protocol(scale: str, overrides: dict[str, Any] | None = None) -> dict[str, A
 
 
 def figure_runs(variants: dict[str, dict[str, Any]], out: str | Path, scale: str, *, seed: int = 0,
-                cifar: str | None = None, backend: str = "numpy", executor: Any = "local",
+                seeds: int | None = None, cifar: str | None = None, backend: str = "numpy", executor: Any = "local",
                 overrides: dict[str, Any] | None = None, progress: bool = True
                 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     """Train every variant (legend -> TrainConfig fields, at least ``arch``) with the protocol of ``scale``, for
-    every seed, and return ``({legend: [nablax.train.load_run(...) per seed]}, protocol settings)``.
+    ``seeds`` seeds from ``seed`` (default: the protocol's number), and return ``({legend: [nablax.train.load_run(...) per seed]}, protocol settings)``.
 
     The step size of each variant is searched once, on the first seed (``out/lr_search``), then every seed
     trains with it (``out/runs``). ``executor``: "local", "dask" or an executor object (see nablax.sweep)."""
     out = Path(out)
-    proto = protocol(scale, overrides)
+    proto = protocol(scale, {**({"seeds": seeds} if seeds else {}), **(overrides or {})})
     grid, search_epochs = proto["lr_grid"], int(proto["search_epochs"])
     seeds = [seed + i for i in range(int(proto["seeds"]))]
     base = {k: v for k, v in proto.items() if k not in NOT_CONFIG}
@@ -126,8 +126,9 @@ def eps_sweep(runs: list[dict[str, Any]]) -> dict[str, list[list[int]]]:
 
 
 def resnet_training_panel(record: Any, scale: str, panel: str = "D", ax: Any = None, *, out: str | Path = "figures",
-                          seed: int = 0, cifar: str | None = None, backend: str = "numpy", archs: list[str] | None = None,
-                          executor: Any = "local", overrides: dict[str, Any] | None = None, colors: dict[str, str] | None = None,
+                          seed: int = 0, seeds: int | None = None, cifar: str | None = None, backend: str = "numpy",
+                          archs: list[str] | None = None, executor: Any = "local",
+                          overrides: dict[str, Any] | None = None, colors: dict[str, str] | None = None,
                           progress: bool = True) -> dict[str, Any]:
     """Fig. 3's training panel: effective depth against epoch for the ResNets trained with this protocol.
 
@@ -136,7 +137,7 @@ def resnet_training_panel(record: Any, scale: str, panel: str = "D", ax: Any = N
     ``ax`` if given. Runs go to ``out/fig3_runs`` (resumable). Returns the protocol settings."""
     archs = FIG3_RESNETS if archs is None else archs
     runs, settings = figure_runs({a: {"arch": a} for a in archs}, Path(out) / "fig3_runs", scale, seed=seed,
-                                 cifar=cifar, backend=backend, executor=executor, overrides=overrides,
+                                 seeds=seeds, cifar=cifar, backend=backend, executor=executor, overrides=overrides,
                                  progress=progress)
     record.panel(panel, "effective depth during training", "epoch", "effective depth")
     for arch, rs in runs.items():

@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None, overrides: dict[str, Any] | None = None)
     try:
         with blas_threads(args.quick):
             runs, proto = figure_runs({a: {"arch": a} for a in NAMES}, f"{args.out}/fig2_runs", args.scale,
-                                      seed=args.seed, cifar=args.cifar, backend=args.backend, executor=ex,
-                                      overrides=overrides)
+                                      seed=args.seed, seeds=args.seeds, cifar=args.cifar, backend=args.backend,
+                                      executor=ex, overrides=overrides)
     finally:
         if ex != "local":
             ex.close()

@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None, overrides: dict | None = None) -> None:
             return
         ex = sweep_executor(args)
         try:
-            rec.settings["panel_D"] = resnet_training_panel(rec, args.scale, "D", out=args.out, seed=args.seed,
-                                                            cifar=args.cifar, backend=args.backend, executor=ex,
-                                                            overrides=training_overrides)
+            rec.settings["panel_D"] = resnet_training_panel(
+                rec, args.scale, "D", out=args.out, seed=args.seed, seeds=args.seeds, cifar=args.cifar,
+                backend=args.backend, executor=ex, overrides=training_overrides)
         finally:
             if ex != "local":
                 ex.close()

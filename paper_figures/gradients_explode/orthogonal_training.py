@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None, overrides: dict[str, Any] | None = None)
     try:
         with blas_threads(args.quick):
             runs, proto = figure_runs(VARIANTS, f"{args.out}/orthogonal_training_runs", args.scale, seed=args.seed,
-                                      cifar=args.cifar, backend=args.backend, executor=ex, overrides=overrides)
+                                      seeds=args.seeds, cifar=args.cifar, backend=args.backend, executor=ex,
+                                      overrides=overrides)
     finally:
         if ex != "local":
             ex.close()

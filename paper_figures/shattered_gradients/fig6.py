@@ -49,8 +49,7 @@ COMMON = {"optimizer": "sgd", "norm_affine": True, "measure_effective_depth": Fa
 
 
 def options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--depths", type=int, nargs="*", help=f"depths (default: {DEPTHS})")
-    p.add_argument("--seeds", type=int, default=None, help=f"seeds per point (default: {SEEDS})")
+    p.add_argument("--depths", type=int, nargs="*", help=f"depths (default: {DEPTHS}); seeds per point: {SEEDS}")
 
 
 def test_accuracy(run_dir: str, x: numpy.ndarray, y: numpy.ndarray, batch: int = 500, backend: str = "numpy") -> float:
