@@ -1,0 +1,46 @@
+"""Copy the paper-scale figures' PNGs next to paper_figures/RESULTS.md, small enough to commit.
+
+    python scripts/results_pictures.py FIGURES_DIR [--out paper_figures/results] [--width 1100] [--colors 48]
+
+FIGURES_DIR holds the scripts' output folders (``gradients_explode/``, ``shattered_gradients/`` or the PNGs
+themselves). Each PNG is scaled down to at most ``--width`` pixels and stored with an adaptive palette (Pillow,
+which matplotlib already needs); the JSON records stay where they are (they can be large).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from PIL import Image
+
+
+def shrink(src: Path, dst: Path, width: int, colors: int) -> int:
+    img = Image.open(src).convert("RGB")
+    if img.width > width:
+        img = img.resize((width, round(img.height * width / img.width)), Image.LANCZOS)
+    img.quantize(colors=colors, method=Image.Quantize.MEDIANCUT).save(dst, optimize=True)
+    return dst.stat().st_size
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("figures", type=Path)
+    p.add_argument("--out", type=Path, default=Path("paper_figures/results"))
+    p.add_argument("--width", type=int, default=1100)
+    p.add_argument("--colors", type=int, default=48)
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    total = 0
+    for src in sorted(args.figures.rglob("*.png")):
+        prefix = {"gradients_explode": "ge", "shattered_gradients": "sg"}.get(src.parent.name, src.parent.name)
+        if src.parent.name.startswith("."):  # caches
+            continue
+        dst = args.out / f"{prefix}_{src.name}"
+        total += shrink(src, dst, args.width, args.colors)
+        print(f"{dst}: {dst.stat().st_size / 1024:.0f} KiB")
+    print(f"{total / 1024 / 1024:.2f} MiB in all")
+
+
+if __name__ == "__main__":
+    main()
