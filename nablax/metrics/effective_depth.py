@@ -114,9 +114,7 @@ class _Splitter:
         for i in reversed(range(len(layers))):
             layer, cache, pre = layers[i], caches[i], f"{prefix}{i}."
             if isinstance(layer, Residual):
-                branch = self.back(layer.branch, cache.values, cache.caches, pre + "branch.", layer.beta * G)
-                skip = G if layer.skip is None else self.dense(layer.skip, cache.skip, pre + "skip.", G)
-                G = _pad_add(skip, branch)
+                G = self.residual(layer, cache, pre, G)
             elif isinstance(layer, Dense):
                 G = self.dense(layer, cache, pre, G)
             elif layer.params:
@@ -124,6 +122,11 @@ class _Splitter:
             else:
                 G = layer.vjp(cache, G)
         return G
+
+    def residual(self, layer: Residual, cache: Cache, pre: str, G: Array) -> Array:
+        branch = self.back(layer.branch, cache.values, cache.caches, pre + "branch.", layer.beta * G)
+        skip = G if layer.skip is None else self.dense(layer.skip, cache.skip, pre + "skip.", G)
+        return _pad_add(skip, branch)
 
     def dense(self, layer: Dense, cache: Cache, pre: str, G: Array) -> Array:
         self.parts[pre + "W"] = cache.x.T @ G  # (d_in, B) @ (n, B, d_out) -> (n, d_in, d_out)
@@ -156,11 +159,24 @@ class _FastSplitter(_Splitter):
     - a Dense layer's pullbacks G W(0)^T and G R^T are each ONE matrix product over all (λ, batch) rows, the first
       written straight into the (n + 1, B, d_in) result (rows λ = 0..n-1), the second added to its rows 1..n; the
       plain ``_shifted`` also zero-fills and copies
+    - a residual block adds the skip's parts into the branch's (the longer one, a fresh array) in place, and does
+      not scale by beta = 1
     """
 
     def __init__(self, params0: dict[str, Array], mode: Mode, keys: set[str] | None, bottom: Layer | None) -> None:
         super().__init__(params0, mode)
         self.keys, self.bottom = keys, bottom
+
+    def residual(self, layer: Residual, cache: Cache, pre: str, G: Array) -> Array:
+        branch = self.back(layer.branch, cache.values, cache.caches, pre + "branch.",
+                           G if layer.beta == 1.0 else layer.beta * G)
+        skip = G if layer.skip is None else self.dense(layer.skip, cache.skip, pre + "skip.", G)
+        longer, shorter = (branch, skip) if branch.shape[0] >= skip.shape[0] else (skip, branch)
+        xp = array_module(G)
+        if xp.may_share_memory(longer, G) or xp.may_share_memory(longer, shorter):  # not ours to add into
+            return _pad_add(skip, branch)
+        longer[: shorter.shape[0]] += shorter
+        return longer
 
     def dense(self, layer: Dense, cache: Cache, pre: str, G: Array) -> Array | None:
         if self.keys is None or pre + "W" in self.keys:
@@ -214,10 +230,17 @@ def effective_depth(C: Any, eps: float) -> int:
 def _norms(parts: Array) -> numpy.ndarray:
     """Frobenius norm of each λ-component of a (n, *shape) array."""
     xp = array_module(parts)
-    flat = parts.reshape(parts.shape[0], -1)
-    vecdot = getattr(xp, "vecdot", None)  # NumPy >= 2: one pass, no (n, *shape) temporary
-    sq = vecdot(flat, flat) if vecdot is not None else (flat * flat).sum(axis=1)
+    sq = (parts * parts).reshape(parts.shape[0], -1).sum(axis=1)
     return numpy.asarray(xp.sqrt(sq).tolist(), dtype=float)
+
+
+def _norms_fast(parts: Array) -> numpy.ndarray:
+    """``_norms`` in one pass, without the (n, *shape) temporary, where the array module has ``vecdot``."""
+    xp = array_module(parts)
+    if not hasattr(xp, "vecdot"):
+        return _norms(parts)
+    flat = parts.reshape(parts.shape[0], -1)
+    return numpy.asarray(xp.sqrt(xp.vecdot(flat, flat)).tolist(), dtype=float)
 
 
 def linearised_update(opt: Any, key: str, parts: Array, buffers: dict[str, Array]) -> Array:
@@ -247,15 +270,12 @@ def linearised_update(opt: Any, key: str, parts: Array, buffers: dict[str, Array
     raise ValueError(f"effective depth knows the updates of sgd, rmsprop and adam, not {name!r}")
 
 
-def _plain_update_norms(opt: Any, key: str, parts: Array, buffers: dict[str, Array]) -> numpy.ndarray:
-    return _norms(linearised_update(opt, key, parts, buffers))
-
-
 def update_norms(opt: Any, key: str, parts: Array, buffers: dict[str, Array]) -> numpy.ndarray:
-    """||U[λ]||_F of ``linearised_update``'s parts; for plain SGD as α ||Γ[λ]||_F, without the temporary α Γ."""
+    """``_norms(linearised_update(...))`` with less work (the fast path; the same to rounding): for plain SGD as
+    α ||Γ[λ]||_F, without the temporary α Γ."""
     if getattr(opt, "name", "") == "sgd" and opt.momentum == 0.0:
-        return opt.lr * _norms(parts)
-    return _plain_update_norms(opt, key, parts, buffers)
+        return opt.lr * _norms_fast(parts)
+    return _norms_fast(linearised_update(opt, key, parts, buffers))
 
 
 class EffectiveDepth(TrainingCallback):
@@ -317,7 +337,10 @@ class EffectiveDepth(TrainingCallback):
         opt = trainer.opt
         for k, parts in self._pending.items():
             if self.accumulate == "sum_of_norms":
-                norms = (update_norms if self.fast else _plain_update_norms)(opt, k, parts, self.buffers)
+                if self.fast:
+                    norms = update_norms(opt, k, parts, self.buffers)
+                else:
+                    norms = _norms(linearised_update(opt, k, parts, self.buffers))
                 self.C[: parts.shape[0]] += self.every * self.weights[k] * norms
             else:
                 U = linearised_update(opt, k, parts, self.buffers)
