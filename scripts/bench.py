@@ -21,7 +21,7 @@ Jobs (issue 7), each for float64 and float32:
               a 50x100 batch-tanh MLP and a 25-block width-100 batch-ReLU ResNet. nablax only: no peer has the
               λ-split. Its yardstick is ``matmul-floor``, the step's matrix products alone with the same shapes in
               plain NumPy (``EDSTEP_TARGET``: within 1.3x of it); ``--baseline`` adds the plain λ-split
-              (``EffectiveDepth(fast=False)``) as nablax-before
+              (``EffectiveDepth(fast=False)``, Numba kernels) as nablax-before
 
 Every engine's float64 answer is compared with nablax-numpy's ("agree" = relative error); float32 answers are
 compared with the float64 ones. Timings: one warm-up call (compilation), then ``repeats`` rounds in which the
@@ -990,7 +990,7 @@ def markdown(data: dict) -> str:
     if before:
         lines += ["", "nablax before and after (medians, ms): `nablax-before` is, in jobs 1-2, the sweep as it was (one chunk "
                   "of all seeds through the public pullbacks, norms by `(v * v).sum`), in job 6 the plain λ-split "
-                  "(`EffectiveDepth(fast=False)`, NumPy reference kernels); `numpy` and `numba` are the current code with "
+                  "(`EffectiveDepth(fast=False)`, Numba kernels); `numpy` and `numba` are the current code with "
                   "the NumPy reference kernels or the Numba kernels.", "",
                   "| job | case | dtype | before | numpy | numba | before / numba |", "|---|---|---|---|---|---|---|"]
         for c in before:
@@ -1149,7 +1149,8 @@ def _time_with_kernels(case: dict, engines: list[str], repeats: int, log: Callab
 
     def wrapped(engine: str):
         run, conv = prepare(engine)
-        mode = {"nablax-numpy": "numpy", "nablax-numba": "numba", "nablax-aocl": "numba", "nablax-before": "numpy"}.get(engine)
+        before = "numba" if case["job"] == 6 else "numpy"  # job 6's before differs in the λ-split only
+        mode = {"nablax-numpy": "numpy", "nablax-numba": "numba", "nablax-aocl": "numba", "nablax-before": before}.get(engine)
         if mode is None:
             return run, conv
         library = "aocl" if engine == "nablax-aocl" else "numpy"

@@ -105,3 +105,13 @@ def test_bench_train_step_blas_needs_the_other_module():
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_train_step.py"), "blas"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "--old-blas" in res.stderr
+
+
+def test_bench_epoch_runs_small():
+    """scripts/bench_epoch.py at a tiny size: one table row for the run with effective depth and one without."""
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_epoch.py"), "--depth", "2", "--width", "4",
+                          "--rounds", "1"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split(" | ")[0][2:] for r in rows] == ["with effective depth", "without"]
+    assert all(0 < float(r.rstrip(" |").split(" | ")[-1]) < 1 for r in rows)
