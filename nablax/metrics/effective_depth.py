@@ -153,9 +153,9 @@ class _Splitter:
 class _FastSplitter(_Splitter):
     """The same λ-split with less work; it agrees with ``_Splitter`` to rounding (tested):
 
-    - λ-parts only for the parameters in ``keys`` (the default of ``EffectiveDepth``: no bias parts), and no input
-      cotangent when ``bottom`` is the first layer, a Dense one: its two pullbacks, which carry the most λ of
-      all (D of them), are skipped
+    - a Dense layer's λ-parts only for the parameters in ``keys`` (``EffectiveDepth``'s: no bias parts), and no
+      input cotangent when ``bottom`` is the first layer, a Dense one: its two pullbacks, which carry the most λ
+      of all (D of them), are skipped
     - a Dense layer's pullbacks G W(0)^T and G R^T are each ONE matrix product over all (λ, batch) rows, the first
       written straight into the (n + 1, B, d_in) result (rows λ = 0..n-1), the second added to its rows 1..n; the
       plain ``_shifted`` also zero-fills and copies
@@ -200,8 +200,9 @@ def lambda_split(trace: Trace, dE_dout: Array, params0: dict[str, Array], *, key
     """The exact λ-split of dE/dθ for the forward pass ``trace`` at θ(t), around the initial parameters
     ``params0`` (``Network.copy_params()`` names). ``dE_dout`` (B, d_out) is the error's output cotangent.
 
-    ``keys`` (parameter names; default all) limits ``parts`` to those parameters, and ``input_grad=False`` leaves
-    ``dx`` None where the first layer is a Dense one; both only with ``fast`` (``_FastSplitter``, the default).
+    ``keys`` (parameter names; default all): the Dense layers' parts of other parameters are not computed;
+    ``input_grad=False`` leaves ``dx`` None where the first layer is a Dense one. Both only with ``fast``
+    (``_FastSplitter``, the default; the same numbers to rounding).
     ``fast=False`` runs the plain ``_Splitter``, which always gives everything."""
     net = trace.network
     if fast:
