@@ -16,6 +16,12 @@ Jobs (issue 7), each for float64 and float32:
               batch-ReLU MLPs with a 10-way softmax cross-entropy (running statistics are not updated)
   5 dfdx      df/dx on the 256-point grid of [-2, 2] for the 50-layer width-200 "resnet-bn" (batch statistics
               held constant, Mode(hold_stats=True)); peers: statistics from a no-grad forward, then vmap(jacrev)
+  6 edstep    the paper-scale training step of issue 15: ``Trainer.train_step`` with the default callbacks (update
+              sizes and the exact λ-split of effective depth, ``metrics.effective_depth``) on digits at batch 128,
+              a 50x100 batch-tanh MLP and a 25-block width-100 batch-ReLU ResNet. nablax only: no peer has the
+              λ-split. Its yardstick is ``matmul-floor``, the step's matrix products alone with the same shapes in
+              plain NumPy (``EDSTEP_TARGET``: within 1.3x of it); ``--baseline`` adds the plain λ-split
+              (``EffectiveDepth(fast=False)``, Numba kernels) as nablax-before
 
 Every engine's float64 answer is compared with nablax-numpy's ("agree" = relative error); float32 answers are
 compared with the float64 ones. Timings: one warm-up call (compilation), then ``repeats`` rounds in which the
@@ -48,14 +54,19 @@ ENGINES = ("nablax-numpy", "nablax-numba", "nablax-aocl", "nablax-cupy", "torch"
 # for the dense products (kernels.use_blas("aocl"), the .[aocl] extra); all three multiply on the CPU
 PEERS = ("torch", "jax")  # the CPU peers; on a GPU, nablax-cupy is set against torch-cuda
 GPU_ENGINES = ("nablax-cupy", "torch-cuda")
-JOBS = {1: "sqnorms", 2: "jacobian", 3: "gsc", 4: "train", 5: "dfdx"}
+JOBS = {1: "sqnorms", 2: "jacobian", 3: "gsc", 4: "train", 5: "dfdx", 6: "edstep"}
+BASELINE_JOBS = (1, 2, 6)  # the jobs with a nablax-before
+FLOOR = "matmul-floor"  # job 6's yardstick: its matrix products alone, plain NumPy
+EDSTEP_TARGET = 1.3  # job 6: the step within this factor of its matrix-product floor
 SIZES = {
-    # depth, width, batches, gsc (depth, batch), train (depth, in_dim, batch), dfdx (depth, width, points), repeats
+    # depth, width, batches, gsc (depth, batch), train (depth, in_dim, batch), dfdx (depth, width, points),
+    # edstep (MLP depth, ResNet blocks, width, batch), repeats
     "full": dict(depth=50, width=100, batches=(64, 256, 1000), gsc=(50, 32), train=(50, 3072, 128),
-                 dfdx=(50, 200, 256), repeats=7),
+                 dfdx=(50, 200, 256), edstep=(50, 25, 100, 128), repeats=7),
     "quick": dict(depth=10, width=32, batches=(64,), gsc=(10, 8), train=(10, 3072, 128), dfdx=(10, 64, 256),
-                  repeats=3),
-    "tiny": dict(depth=2, width=6, batches=(4,), gsc=(2, 3), train=(2, 12, 5), dfdx=(2, 6, 8), repeats=1),
+                  edstep=(10, 5, 32, 128), repeats=3),
+    "tiny": dict(depth=2, width=6, batches=(4,), gsc=(2, 3), train=(2, 12, 5), dfdx=(2, 6, 8), edstep=(2, 1, 6, 5),
+                 repeats=1),
 }
 PEER_CHUNK_ELEMENTS = 1 << 26  # peers keep at most this many Jacobian entries at once (vmap chunk_size)
 MARK_BEGIN, MARK_END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -68,7 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the quick size (under a minute)")
     ap.add_argument("--size", choices=sorted(SIZES), default=None)
-    ap.add_argument("--jobs", default="1,2,3,4,5")
+    ap.add_argument("--jobs", default="1,2,3,4,5,6")
     ap.add_argument("--dtypes", default="float64,float32")
     ap.add_argument("--engines", default=",".join(ENGINES), help="those not installed or without a device are skipped")
     ap.add_argument("--archs", default="tanh,ReLU", help="MLPs of jobs 1 and 2")
@@ -76,7 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="threads per engine (default: every core)")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--baseline", action="store_true", help="add nablax-before: the sweep as it was before issue 7")
+    ap.add_argument("--baseline", action="store_true", help="add nablax-before: the sweep as it was before issue 7 "
+                    "(jobs 1, 2), the plain λ-split (job 6)")
     ap.add_argument("--resume", action="store_true", help="skip cases already in DIR/BENCHMARKS.json")
     args = ap.parse_args(argv)
     args.size = args.size or ("quick" if args.quick else "full")
@@ -701,6 +713,105 @@ def _peer_dfdx(engine: str, ctx: Ctx, net: Any, x: Any) -> tuple[Callable, Calla
     return (lambda: ctx.sync(run_jit(x))), ctx.to_numpy
 
 
+def edstep_shapes(trainer: Any) -> list[tuple[int, int, int, bool]]:
+    """(n, d_in, d_out, bottom) for every Dense layer of the trainer's net: n the number of λ-components of the
+    cotangent at its output (from the plain split of one batch), bottom True for the first layer of the net."""
+    from nablax.layers import Dense
+    from nablax.metrics.effective_depth import lambda_split
+    from nablax.metrics.training import named_leaves
+
+    net = trainer.net
+    x, y = trainer._xy(range(trainer.batch_size))
+    tr = net.forward(x, train=True)
+    parts = lambda_split(tr, trainer.loss.grad(tr.output, y), trainer.params0, fast=False).parts
+    return [(int(parts[pre + "W"].shape[0]), *layer.W.shape, layer is net.layers[0])
+            for pre, layer in named_leaves(net.layers) if isinstance(layer, Dense)]
+
+
+def edstep_flops(shapes: list[tuple[int, int, int, bool]], b: int) -> tuple[int, int]:
+    """Matrix-product FLOPs of one step, (ordinary step, λ-split), 2 B d_in d_out per product and Dense layer:
+
+        ordinary step  x W (forward), x^T dy (weight gradient), dy W^T (pullback; not below the bottom layer)
+        λ-split        A^T G[λ] for the n λ-components G of the layer's output cotangent (its weight's λ-parts),
+                       G W(0)^T and G R^T for the n λ (the cotangent below it; not below the bottom layer)
+
+    With n = 1, 2, ..., D from the top down, the split costs about 3 B d^2 D^2 / 2, against 3 B d^2 D for the
+    ordinary step: 27 times as much at D = 51."""
+    unit = [(2 * b * d_in * d_out, n, not bottom) for n, d_in, d_out, bottom in shapes]
+    return sum(u * (2 + below) for u, _, below in unit), sum(u * n * (1 + 2 * below) for u, n, below in unit)
+
+
+def edstep_floor(shapes: list[tuple[int, int, int, bool]], b: int, dtype: str) -> Callable:
+    """The step's matrix products alone, with the same shapes, in plain NumPy (random operands): one 2-D product
+    over all (λ, batch) rows for each pullback, the batched x^T @ G for the weight parts."""
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+    ops = [(rng.standard_normal((n, b, d_out)).astype(dtype), rng.standard_normal((b, d_in)).astype(dtype),
+            rng.standard_normal((d_in, d_out)).astype(dtype), rng.standard_normal((d_in, d_out)).astype(dtype),
+            bottom) for n, d_in, d_out, bottom in shapes]
+
+    def run() -> None:
+        for G, A, W0, R, bottom in ops:
+            A @ W0
+            A.T @ G[0]
+            A.T @ G
+            if not bottom:
+                G[0] @ W0.T
+                rows = G.reshape(-1, G.shape[-1])
+                rows @ W0.T
+                rows @ R.T
+
+    return run
+
+
+def job_edstep(size: dict, dtype: str) -> list[dict]:
+    import numpy as np
+
+    depth, blocks, width, b = size["edstep"]
+    cases = []
+    for arch, d in (("batch-tanh", depth), ("batch-ReLU (ResNet)", blocks)):
+        def trainer(engine: str, arch=arch, d=d) -> Any:
+            from nablax.metrics.effective_depth import EffectiveDepth
+            from nablax.train import TrainConfig, Trainer
+
+            config = TrainConfig(arch=arch, data="digits", depth=d, width=width, batch_size=b, epochs=1, lr=0.01,
+                                 dtype=dtype, backend="cupy" if engine == "nablax-cupy" else "numpy")
+            t = Trainer(config, progress=False)
+            for cb in t.callbacks:
+                if isinstance(cb, EffectiveDepth):
+                    cb.fast = engine != "nablax-before"
+            for cb in t.callbacks:
+                cb.start(t)
+            return t
+
+        def prepare(engine: str, trainer=trainer) -> tuple[Callable, Callable]:
+            if engine == FLOOR:
+                return edstep_floor(edstep_shapes(trainer("nablax-numpy")), b, dtype), (lambda _: None)
+            ctx = Ctx(engine, dtype)
+            t = trainer(engine)
+            ed = t.callbacks[-1]
+            x, y = t._xy(np.arange(b))
+
+            def run():  # the answer: the λ-contributions C[λ] this step adds
+                before = ed.C.copy()
+                t.train_step(x, y)
+                ctx.sync(None)
+                return ed.C - before
+
+            return run, np.asarray
+
+        shapes = edstep_shapes(trainer("nablax-numpy"))
+        ordinary, split = edstep_flops(shapes, b)
+        n_max = max(n for n, *_ in shapes)
+        cases.append(dict(job=6, name=f"{arch} L={d} w={width} B={b}", dtype=dtype, flops=ordinary + split,
+                          split_flops=split, gemm=(n_max * b, width, width), prepare=prepare, nablax_only=True,
+                          remake=lambda: job_edstep(size, "float64"),
+                          note=f"D = {n_max}: {ordinary / 1e9:.3g} GFLOP ordinary step + {split / 1e9:.3g} "
+                               "GFLOP λ-split"))
+    return cases
+
+
 # --- measuring -------------------------------------------------------------------------------------------
 
 
@@ -749,7 +860,9 @@ def time_case(case: dict, engines: list[str], repeats: int, log: Callable[[str],
         t = time.perf_counter()
         try:
             run, conv = case["prepare"](e)
-            answers[e] = np.array(conv(run()), dtype=float)  # the warm-up call (compiles)
+            answer = conv(run())  # the warm-up call (compiles); None: a yardstick without an answer (the floor)
+            if answer is not None:
+                answers[e] = np.array(answer, dtype=float)
             runs[e] = run
             prep_s[e] = time.perf_counter() - t
         except Exception as err:  # an engine that cannot do this job is reported, not fatal
@@ -763,15 +876,17 @@ def time_case(case: dict, engines: list[str], repeats: int, log: Callable[[str],
             continue
         agree[e] = float(np.linalg.norm(a - ref) / max(np.linalg.norm(ref), 1e-300))
     samples: dict[str, list[float]] = {e: [] for e in runs}
+    cpu: dict[str, list[float]] = {e: [] for e in runs}  # the process's CPU time: less sensitive to other load
     load = [os.getloadavg()[0]]
     gc.collect()
     gc.disable()  # as timeit does: no collector pauses inside a timed call
     try:
         for _ in range(repeats):
             for e, run in runs.items():
-                t = time.perf_counter()
+                c, t = time.process_time(), time.perf_counter()
                 run()
                 samples[e].append(time.perf_counter() - t)
+                cpu[e].append(time.process_time() - c)
     finally:
         gc.enable()
     load.append(os.getloadavg()[0])
@@ -782,7 +897,8 @@ def time_case(case: dict, engines: list[str], repeats: int, log: Callable[[str],
             runs[e]()
             mem[e] = tracemalloc.get_traced_memory()[1] / 2**20
             tracemalloc.stop()
-    return dict(samples=samples, agree=agree, errors=errors, answers=answers, load=load, prep_s=prep_s, peak_mib=mem)
+    return dict(samples=samples, cpu_samples=cpu, agree=agree, errors=errors, answers=answers, load=load, prep_s=prep_s,
+                peak_mib=mem)
 
 
 def summarize(case: dict, res: dict, peaks: dict) -> list[dict]:
@@ -790,7 +906,7 @@ def summarize(case: dict, res: dict, peaks: dict) -> list[dict]:
 
     rows = []
     med = {e: float(np.median(s)) for e, s in res["samples"].items()}
-    cpu_peers = [m for e, m in med.items() if e in PEERS]
+    cpu_peers = [m for e, m in med.items() if e in PEERS or e == FLOOR]  # job 6: its floor is the peer
     fastest = {False: min(cpu_peers) if cpu_peers else None, True: med.get("torch-cuda")}
     peak = peaks.get("best") or peaks.get("square1024")
     for e, s in res["samples"].items():
@@ -799,6 +915,7 @@ def summarize(case: dict, res: dict, peaks: dict) -> list[dict]:
         ref = fastest[e in GPU_ENGINES]
         on_cpu = e not in GPU_ENGINES
         rows.append(dict(engine=e, median_s=med[e], iqr_s=float(q3 - q1), min_s=float(min(s)), n=len(s),
+                         cpu_median_s=float(np.median(res["cpu_samples"][e])),
                          ratio_to_fastest_peer=None if ref is None else med[e] / ref,
                          gflops=gf, pct_peak=100 * gf / peak if peak and on_cpu else None, agree=res["agree"].get(e),
                          peak_mib=res["peak_mib"].get(e), device=device_name(e)))
@@ -871,8 +988,9 @@ def markdown(data: dict) -> str:
             lines.append(f"| {c['job']} {JOBS[c['job']]} | {c['name']} | {c['dtype']} | {e} | failed: {err[:80]} | | | | | | | |")
     before = [c for c in data["cases"] if any(r["engine"] == "nablax-before" for r in c["rows"])]
     if before:
-        lines += ["", "nablax before and after (medians, ms): `nablax-before` is the sweep as it was (one chunk of all seeds "
-                  "through the public pullbacks, norms by `(v * v).sum`); `numpy` and `numba` are the current sweep with "
+        lines += ["", "nablax before and after (medians, ms): `nablax-before` is, in jobs 1-2, the sweep as it was (one chunk "
+                  "of all seeds through the public pullbacks, norms by `(v * v).sum`), in job 6 the plain λ-split "
+                  "(`EffectiveDepth(fast=False)`, Numba kernels); `numpy` and `numba` are the current code with "
                   "the NumPy reference kernels or the Numba kernels.", "",
                   "| job | case | dtype | before | numpy | numba | before / numba |", "|---|---|---|---|---|---|---|"]
         for c in before:
@@ -881,6 +999,7 @@ def markdown(data: dict) -> str:
                 lines.append(f"| {c['job']} {JOBS[c['job']]} | {c['name']} | {c['dtype']} | {fmt_ms(m['nablax-before'])} | "
                              f"{fmt_ms(m['nablax-numpy'])} | {fmt_ms(m['nablax-numba'])} | "
                              f"{m['nablax-before'] / m['nablax-numba']:.2f} |")
+    lines += edstep_summary(data["cases"])
     notes = [f"- job {c['job']} {c['name']} {c['dtype']}: {c['note']} ({100 * c['nablax_flops'] / c['flops']:.0f}% "
              "of the dense FLOPs)" for c in data["cases"] if c.get("note") and c.get("nablax_flops", c["flops"]) < c["flops"]]
     if notes:
@@ -892,6 +1011,29 @@ def markdown(data: dict) -> str:
               "torch-cuda's; below 1: faster); % peak: of the CPU matrix-multiply peak above; "
               "load: 1-minute load average before and after the case."]
     return "\n".join(lines)
+
+
+def edstep_summary(cases: list[dict]) -> list[str]:
+    """Job 6 against its matrix-product floor and the target ``EDSTEP_TARGET`` (markdown lines)."""
+    rows = []
+    for c in (c for c in cases if c["job"] == 6):
+        floor = next((r for r in c["rows"] if r["engine"] == FLOOR), None)
+        for r in c["rows"]:
+            if r["engine"] == FLOOR or floor is None:
+                continue
+            ratio = r["median_s"] / floor["median_s"]
+            cpu = r["cpu_median_s"] / floor["cpu_median_s"]
+            rows.append(f"| {c['name']} | {c['dtype']} | {r['engine']} | {fmt_ms(r['median_s'])} | "
+                        f"{fmt_ms(floor['median_s'])} | {ratio:.2f} | {cpu:.2f} | {'yes' if ratio <= EDSTEP_TARGET else 'no'} "
+                        f"| {r['gflops']:.1f} | {c.get('note', '')} | {c['load'][0]:.1f}-{c['load'][1]:.1f} |")
+    if not rows:
+        return []
+    return ["", f"Job 6, the training step with the exact λ-split of effective depth, against `{FLOOR}` (the step's matrix "
+            "products alone with the same shapes in plain NumPy; its x fastest peer above). Target: within "
+            f"{EDSTEP_TARGET}x of the floor (median wall time). CPU x floor: the same ratio of the process's CPU time, "
+            "which another process's load moves less (with one thread).", "",
+            "| case | dtype | engine | median ms | floor ms | x floor | CPU x floor | target met | GFLOP/s | FLOPs | load |",
+            "|---|---|---|---|---|---|---|---|---|---|---|", *rows]
 
 
 def write_outputs(out: Path, data: dict) -> tuple[Path, Path]:
@@ -960,6 +1102,8 @@ def main(argv: list[str] | None = None) -> dict:
                 cases += job_train(size, dtype)
             elif j == 5:
                 cases += job_dfdx(size, dtype)
+            elif j == 6:
+                cases += job_edstep(size, dtype)
         for case in cases:
             key = (case["job"], case["name"], case["dtype"])
             if key in previous:
@@ -968,7 +1112,10 @@ def main(argv: list[str] | None = None) -> dict:
             if peak_key not in data["peaks"]:
                 data["peaks"][peak_key] = gemm_peak(dtype, case["gemm"])
             log(f"job {case['job']} {JOBS[case['job']]}: {case['name']} {dtype}  (load {os.getloadavg()[0]:.1f})")
-            case_engines = [e for e in engines if e != "nablax-before" or case["job"] in (1, 2)]
+            case_engines = [e for e in engines if (e != "nablax-before" or case["job"] in BASELINE_JOBS)
+                            and (e.startswith("nablax") or not case.get("nablax_only"))]
+            if case["job"] == 6:
+                case_engines.append(FLOOR)
             with kernels.use_cpu_kernels("auto"):
                 res = _time_with_kernels(case, case_engines, repeats, log)
             if dtype == "float32":  # agreement against the float64 answer of nablax
@@ -981,6 +1128,7 @@ def main(argv: list[str] | None = None) -> dict:
                 log(f"    {r['engine']:13s} {fmt_ms(r['median_s']):>8s} ms  (IQR {fmt_ms(r['iqr_s'])})  "
                     f"x{(r['ratio_to_fastest_peer'] or float('nan')):.2f} peer  {r['gflops']:.1f} GFLOP/s  agree {r['agree']}")
             data["cases"].append(dict(job=case["job"], name=case["name"], dtype=dtype, flops=case["flops"],
+                                      split_flops=case.get("split_flops"),
                                       gemm=case["gemm"], peak_key=peak_key, rows=rows, errors=res["errors"],
                                       load=res["load"], prep_s=res["prep_s"],
                                       samples_s=res["samples"], note=case.get("note", ""),
@@ -1001,7 +1149,8 @@ def _time_with_kernels(case: dict, engines: list[str], repeats: int, log: Callab
 
     def wrapped(engine: str):
         run, conv = prepare(engine)
-        mode = {"nablax-numpy": "numpy", "nablax-numba": "numba", "nablax-aocl": "numba", "nablax-before": "numpy"}.get(engine)
+        before = "numba" if case["job"] == 6 else "numpy"  # job 6's before differs in the λ-split only
+        mode = {"nablax-numpy": "numpy", "nablax-numba": "numba", "nablax-aocl": "numba", "nablax-before": before}.get(engine)
         if mode is None:
             return run, conv
         library = "aocl" if engine == "nablax-aocl" else "numpy"

@@ -24,19 +24,25 @@ def test_bench_tiny_runs_every_job_and_engines_agree(tmp_path):
     _run(tmp_path, "--dtypes", "float64", "--baseline", "--engines", "nablax-numpy,nablax-numba,nablax-aocl,torch,jax")
     data = json.loads((tmp_path / "BENCHMARKS.json").read_text())
     cases = data["cases"]
-    assert sorted({c["job"] for c in cases}) == [1, 2, 3, 4, 5]
-    assert len(cases) == 8  # jobs 1 and 2 for tanh and ReLU, one gsc, two train, one dfdx
+    assert sorted({c["job"] for c in cases}) == [1, 2, 3, 4, 5, 6]
+    assert len(cases) == 10  # jobs 1 and 2 for tanh and ReLU, one gsc, two train, one dfdx, two edstep
     for c in cases:
         assert not c["errors"], c["errors"]
         engines = {r["engine"] for r in c["rows"]}
         assert {"nablax-numpy", "nablax-numba"} <= engines
-        assert ("nablax-before" in engines) == (c["job"] in (1, 2))
+        assert ("nablax-before" in engines) == (c["job"] in (1, 2, 6))
+        assert ("matmul-floor" in engines) == (c["job"] == 6)  # job 6's yardstick; no peer runs it
+        assert c["job"] != 6 or engines <= {"nablax-numpy", "nablax-numba", "nablax-aocl", "nablax-before", "matmul-floor"}
         for r in c["rows"]:
-            assert isinstance(r["agree"], float) and r["agree"] < 1e-10, (c["name"], r["engine"], r["agree"])
             assert r["median_s"] > 0 and c["flops"] > 0
+            if r["engine"] == "matmul-floor":
+                assert r["agree"] is None and r["ratio_to_fastest_peer"] == 1.0
+                continue
+            assert isinstance(r["agree"], float) and r["agree"] < 1e-10, (c["name"], r["engine"], r["agree"])
     md = (tmp_path / "BENCHMARKS.md").read_text()
     assert "<!-- bench:begin -->" in md and "<!-- bench:end -->" in md
     assert md.count("| 3 gsc |") == len(next(c for c in cases if c["job"] == 3)["rows"])
+    assert "Target: within 1.3x of the floor" in md
 
 
 def test_bench_resume_keeps_cases_and_the_text_around_the_table(tmp_path):
@@ -99,3 +105,13 @@ def test_bench_train_step_blas_needs_the_other_module():
     res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_train_step.py"), "blas"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "--old-blas" in res.stderr
+
+
+def test_bench_epoch_runs_small():
+    """scripts/bench_epoch.py at a tiny size: one table row for the run with effective depth and one without."""
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_epoch.py"), "--depth", "2", "--width", "4",
+                          "--rounds", "1"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split(" | ")[0][2:] for r in rows] == ["with effective depth", "without"]
+    assert all(0 < float(r.rstrip(" |").split(" | ")[-1]) < 1 for r in rows)

@@ -177,3 +177,40 @@ def test_options_are_checked():
     trainer.fit()
     assert ed.settings()["every_s_steps"] == 2 and ed.settings()["optimizer_mode"] == "exact"
     assert ed.contributions()[0] > 0
+
+
+@pytest.mark.parametrize("name, kw", NETS)
+def test_fast_lambda_split_matches_the_plain_one(name, kw, rng):
+    """The fast split (the default) gives the plain split's parts to rounding, for the parameters asked for; without
+    the input cotangent it skips the bottom layer's pullbacks only."""
+    net, p0 = moved_net(name, kw, rng)
+    x, y = batch(rng)
+    tr = net.forward(x)
+    g = LOSS.grad(tr.output, y)
+    plain = lambda_split(tr, g, p0, fast=False)
+    every = lambda_split(tr, g, p0)
+    keys = counted_params(net)
+    asked = lambda_split(tr, g, p0, keys=keys, input_grad=False)
+    assert set(every.parts) == set(plain.parts) and set(keys) <= set(asked.parts) <= set(plain.parts)
+    assert not any(k.endswith(".b") for k in asked.parts)  # no bias parts unless asked for
+    assert asked.dx is None and every.dx is not None
+    np.testing.assert_allclose(every.dx, plain.dx, rtol=0, atol=1e-14 * np.abs(plain.dx).max())
+    for split in (every, asked):
+        for k, parts in split.parts.items():
+            want = plain.parts[k]
+            assert parts.shape == want.shape
+            np.testing.assert_allclose(parts, want, rtol=0, atol=1e-14 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("opt, kw, accumulate", [("sgd", {}, "sum_of_norms"), ("sgd", {"momentum": 0.9}, "sum_of_norms"),
+                                                 ("adam", {}, "sum_of_norms"), ("sgd", {}, "norm_of_sum")])
+def test_fast_and_plain_effective_depth_accumulate_the_same_contributions(opt, kw, accumulate):
+    """Two runs, one with the fast split and norms (the default), one with ``fast=False``: the same C[λ] to rounding."""
+    C = {}
+    for fast in (True, False):
+        ed = EffectiveDepth(accumulate=accumulate, fast=fast)
+        Trainer(tiny_config(arch="batch-tanh (ResNet)", optimizer=opt, epochs=2, **kw), callbacks=[ed],
+                progress=False).fit()
+        C[fast] = ed.contributions()
+    assert C[True][1] > 0
+    np.testing.assert_allclose(C[True], C[False], rtol=1e-12, atol=0)
