@@ -436,8 +436,8 @@ class Trainer:
             c = self.config
             xp = self.net.backend.xp
             t = taylor_errors(self.net, self.params0, xp.asarray(self.data.x_train), xp.asarray(self.data.y_train),
-                              batch_size=self.batch_size, block_end=c.taylor_block_end, bn_stats=c.taylor_bn_stats,
-                              top_bn=c.taylor_top_bn)
+                              loss=self.loss, batch_size=self.batch_size, block_end=c.taylor_block_end,
+                              bn_stats=c.taylor_bn_stats, top_bn=c.taylor_top_bn)
             result["taylor"] = {"r": t.r, "k": t.k, "error": t.error, "loss": t.loss,
                                 "error_original": t.error_original, "settings": t.settings}
         ed = next((cb for cb in self.callbacks if isinstance(cb, EffectiveDepth)), None)

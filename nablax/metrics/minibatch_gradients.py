@@ -13,7 +13,8 @@ For M examples with per-example gradient vectors g_m in R^D (rows of a matrix g,
 Which gradient (spec §7 "Implementation", all Open, defaults are project choices):
     target  "first_layer_activations" (default): d l_m / d(output of the first weight layer), the first conv
             "input": d l_m / d x_m;   "first_layer_weights": the per-example d l_m / d(params of layer 1)
-    loss    "cross_entropy" (default): l_m = softmax cross-entropy with the true label;  "logit": l_m = o_m[class]
+    loss    a loss object (``nablax.losses.SoftmaxCrossEntropy()`` in the paper's protocol: l_m = softmax
+            cross-entropy with the true label; the caller passes it in);  "logit": l_m = o_m[class]
     bn      "hold" (default): batch norm in training mode with the batch statistics held constant, so each g_m
             depends on example m alone;  "through": g_m is row m of the gradient of sum_m l_m taken through the
             batch statistics (what a minibatch step sees), which couples the rows
@@ -28,39 +29,53 @@ import numpy
 
 from ..backend import array_module
 from ..layers.base import Mode
-from ..losses import log_softmax
 from ..network import Network
 
 GRAD_TARGETS = ("first_layer_activations", "input", "first_layer_weights")
-GRAD_LOSSES = ("cross_entropy", "logit")
 BN_MODES = ("hold", "through")
 GRAM_NORMS = ("mean_diag", "cosine")
 ERANK_REFERENCES = ("gaussian", "M")
 
 
-def per_example_gradients(net: Network, x: Any, labels: Any = None, *, target: str = "first_layer_activations",
-                          loss: str = "cross_entropy", logit_class: int = 0, bn: str = "hold") -> numpy.ndarray:
+def per_example_gradients(net: Network, x: Any, labels: Any = None, *, loss: Any,
+                          target: str = "first_layer_activations", logit_class: int = 0, bn: str = "hold"
+                          ) -> numpy.ndarray:
     """The (M, D) matrix of per-example gradients g_m (see the module docstring), as a NumPy array.
 
-    x (M, *in_shape) on the network's backend; labels (M,) integers (needed for ``loss="cross_entropy"``).
+    Parameters
+    ----------
+    net : Network
+    x : array (M, *in_shape)
+        The minibatch, on the network's backend.
+    labels : array (M,) of integers, optional
+        The true classes (needed with a loss object).
+    loss : loss object or "logit"
+        A loss with ``grad(out, labels)``, the gradient of the batch mean (row m is d l_m / d o_m / M), such as
+        ``nablax.losses.SoftmaxCrossEntropy()``; or "logit" for l_m = o_m[logit_class].
+    target, logit_class, bn
+        See the module docstring.
+
+    Returns
+    -------
+    g : numpy.ndarray (M, D)
+        Row m is g_m, flattened.
     """
     if target not in GRAD_TARGETS:
         raise ValueError(f"target must be one of {GRAD_TARGETS}, got {target!r}")
-    if loss not in GRAD_LOSSES:
-        raise ValueError(f"loss must be one of {GRAD_LOSSES}, got {loss!r}")
+    if isinstance(loss, str) and loss != "logit":
+        raise ValueError(f"loss must be a loss object or 'logit', got {loss!r}")
     if bn not in BN_MODES:
         raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
     tr = net.forward(x, train=True, hold_stats=(bn == "hold"))
     xp, out = tr.xp, tr.output
     m = out.shape[0]
-    if loss == "cross_entropy":
-        if labels is None:
-            raise ValueError("loss='cross_entropy' needs the labels")
-        dout = xp.exp(log_softmax(out))  # d l_m / d o_m = softmax(o_m) - onehot(y_m)
-        dout[xp.arange(m), xp.asarray(labels)] -= 1.0
-    else:
+    if isinstance(loss, str):  # "logit"
         dout = xp.zeros_like(out)
         dout[:, logit_class] = 1.0
+    else:
+        if labels is None:
+            raise ValueError("a loss needs the labels")
+        dout = m * loss.grad(out, xp.asarray(labels))  # d l_m / d o_m: cross-entropy's softmax(o_m) - onehot(y_m)
     first = first_weight_position(net)
     if target == "input":
         g = tr.pullback(dout, src=0)

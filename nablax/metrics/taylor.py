@@ -37,7 +37,6 @@ import numpy
 
 from ..data import batch_slices
 from ..layers.base import Array, Mode, forward_chain, param_jvp_chain
-from ..losses import SoftmaxCrossEntropy
 from ..network import Network
 
 BLOCK_ENDS = ("linear_output", "after_activation")
@@ -123,13 +122,35 @@ def taylor_outputs(net: Network, expansion_point: dict[str, Array], x: Array, cu
     return outs
 
 
-def taylor_errors(net: Network, expansion_point: dict[str, Array], x: Array, y: Array, *, batch_size: int = 256,
-                  block_end: str = "linear_output", bn_stats: str = "batch_differentiated", top_bn: str = "batch",
-                  include_output: bool = False) -> TaylorResult:
+def taylor_errors(net: Network, expansion_point: dict[str, Array], x: Array, y: Array, *, loss: Any,
+                  batch_size: int = 256, block_end: str = "linear_output", bn_stats: str = "batch_differentiated",
+                  top_bn: str = "batch", include_output: bool = False) -> TaylorResult:
     """Training error and loss for every reduction r = k - 1, over evaluation batches of ``batch_size`` of (x, y)
-    (``data.batch_slices``: a last batch of one point joins the one before it)."""
+    (``data.batch_slices``: a last batch of one point joins the one before it).
+
+    Parameters
+    ----------
+    net : Network
+        The trained network, θ(T).
+    expansion_point : dict of arrays
+        θ(0), named as ``Network.named_params``.
+    x : array (N, *in_shape)
+    y : array (N,) of integers
+        The training set and its classes.
+    loss : loss object
+        Anything with ``value(out, y) -> float``, the mean over a batch (the paper's:
+        ``nablax.losses.SoftmaxCrossEntropy()``, which ``nablax.train`` passes).
+    batch_size, block_end, bn_stats, top_bn
+        See the module docstring.
+    include_output : bool
+        Also cut after the output layer.
+
+    Returns
+    -------
+    TaylorResult
+        ``k``, ``error`` and ``loss`` per cut (arrays (n_cuts,)), and the original network's error and loss.
+    """
     cuts = cut_positions(net, block_end, include_output)
-    loss = SoftmaxCrossEntropy()
     n = int(x.shape[0])
     wrong = numpy.zeros(len(cuts))
     total_loss = numpy.zeros(len(cuts))
