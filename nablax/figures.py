@@ -33,7 +33,7 @@ def figure_args(description: str, argv: list[str] | None = None, default_out: st
 
         --quick --out --seed --backend            every script
         --cifar PATH                              scripts that train or read images (``data=True``)
-        --executor --scheduler --workers --seeds  scripts whose runs go through the sweep runner (``sweep=True``)
+        --executor --scheduler --workers --seeds  scripts whose runs go through the experiment runner (``sweep=True``)
 
     ``extra(parser)`` adds a script's own options. The result has ``scale``: "quick" (``--quick``), "cifar"
     (``--cifar PATH``) or "digits" (the papers' architectures on the embedded digits: the default).
@@ -122,13 +122,13 @@ def blas_threads(quick: bool) -> Any:
 
 
 def sweep_executor(args: argparse.Namespace) -> Any:
-    """The sweep runner's executor for a figure's ``--executor/--scheduler/--workers``: "local", or a Dask
+    """The experiment runner's executor (``nablax.experiments``) for a figure's ``--executor/--scheduler/--workers``: "local", or a Dask
     cluster (a LocalCluster of ``--workers`` single-threaded processes, or the scheduler given)."""
     if args.executor == "local":
         return "local"
     import os
 
-    from .sweep import DaskExecutor
+    from .experiments import DaskExecutor
 
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # one BLAS thread per worker process
         os.environ.setdefault(var, "1")
