@@ -87,7 +87,16 @@ def per_example_gradients(net: Network, x: Any, labels: Any = None, *, loss: Any
 
 
 def first_weight_position(net: Network) -> int:
-    """The position just after the first weight layer (the output of the first conv or dense layer)."""
+    """The position just after the first weight layer (the output of the first conv or dense layer).
+
+    Parameters
+    ----------
+    net : Network
+
+    Returns
+    -------
+    int
+    """
     return next(p.index for p in net.positions() if p.n_lin >= 1)
 
 
@@ -110,7 +119,21 @@ def _centred(g: numpy.ndarray) -> numpy.ndarray:
 
 
 def gram_image(g: numpy.ndarray, *, centred: bool = True, normalise: str = "mean_diag") -> numpy.ndarray:
-    """|G| / mean(diag G) (default) or |G_mn| / sqrt(G_mm G_nn) ("cosine"), G = the (centred) Gram matrix, (M, M)."""
+    """|G| / mean(diag G) (default) or |G_mn| / sqrt(G_mm G_nn) ("cosine"), G = the (centred) Gram matrix.
+
+    Parameters
+    ----------
+    g : array (M, D)
+        Per-example gradients (``per_example_gradients``).
+    centred : bool
+        Subtract the mean row first (default).
+    normalise : str
+        "mean_diag" (default) or "cosine".
+
+    Returns
+    -------
+    numpy.ndarray (M, M)
+    """
     if normalise not in GRAM_NORMS:
         raise ValueError(f"normalise must be one of {GRAM_NORMS}, got {normalise!r}")
     g = _centred(g) if centred else numpy.asarray(g, dtype=float)
@@ -124,13 +147,35 @@ def gram_image(g: numpy.ndarray, *, centred: bool = True, normalise: str = "mean
 
 def singular_values(g: numpy.ndarray) -> numpy.ndarray:
     """Singular values of an (M, D) matrix from the eigenvalues of the smaller Gram matrix (g g^T or g^T g): the
-    same numbers as an SVD up to rounding (eigenvalues below rounding are clipped to 0), much faster when D >> M."""
+    same numbers as an SVD up to rounding (eigenvalues below rounding are clipped to 0), much faster when D >> M.
+
+    Parameters
+    ----------
+    g : array (M, D)
+
+    Returns
+    -------
+    numpy.ndarray (min(M, D),)
+        Descending.
+    """
     gram = g @ g.T if g.shape[0] <= g.shape[1] else g.T @ g
     return numpy.sqrt(numpy.clip(numpy.linalg.eigvalsh(gram), 0.0, None))[::-1]
 
 
 def effective_rank(g: numpy.ndarray, *, centred: bool = True) -> float:
-    """exp(entropy of the normalised singular values) of the (centred) (M, D) matrix g; between 1 and min(M, D)."""
+    """exp(entropy of the normalised singular values) of the (centred) matrix g.
+
+    Parameters
+    ----------
+    g : array (M, D)
+    centred : bool
+        Subtract the mean row first (default).
+
+    Returns
+    -------
+    float
+        Between 1 and min(M, D).
+    """
     g = _centred(g) if centred else numpy.asarray(g, dtype=float)
     s = singular_values(g)
     p = s / s.sum()
@@ -147,7 +192,21 @@ def relative_effective_rank(g: numpy.ndarray, *, reference: str = "gaussian", ce
                             seed: int = 0) -> float:
     """erank(g) / erank(i.i.d. N(0, 1) matrix of g's shape, centred alike) (about 1 for white noise), or erank / M.
 
-    The Gaussian reference is one draw with ``seed``; its erank concentrates tightly around its mean."""
+    The Gaussian reference is one draw with ``seed``; its erank concentrates tightly around its mean.
+
+    Parameters
+    ----------
+    g : array (M, D)
+    reference : str
+        "gaussian" (default) or "M".
+    centred : bool
+    seed : int
+        The Gaussian reference's seed.
+
+    Returns
+    -------
+    float
+    """
     if reference not in ERANK_REFERENCES:
         raise ValueError(f"reference must be one of {ERANK_REFERENCES}, got {reference!r}")
     er = effective_rank(g, centred=centred)
@@ -157,7 +216,17 @@ def relative_effective_rank(g: numpy.ndarray, *, reference: str = "gaussian", ce
 
 
 def gradient_norm_ratio(g: numpy.ndarray) -> float:
-    """||mean_m g_m||^2 / mean_m ||g_m||^2 (uncentred), in [0, 1]."""
+    """||mean_m g_m||^2 / mean_m ||g_m||^2 (uncentred).
+
+    Parameters
+    ----------
+    g : array (M, D)
+
+    Returns
+    -------
+    float
+        In [0, 1].
+    """
     g = numpy.asarray(g, dtype=float)
     mean = g.mean(axis=0)
     return float(mean @ mean / (g * g).sum(axis=1).mean())
@@ -165,7 +234,21 @@ def gradient_norm_ratio(g: numpy.ndarray) -> float:
 
 def kmeans_order(g: numpy.ndarray, k: int = 10, seed: int = 0, *, centred: bool = True) -> numpy.ndarray:
     """A permutation of the M rows: k-means (k clusters, fixed seed) on the (centred) rows, sorted by cluster
-    label and, within a cluster, by distance to its centroid (spec §7 "Ordering")."""
+    label and, within a cluster, by distance to its centroid (spec §7 "Ordering").
+
+    Parameters
+    ----------
+    g : array (M, D)
+    k : int
+        Clusters.
+    seed : int
+    centred : bool
+
+    Returns
+    -------
+    numpy.ndarray (M,) of int
+        The row order.
+    """
     from sklearn.cluster import KMeans
 
     g = _centred(g) if centred else numpy.asarray(g, dtype=float)

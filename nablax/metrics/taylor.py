@@ -66,6 +66,18 @@ def cut_positions(net: Network, block_end: str = "linear_output", include_output
     "linear_output": after each top-level layer that holds linear layers (a Dense, or a residual block).
     "after_activation": just before the next such layer (so norm and nonlinearity are inside B_k).
     The cut after the output layer is left out unless ``include_output``.
+
+    Parameters
+    ----------
+    net : Network
+    block_end : str
+        "linear_output" (default) or "after_activation".
+    include_output : bool
+
+    Returns
+    -------
+    list of int
+        Forward positions, ascending.
     """
     if block_end not in BLOCK_ENDS:
         raise ValueError(f"block_end must be one of {BLOCK_ENDS}, got {block_end!r}")
@@ -93,7 +105,24 @@ def _layer_dparams(net: Network, delta: dict[str, Array]) -> list[dict[str, Arra
 def taylor_outputs(net: Network, expansion_point: dict[str, Array], x: Array, cuts: list[int], *,
                    bn_stats: str = "batch_differentiated", top_bn: str = "batch") -> dict[int, Array]:
     """Network outputs on the batch x with the bottom block up to each cut position p replaced by its first-order
-    expansion around ``expansion_point`` (the network itself holds θ(T)). Returns {p: output (B, d_out)}."""
+    expansion around ``expansion_point`` (the network itself holds θ(T)).
+
+    Parameters
+    ----------
+    net : Network
+    expansion_point : dict of arrays
+        θ(0), named as ``Network.named_params``.
+    x : array (B, *in_shape)
+    cuts : list of int
+        Cut positions (``cut_positions``).
+    bn_stats, top_bn : str
+        See the module docstring.
+
+    Returns
+    -------
+    dict of int to array (B, d_out)
+        The output for each cut position.
+    """
     if bn_stats not in BN_STATS:
         raise ValueError(f"bn_stats must be one of {BN_STATS}, got {bn_stats!r}")
     if top_bn not in TOP_BN:
