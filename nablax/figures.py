@@ -122,8 +122,9 @@ def blas_threads(quick: bool) -> Any:
 
 
 def sweep_executor(args: argparse.Namespace) -> Any:
-    """The experiment runner's executor (``nablax.experiments``) for a figure's ``--executor/--scheduler/--workers``: "local", or a Dask
-    cluster (a LocalCluster of ``--workers`` single-threaded processes, or the scheduler given)."""
+    """The experiment runner's executor (``nablax.experiments``) for a figure's
+    ``--executor/--scheduler/--workers``: "local", or a Dask cluster (a LocalCluster of ``--workers``
+    single-threaded processes, or the scheduler given)."""
     if args.executor == "local":
         return "local"
     import os

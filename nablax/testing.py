@@ -144,10 +144,7 @@ def dottest_params(layer: Any, x: Any, mode: Mode = Mode(), *, rng: Any = None,
     ----------
     layer : Layer
         Anything with ``forward``, ``params``, ``param_grads`` and ``param_jvp``.
-    x : numpy.ndarray (B, *in_shape), float64
-    mode : Mode
-    rng : numpy.random.Generator or int, optional
-    raise_error : bool
+    x, mode, rng, raise_error
         As in ``dottest``.
 
     Returns
@@ -232,8 +229,8 @@ def check_jacobian(layer: Any, x: Any, mode: Mode = Mode(), *, rtol: float = 1e-
     ----------
     layer : Layer
         Anything with ``forward``, ``vjp``, ``jvp`` and ``jacobian``.
-    x : numpy.ndarray (B, *in_shape), float64
-    mode : Mode
+    x, mode
+        As in ``dottest``.
     rtol : float
         The tolerance of both comparisons (they agree to rounding).
     raise_error : bool

@@ -4,10 +4,11 @@
 
 One core. For each kernel and shape: the median time of the NumPy reference (the sweep's
 ``nablax.kernels.cpu.*_reference``; the formulas of batch norm, the rectifier and the optimiser's update, from
-their own modules), of the Numba kernel (``*_numba``), their ratio, and the time of copying the kernel's input once (``numpy.copyto``),
-a floor for any kernel that reads and writes it. Sweep kernels run in place, as the sweep runs them; the chunk
-shapes (k probes, B samples, n entries) are those of the width-100 sweeps (about 1 MiB of signal per chunk); the
-training-step kernels (batch norm's forward pass, the rectifier, the optimiser's update) get the training step's.
+their own modules), of the Numba kernel (``*_numba``), their ratio, and the time of copying the kernel's input once
+(``numpy.copyto``), a floor for any kernel that reads and writes it. Sweep kernels run in place, as the sweep runs
+them; the chunk shapes (k probes, B samples, n entries) are those of the width-100 sweeps (about 1 MiB of signal
+per chunk); the training-step kernels (batch norm's forward pass, the rectifier, the optimiser's update) get the
+training step's.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The experiment runner (nablax.experiments): grid expansion, results keyed by configuration (reruns skip finished work), the local and the Dask
-executor (a LocalCluster of 2 workers), sweep files and the CLI."""
+"""The experiment runner (nablax.experiments): grid expansion, results keyed by configuration (reruns skip finished
+work), the local and the Dask executor (a LocalCluster of 2 workers), sweep files and the CLI."""
 
 import json
 import sys

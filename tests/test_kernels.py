@@ -1,10 +1,10 @@
 """Fused kernels (nablax.kernels) against their NumPy references, and the sweeps that use them.
 
 Every Numba kernel is compared with its reference (the sweep's in ``kernels.cpu``; the layers' and the optimiser's
-formulas in their own modules, imported here: the kernels import nothing from them) on random inputs (float64 to rounding, float32 to its own
-precision), in place and out of place; the dispatcher's settings and its fallback without Numba are checked;
-and the sweep's structural shortcuts (only the seeds a final rectifier lets through) are checked against the
-plain sweep and the explicit Jacobians.
+formulas in their own modules, imported here: the kernels import nothing from them) on random inputs (float64 to
+rounding, float32 to its own precision), in place and out of place; the dispatcher's settings and its fallback
+without Numba are checked; and the sweep's structural shortcuts (only the seeds a final rectifier lets through) are
+checked against the plain sweep and the explicit Jacobians.
 """
 
 import os

@@ -417,10 +417,8 @@ def looks_linear_check(net: Network, x: Any = None) -> LooksLinearCheck:
 
     Parameters
     ----------
-    net : Network
-        Scalar input, scalar output.
-    x : array (M, 1), optional
-        The grid (default ``grid(net=net)``).
+    net, x
+        As in ``grid_gradient``.
 
     Returns
     -------
