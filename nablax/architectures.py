@@ -22,19 +22,22 @@ Shattered-gradients nets (spec §2.3, §6), scalar input by default (in_dim=1, o
     "resnet-bn-post"     option: post-activation, Dense -> BN -> relu, then depth-1 blocks  h <- relu(h + beta BN(W h))
     "highway"            scalar-gated blocks  h <- a h + b W relu(h), b = beta, a = sqrt(1 - beta^2) (no BN); the
                          highway corollary's gate t is beta^2 (t = 1/L: beta = sqrt(1/depth)); the skip is a Dense a*I
+Convnets (spec §6.5, §7, §8), image input: ``CONV_NETS``, laid out in the convnet section below (``convnet()``).
 ``init`` for the gradients-explode nets: "gaussian" (default), "orthogonal" (orthogonal matrices with the same
 gain), "looks_linear" (the orthogonal initial state of spec §7; ReLU nets only).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy
 
 from . import init as inits
 from .backend import get_backend, resolve_dtype
-from .layers import BatchNorm, CReLU, Dense, LayerNorm, PReLU, ReLU, Residual, SeLU, Tanh
+from .layers import (BatchNorm, Conv2d, CReLU, Dense, GlobalAvgPool, LayerNorm, PReLU, ReLU, Residual, SeLU, Tanh,
+                     Unflatten)
 from .layers.base import Layer
 from .network import Network
 
@@ -44,7 +47,8 @@ GE_MLPS = [f"{n + '-' if n else ''}{a}" for n in NORMS for a in NONLINEARITIES] 
 GE_RESNETS = [f"{n}-{a} (ResNet)" for n in ("layer", "batch") for a in NONLINEARITIES]
 SG_NETS = ["one-layer", "fnn-bn", "fnn-no-bn-bias", "fnn-no-bn", "resnet-bn", "resnet-no-bn", "crelu-ll", "prelu-ll",
            "resnet-bn-2w", "resnet-bn-post", "highway"]
-ARCHITECTURES = GE_MLPS + GE_RESNETS + SG_NETS
+CONV_NETS = ["conv-fnn", "conv-resnet", "conv-crelu-ll", "conv-crelu-unmirrored", "conv-relu", "conv-resnet-staged"]
+ARCHITECTURES = GE_MLPS + GE_RESNETS + SG_NETS + CONV_NETS
 SELU_WIDE_WIDTH = 400
 # the names that use build()'s beta (they have residual branches to scale) and bias_std (they draw random biases)
 TAKES = {"beta": GE_RESNETS + ["resnet-bn", "resnet-no-bn", "resnet-bn-2w", "resnet-bn-post", "highway",
@@ -110,7 +114,7 @@ def build(name: str, depth: int = 50, width: int | None = None, in_dim: int | No
             raise ValueError(f"{what} must be a finite number, got {v!r}")
     if init not in inits.INIT_SCHEMES:
         raise ValueError(f"unknown init {init!r}; choose one of {inits.INIT_SCHEMES}")
-    if name in CONV_NETS:  # image input: see the convnet section at the end of this module
+    if name in CONV_NETS:  # image input: see the convnet section below
         return _build_convnet(name, depth, width, in_dim, out_dim, init, seed, backend, dtype, beta, eps, norm_affine,
                               orth_method)
     b = _Builder(seed, backend, dtype, eps, norm_affine)
@@ -299,8 +303,6 @@ _SG_BUILDERS: dict[str, Callable[..., list[Layer]]] = {
     "highway": _sg_highway,
 }
 
-__all__ = ["build", "ARCHITECTURES", "GE_MLPS", "GE_RESNETS", "SG_NETS", "TAKES"]
-
 
 # === convnets (shattered-gradients spec §6.5, §7, §8) =====================================================
 #
@@ -322,7 +324,6 @@ __all__ = ["build", "ARCHITECTURES", "GE_MLPS", "GE_RESNETS", "SG_NETS", "TAKES"
 # The paper's convnet resnets use beta = 0.1: pass it (build's default beta is 1). ``convnet()`` exposes every
 # option (stages, kernel construction, BN on/off, kernel size).
 
-CONV_NETS = ["conv-fnn", "conv-resnet", "conv-crelu-ll", "conv-crelu-unmirrored", "conv-relu", "conv-resnet-staged"]
 _CONV_KINDS = {"conv-fnn": ("relu", 1), "conv-resnet": ("resnet", 1), "conv-crelu-ll": ("crelu-ll", 3),
                "conv-crelu-unmirrored": ("crelu-unmirrored", 3), "conv-relu": ("relu", 3),
                "conv-resnet-staged": ("resnet", 3)}
@@ -457,9 +458,4 @@ def _build_convnet(name: str, depth: int, width: int | None, in_dim: Any, out_di
                    meta={**net.meta, "in_dim": int(in_dim)})
 
 
-import math  # noqa: E402
-
-from .layers import Conv2d, GlobalAvgPool, Unflatten  # noqa: E402  (the convnet section is appended to this module)
-
-ARCHITECTURES.extend(CONV_NETS)
-__all__ += ["CONV_NETS", "convnet", "image_shape"]
+__all__ = ["build", "convnet", "image_shape", "ARCHITECTURES", "GE_MLPS", "GE_RESNETS", "SG_NETS", "CONV_NETS", "TAKES"]

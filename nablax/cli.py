@@ -279,8 +279,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """Run a grid of training configurations (``nablax.sweep``), skipping finished runs."""
-    from .sweep import load_sweep_file, run_sweep
+    """Run a grid of training configurations (``nablax.experiments``), skipping finished runs."""
+    from .experiments import load_sweep_file, run_sweep
 
     configs, opts = load_sweep_file(args.config)
     out = args.out or opts.get("out") or "runs"

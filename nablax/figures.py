@@ -17,14 +17,11 @@ and writes ``DIR/figN.png`` and ``DIR/figN.json``. The JSON holds every plotted 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy
-
+from .records import config_key, jsonable
 
 SCALES = ("quick", "digits", "cifar")
 
@@ -36,7 +33,7 @@ def figure_args(description: str, argv: list[str] | None = None, default_out: st
 
         --quick --out --seed --backend            every script
         --cifar PATH                              scripts that train or read images (``data=True``)
-        --executor --scheduler --workers --seeds  scripts whose runs go through the sweep runner (``sweep=True``)
+        --executor --scheduler --workers --seeds  scripts whose runs go through the experiment runner (``sweep=True``)
 
     ``extra(parser)`` adds a script's own options. The result has ``scale``: "quick" (``--quick``), "cifar"
     (``--cifar PATH``) or "digits" (the papers' architectures on the embedded digits: the default).
@@ -67,23 +64,6 @@ def figure_args(description: str, argv: list[str] | None = None, default_out: st
     return args
 
 
-def _plain(v: Any) -> Any:
-    """JSON-able copy: arrays to lists, non-finite floats to None."""
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):
-        return _plain(v.tolist())
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, (numpy.floating,)):
-        return _plain(float(v))
-    if isinstance(v, (numpy.integer,)):
-        return int(v)
-    return v
-
-
 class FigureRecord:
     """The numbers behind one figure, in the JSON layout above."""
 
@@ -97,14 +77,14 @@ class FigureRecord:
     def add(self, key: str, name: str, x: Any, y: Any, lo: Any = None, hi: Any = None, **extra: Any) -> None:
         if key not in self.panels:
             raise KeyError(f"declare panel {key!r} with .panel() first")
-        s = {"x": _plain(x), "y": _plain(y)}
+        s = {"x": jsonable(x), "y": jsonable(y)}
         if lo is not None:
-            s["lo"], s["hi"] = _plain(lo), _plain(hi)
-        s.update({k: _plain(v) for k, v in extra.items()})
+            s["lo"], s["hi"] = jsonable(lo), jsonable(hi)
+        s.update({k: jsonable(v) for k, v in extra.items()})
         self.panels[key]["series"][name] = s
 
     def to_dict(self) -> dict[str, Any]:
-        return {"figure": self.figure, "settings": _plain(self.settings), "panels": _plain(self.panels)}
+        return {"figure": self.figure, "settings": jsonable(self.settings), "panels": jsonable(self.panels)}
 
 
 def save_figure(fig: Any, record: FigureRecord, out: str | Path, name: str) -> tuple[Path, Path]:
@@ -142,23 +122,19 @@ def blas_threads(quick: bool) -> Any:
 
 
 def sweep_executor(args: argparse.Namespace) -> Any:
-    """The sweep runner's executor for a figure's ``--executor/--scheduler/--workers``: "local", or a Dask
-    cluster (a LocalCluster of ``--workers`` single-threaded processes, or the scheduler given)."""
+    """The experiment runner's executor (``nablax.experiments``) for a figure's
+    ``--executor/--scheduler/--workers``: "local", or a Dask cluster (a LocalCluster of ``--workers``
+    single-threaded processes, or the scheduler given)."""
     if args.executor == "local":
         return "local"
     import os
 
-    from .sweep import DaskExecutor
+    from .experiments import DaskExecutor
 
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # one BLAS thread per worker process
         os.environ.setdefault(var, "1")
 
     return DaskExecutor(args.scheduler, n_workers=args.workers, processes=True)
-
-
-def config_key(config: dict[str, Any]) -> str:
-    """A stable short hash of a JSON-able configuration."""
-    return hashlib.sha256(json.dumps(_plain(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def cached(out: str | Path, config: dict[str, Any], compute: Callable[[], Any]) -> Any:
@@ -169,8 +145,8 @@ def cached(out: str | Path, config: dict[str, Any], compute: Callable[[], Any]) 
     path = folder / f"{config_key(config)}.json"
     if path.exists():
         return json.loads(path.read_text())["result"]
-    result = _plain(compute())
+    result = jsonable(compute())
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"config": _plain(config), "result": result}))
+    tmp.write_text(json.dumps({"config": jsonable(config), "result": result}))
     tmp.replace(path)
     return result

@@ -5,8 +5,9 @@
     Adam      m <- b1 m + (1 - b1) g;     s <- b2 s + (1 - b2) g^2
               p <- p - lr (m / (1 - b1^t)) / (sqrt(s / (1 - b2^t)) + eps)
 
-Each rule's ``direction`` is its step before the learning rate; ``step`` applies p -= lr * direction in one pass
-(``kernels.subtract_scaled``: no temporary for lr * direction; for plain SGD the direction is g itself).
+Each rule's ``direction`` is its step before the learning rate; ``step`` applies p -= lr * direction (in one pass
+through ``kernels.subtract_scaled`` where Numba takes p: no temporary for lr * direction; for plain SGD the
+direction is g itself).
 ``state_dict()`` / ``load_state_dict()`` copy the buffers out and in so training can be checkpointed and resumed exactly.
 """
 
@@ -38,7 +39,9 @@ class Optimizer:
         self.t += 1
         for k, p in params.items():
             if k in grads:
-                kernels.subtract_scaled(p, self.direction(k, grads[k]), self.lr)
+                u = self.direction(k, grads[k])
+                if kernels.subtract_scaled(p, u, self.lr) is None:
+                    p -= p.dtype.type(self.lr) * u  # the update (the kernel computes it bit for bit)
 
     def direction(self, key: str, g: Any) -> Any:
         """The update of parameter ``key`` for gradient g, before the learning rate (g itself may be returned)."""

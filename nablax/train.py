@@ -50,13 +50,13 @@ import numpy
 
 from .architectures import ARCHITECTURES, build
 from .data import Dataset, batch_slices, load_dataset
-from .figures import _plain
 from .losses import SoftmaxCrossEntropy
 from .metrics.effective_depth import DEFAULT_EPS, EPS_GRID, EffectiveDepth
 from .metrics.gsc import AGGREGATIONS, gsc_to_error
 from .metrics.taylor import taylor_errors
 from .metrics.training import Step, TrainingCallback, UpdateSizes, residual_opnorms
 from .optim import make_optimizer
+from .records import config_key, jsonable
 
 CHECKPOINT = "checkpoint.npz"
 GSC_BOTTOMS = ("linear1", "input")
@@ -153,9 +153,7 @@ class TrainConfig:
         return {k: v for k, v in self.to_dict().items() if k not in NOT_IN_KEY}
 
     def key(self) -> str:
-        """A stable hash of everything that determines the result (``nablax.figures.config_key``)."""
-        from .figures import config_key
-
+        """A stable hash of everything that determines the result (``nablax.records.config_key``)."""
         return config_key(self.key_dict())
 
 
@@ -408,7 +406,7 @@ class Trainer:
             arrays.update(arrs)
             bar.update()
         bar.close()
-        self.history.append(_plain(rec))
+        self.history.append(jsonable(rec))
         for k, v in arrays.items():
             self.arrays.setdefault(k, []).append(numpy.asarray(v, dtype=float))
         self._schedule(err)
@@ -436,14 +434,14 @@ class Trainer:
             c = self.config
             xp = self.net.backend.xp
             t = taylor_errors(self.net, self.params0, xp.asarray(self.data.x_train), xp.asarray(self.data.y_train),
-                              batch_size=self.batch_size, block_end=c.taylor_block_end, bn_stats=c.taylor_bn_stats,
-                              top_bn=c.taylor_top_bn)
+                              loss=self.loss, batch_size=self.batch_size, block_end=c.taylor_block_end,
+                              bn_stats=c.taylor_bn_stats, top_bn=c.taylor_top_bn)
             result["taylor"] = {"r": t.r, "k": t.k, "error": t.error, "loss": t.loss,
                                 "error_original": t.error_original, "settings": t.settings}
         ed = next((cb for cb in self.callbacks if isinstance(cb, EffectiveDepth)), None)
         if ed is not None:
             result["effective_depth_settings"] = ed.settings()
-        result = _plain(result)
+        result = jsonable(result)
         if self.out is not None:
             self.net.save(self.out / "network.npz")
             (self.out / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True))
@@ -528,7 +526,7 @@ class Trainer:
         except Exception as err:  # a truncated or overwritten file: BadZipFile, zlib.error, KeyError, ValueError, ...
             raise ValueError(f"{path} is damaged and cannot be resumed from ({type(err).__name__}: {err}); "
                              f"delete it to start the run over") from err
-        if meta["config"] != _plain(self.config.key_dict()):
+        if meta["config"] != jsonable(self.config.key_dict()):
             raise ValueError(f"{path}: the checkpoint belongs to a different configuration")
 
         def group(prefix: str) -> dict[str, Any]:

@@ -2,11 +2,13 @@
 
     python scripts/bench_kernels.py [--repeats 400]
 
-One core. For each kernel and shape: the median time of the NumPy reference (``nablax.kernels.cpu.*_reference``),
-of the Numba kernel (``*_numba``), their ratio, and the time of copying the kernel's input once (``numpy.copyto``),
-a floor for any kernel that reads and writes it. Sweep kernels run in place, as the sweep runs them; the chunk
-shapes (k probes, B samples, n entries) are those of the width-100 sweeps (about 1 MiB of signal per chunk); the
-training-step kernels (batch norm's forward pass, the rectifier, the optimiser's update) get the training step's.
+One core. For each kernel and shape: the median time of the NumPy reference (the sweep's
+``nablax.kernels.cpu.*_reference``; the formulas of batch norm, the rectifier and the optimiser's update, from
+their own modules), of the Numba kernel (``*_numba``), their ratio, and the time of copying the kernel's input once
+(``numpy.copyto``), a floor for any kernel that reads and writes it. Sweep kernels run in place, as the sweep runs
+them; the chunk shapes (k probes, B samples, n entries) are those of the width-100 sweeps (about 1 MiB of signal
+per chunk); the training-step kernels (batch norm's forward pass, the rectifier, the optimiser's update) get the
+training step's.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     from threadpoolctl import threadpool_limits
 
     from nablax.kernels import cpu
+    from nablax.layers.activations import relu
+    from nablax.layers.norm import standardize, standardize_vjp
 
     threadpool_limits(1)
     rng = np.random.default_rng(0)
@@ -55,17 +59,21 @@ def main(argv: list[str] | None = None) -> None:
                 cases.append(("scale, feature-major", vf, lambda: cpu.scale_reference(vf, df),
                               lambda: cpu.scale_numba(vf, df)))
             cases.append(("batch_standardize_vjp", v,
-                          lambda v=v, y=y, s=sigma: cpu.batch_standardize_vjp_reference(v, y, s),
+                          lambda v=v, y=y, s=sigma: standardize_vjp(v, y, s, (-2,)),
                           lambda v=v, y=y, s=sigma: cpu.batch_standardize_vjp_numba(v, y, s)))
             for name, a, ref, fast in cases:
                 report(name, dtype, a, ref, fast, median_us)
         z = rng.standard_normal((128, 100)).astype(dtype) * 3 + 1  # a training batch of pre-activations
-        report("batch_standardize", dtype, z, lambda: cpu.batch_standardize_reference(z, 1e-5),
+        report("batch_standardize", dtype, z, lambda: standardize(z, (-2,), 1e-5),
                lambda: cpu.batch_standardize_numba(z, 1e-5), median_us)
-        report("relu", dtype, z, lambda: cpu.relu_reference(z), lambda: cpu.relu_numba(z), median_us)
+        report("relu", dtype, z, lambda: relu(z), lambda: cpu.relu_numba(z), median_us)
         for shape in ((100, 100), (3072, 100)):  # the training step's weights (lr tiny: p barely moves)
             p, u = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
-            report("subtract_scaled", dtype, p, lambda p=p, u=u: cpu.subtract_scaled_reference(p, u, 1e-12),
+
+            def update(p=p, u=u):  # Optimizer.step's formula
+                p -= p.dtype.type(1e-12) * u
+
+            report("subtract_scaled", dtype, p, update,
                    lambda p=p, u=u: cpu.subtract_scaled_numba(p, u, 1e-12), median_us)
 
 

@@ -234,7 +234,7 @@ def test_per_example_gradients_are_adjoint_to_the_forward_map(rng):
     net = small("conv-resnet", depth=6, width=2, seed=9, beta=0.1)
     x = rng.standard_normal((4,) + IMG)
     y = rng.integers(0, 4, 4)
-    g = per_example_gradients(net, x, y)
+    g = per_example_gradients(net, x, y, loss=SoftmaxCrossEntropy())
     tr = net.forward(x, hold_stats=True)
     assert g.shape == (4, tr.values[1][0].size)
     out = tr.output
@@ -253,7 +253,7 @@ def test_per_example_weight_gradients_sum_to_the_batch_gradient(rng):
     net = small("conv-fnn", depth=4, width=2, seed=10)
     x = rng.standard_normal((5,) + IMG)
     y = rng.integers(0, 4, 5)
-    g = per_example_gradients(net, x, y, target="first_layer_weights")
+    g = per_example_gradients(net, x, y, loss=SoftmaxCrossEntropy(), target="first_layer_weights")
     assert g.shape == (5, net.layers[0].K.size)
     tr = net.forward(x, hold_stats=True)
     _, grads = tr.backward(SoftmaxCrossEntropy().grad(tr.output, y))
@@ -265,12 +265,12 @@ def test_per_example_gradients_through_batch_statistics(rng):
     net = small("conv-fnn", depth=4, width=2, seed=11)
     x = rng.standard_normal((5,) + IMG)
     y = rng.integers(0, 4, 5)
-    g = per_example_gradients(net, x, y, bn="through")
+    g = per_example_gradients(net, x, y, loss=SoftmaxCrossEntropy(), bn="through")
     rest = Network(net.layers[1:], net.shapes[1])  # the net from position 1 on (batch statistics recomputed)
     a1 = net.forward(x).values[1]
     u = rng.standard_normal(a1.shape)
     loss = SoftmaxCrossEntropy()
     fd = central_difference(lambda a: 5 * loss.value(rest(a), y), a1, u)
     assert rel_err(np.vdot(g, u), fd) < FD_RTOL
-    assert rel_err(g, per_example_gradients(net, x, y)) > 1e-3  # differs from the held-statistics gradients
+    assert rel_err(g, per_example_gradients(net, x, y, loss=loss)) > 1e-3  # differs from the held-statistics gradients
     assert any(isinstance(layer, BatchNorm) for layer in rest.layers)

@@ -1,9 +1,10 @@
 """Fused kernels (nablax.kernels) against their NumPy references, and the sweeps that use them.
 
-Every Numba kernel is compared with its reference on random inputs (float64 to rounding, float32 to its own
-precision), in place and out of place; the dispatcher's settings and its fallback without Numba are checked;
-and the sweep's structural shortcuts (only the seeds a final rectifier lets through) are checked against the
-plain sweep and the explicit Jacobians.
+Every Numba kernel is compared with its reference (the sweep's in ``kernels.cpu``; the layers' and the optimiser's
+formulas in their own modules, imported here: the kernels import nothing from them) on random inputs (float64 to
+rounding, float32 to its own precision), in place and out of place; the dispatcher's settings and its fallback
+without Numba are checked; and the sweep's structural shortcuts (only the seeds a final rectifier lets through) are
+checked against the plain sweep and the explicit Jacobians.
 """
 
 import os
@@ -17,6 +18,8 @@ from nablax import kernels
 from nablax.backend import numba_available
 from nablax.kernels import cpu
 from nablax.layers import BatchNorm
+from nablax.layers.activations import relu
+from nablax.layers.norm import standardize, standardize_vjp
 from nablax.layers.base import Mode, jacobian_chain
 
 needs_numba = pytest.mark.skipif(not numba_available(), reason="needs numba")
@@ -89,7 +92,7 @@ def test_batch_standardize_vjp_numba_matches_reference(shape, dtype, rng):
     z = rng.standard_normal(shape[1:])
     y = ((z - z.mean(0)) / z.std(0)).astype(dtype)
     sigma = rng.uniform(0.5, 2.0, (1, shape[2])).astype(dtype)
-    want = cpu.batch_standardize_vjp_reference(g, y, sigma)
+    want = standardize_vjp(g, y, sigma, (-2,))
     # the reference by hand: (g - mean_b g - y mean_b(g y)) / sigma
     by_hand = (g - g.mean(axis=1, keepdims=True) - y * (g * y).mean(axis=1, keepdims=True)) / sigma
     assert rel_err(want, by_hand) < TOL[dtype]
@@ -110,11 +113,11 @@ def test_batchnorm_through_the_numba_kernel_passes_the_derivative_checks(rng):
 @needs_numba
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_batch_standardize_numba_matches_reference(dtype, rng):
-    """batch_standardize (batch norm's forward pass in training) equals its NumPy reference, which equals the
-    formula written out."""
+    """batch_standardize (batch norm's forward pass in training) equals the layer's formula (``standardize``),
+    which equals the formula written out."""
     z = (rng.standard_normal((37, 11)) * 3 + 2).astype(dtype)
     got = cpu.batch_standardize_numba(z, 1e-5)
-    want = cpu.batch_standardize_reference(z.astype(np.float64), 1e-5)
+    want = standardize(z.astype(np.float64), (-2,), 1e-5)
     mean, var = z.astype(np.float64).mean(axis=0), z.astype(np.float64).var(axis=0)
     assert rel_err(want[0], (z - mean) / np.sqrt(var + 1e-5)) < 1e-12 and rel_err(want[2][0], var) < 1e-12
     for g, w in zip(got, want):
@@ -148,7 +151,7 @@ def test_relu_numba_matches_reference_bit_for_bit(shape, dtype, rng):
     and the infinities; y is +0 wherever z <= 0 (-inf included) and NaN where z is NaN."""
     z = rng.standard_normal(shape).astype(dtype)
     z.flat[:5] = [0.0, -0.0, np.nan, np.inf, -np.inf][: z.size]
-    want, got = cpu.relu_reference(z), cpu.relu_numba(z)
+    want, got = relu(z), cpu.relu_numba(z)
     for g, w in zip(got, want):
         assert g.dtype == dtype and g.shape == shape
         assert np.array_equal(g, w, equal_nan=True) and np.array_equal(np.signbit(g), np.signbit(w))
@@ -167,24 +170,32 @@ def test_subtract_scaled_numba_matches_reference_bit_for_bit(shape, dtype, rng):
     p, u = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
     want = p - dtype(0.0123) * u
     p_ref, p_fast = p.copy(), p.copy()
-    assert cpu.subtract_scaled_reference(p_ref, u, 0.0123) is p_ref
+    p_ref -= dtype(0.0123) * u  # Optimizer.step's update
     assert cpu.subtract_scaled_numba(p_fast, u, 0.0123) is p_fast
     assert np.array_equal(p_ref, want) and np.array_equal(p_fast, want) and p_fast.dtype == dtype
 
 
 @needs_numba
 def test_training_kernels_fall_back_where_numba_cannot_take_the_arrays(rng):
-    """Strided, mixed or broadcast arrays take the references (same answers); a read-only parameter is refused."""
+    """Strided, mixed, broadcast or read-only arrays are refused (None: the caller computes the formula), and the
+    layer and the optimiser then give the formula's answers."""
+    from nablax.layers import ReLU
+    from nablax.optim import SGD
+
     z = rng.standard_normal((6, 8))
     p, u = rng.standard_normal((6, 8)), rng.standard_normal(8)
     with kernels.use_cpu_kernels("numba"):
-        assert all(np.array_equal(a, b) for a, b in zip(kernels.relu(z[:, ::2]), cpu.relu_reference(z[:, ::2])))
-        assert np.array_equal(kernels.subtract_scaled(p.copy(), u, 0.5), p - 0.5 * u)  # u broadcast over rows
-        assert np.array_equal(kernels.subtract_scaled(p.copy(), z.astype(np.float32), 0.5),
-                              cpu.subtract_scaled_reference(p.copy(), z.astype(np.float32), 0.5))
+        assert kernels.relu(z[:, ::2]) is None
+        assert all(np.array_equal(a, b) for a, b in zip(ReLU().phi(z[:, ::2]), relu(z[:, ::2])))
+        for q in (u, z.astype(np.float32)):  # u broadcast over rows; mixed dtypes
+            assert kernels.subtract_scaled(p.copy(), q, 0.5) is None
+            got = {"p": p.copy()}
+            SGD(0.5).step(got, {"p": q})
+            assert np.array_equal(got["p"], p - 0.5 * q)
         p.flags.writeable = False
+        assert kernels.subtract_scaled(p, z, 0.5) is None
         with pytest.raises(ValueError, match="read-only"):
-            kernels.subtract_scaled(p, z, 0.5)
+            SGD(0.5).step({"p": p}, {"p": z})
 
 
 @needs_numba

@@ -14,6 +14,21 @@ def test_readme_engine_example_runs(tmp_path, monkeypatch):
     assert (tmp_path / "net.npz").exists()
 
 
+def test_readme_own_layer_check_runs_and_catches_a_wrong_vjp():
+    """The "Checking a layer of your own" example passes, and fails once its vjp loses the factor 2."""
+    import pytest
+
+    from nablax.testing import DerivativeError, dottest
+
+    code = re.search(r"### Checking a layer of your own\n\n.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    square, x = namespace["Square"](), namespace["x"]
+    square.vjp = lambda cache, dy: cache.x * dy
+    with pytest.raises(DerivativeError, match="adjoint"):
+        dottest(square, x)
+
+
 def test_readme_quickstart_is_two_commands():
     block = re.search(r"## Quickstart\n\n```bash\n(.*?)```", README.read_text(), re.S).group(1).strip().splitlines()
     assert len(block) == 2

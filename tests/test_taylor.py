@@ -9,6 +9,7 @@ from gradcheck import FD_RTOL, rel_err
 from test_effective_depth import batch, moved_net
 from nablax.layers import Dense
 from nablax.layers.base import Mode, forward_chain
+from nablax.losses import SoftmaxCrossEntropy
 from nablax.metrics.taylor import cut_positions, taylor_errors, taylor_outputs
 from nablax.network import Network
 
@@ -31,7 +32,7 @@ def test_r0_is_the_trained_network(name, kw, rng):
     cuts = cut_positions(net)
     out = taylor_outputs(net, p0, x, cuts)
     np.testing.assert_allclose(out[cuts[0]], net(x), rtol=1e-12, atol=1e-12)
-    res = taylor_errors(net, p0, x, y, batch_size=16)
+    res = taylor_errors(net, p0, x, y, loss=SoftmaxCrossEntropy(), batch_size=16)
     assert res.r[0] == 0 and res.error[0] == res.error_original
     pos = net.positions()
     assert list(res.r) == [pos[p].n_lin - 1 for p in cuts] and res.k.max() < net.n_linear  # output layer kept
@@ -48,7 +49,7 @@ def test_unmoved_parameters_give_the_original_network_for_every_k(name, kw, rng)
     outs = taylor_outputs(net, p0, x, cut_positions(net, include_output=True))
     for out in outs.values():
         np.testing.assert_array_equal(out, net(x))
-    res = taylor_errors(net, p0, x, y, batch_size=16)
+    res = taylor_errors(net, p0, x, y, loss=SoftmaxCrossEntropy(), batch_size=16)
     assert np.all(res.error == res.error_original) and np.all(res.loss == res.loss_original)
 
 
@@ -111,10 +112,10 @@ def test_options(rng):
     c = taylor_outputs(ln, q0, x, cut_positions(ln))
     d = taylor_outputs(ln, q0, x, cut_positions(ln), bn_stats="batch_constant")
     assert all(np.array_equal(c[p], d[p]) for p in c)  # no batch norm: the option changes nothing
-    after = taylor_errors(net, p0, x, y, block_end="after_activation")
+    after = taylor_errors(net, p0, x, y, loss=SoftmaxCrossEntropy(), block_end="after_activation")
     assert not after.settings["r0_is_original"] and len(after.r) == net.n_linear - 1
     assert cut_positions(net, "after_activation")[0] == cut_positions(net)[1] - 1
-    running = taylor_errors(net, p0, x, y, top_bn="running")
+    running = taylor_errors(net, p0, x, y, loss=SoftmaxCrossEntropy(), top_bn="running")
     assert running.settings["top_bn"] == "running"
     resnet = nablax.build("batch-ReLU (ResNet)", depth=3, width=6, in_dim=5, out_dim=3, head=True)
     pos = resnet.positions()

@@ -13,7 +13,7 @@ from nablax import cli, data
 from nablax.architectures import GE_MLPS, GE_RESNETS
 from nablax.metrics.effective_depth import EffectiveDepth
 from nablax.metrics.training import TrainingCallback, UpdateSizes, linear_keys
-from nablax.sweep import grid_search_lr, lr_grid
+from nablax.experiments import grid_search_lr, lr_grid
 from nablax.train import Trainer, TrainConfig, load_run, run
 
 

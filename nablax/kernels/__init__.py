@@ -9,7 +9,9 @@ sample) and an activation derivative ``d`` of shape ``(B, n)``:
 
 and the batch-norm pullback with batch statistics, ``batch_standardize_vjp(g, y, sigma)``, and its forward pass,
 ``batch_standardize(z, eps)`` (see ``cpu``). Two more serve a training step: the rectifier ``relu(z) -> (y, d)``
-and an optimiser's update ``subtract_scaled(p, u, a)`` (p -= a * u in place).
+and an optimiser's update ``subtract_scaled(p, u, a)`` (p -= a * u in place). These four are faster ways to
+compute a formula that lives in its layer or optimiser, not here: where no kernel takes the arrays they return
+None, and the caller computes its formula.
 
 Which implementation runs (``set_cpu_kernels``, or the environment variable ``NABLAX_KERNELS``):
 
@@ -18,9 +20,9 @@ Which implementation runs (``set_cpu_kernels``, or the environment variable ``NA
                       small problems) and whenever Numba is missing
     "numba"           Numba for every NumPy array it can take (float32/float64 of one dtype; C-contiguous, or
                       for the two sweep kernels also all feature-major, see ``cpu.layout``)
-    "numpy"           always the NumPy reference (``cpu.*_reference``)
+    "numpy"           always the NumPy reference (``cpu.*_reference``), or None (the caller's formula)
 
-CuPy arrays always take the reference, which runs on any array module.
+CuPy arrays always take the reference or the formula, which run on any array module.
 
 The dense layers' matrix products go through ``blas.matmul``: NumPy's own by default, or another CBLAS library
 chosen with ``set_blas`` / ``use_blas`` or ``NABLAX_BLAS`` (AMD's AOCL-BLAS: "aocl"; see ``blas``).
@@ -97,32 +99,30 @@ def scale(v: Any, d: Any) -> Any:
     return cpu.scale_reference(v, d)
 
 
-def batch_standardize_vjp(g: Any, y: Any, sigma: Any) -> Any:
-    """(g - mean_b(g) - y mean_b(g y)) / sigma over the batch axis of g (k, B, d); y (B, d), sigma (1, d)."""
-    if _numba_takes(g, y):
-        return cpu.batch_standardize_vjp_numba(g, y, sigma)
-    return cpu.batch_standardize_vjp_reference(g, y, sigma)
+def batch_standardize_vjp(g: Any, y: Any, sigma: Any) -> Any | None:
+    """(g - mean_b(g) - y mean_b(g y)) / sigma over the batch axis of g (k, B, d); y (B, d), sigma (1, d)
+    (``layers.norm.standardize_vjp``), or None."""
+    return cpu.batch_standardize_vjp_numba(g, y, sigma) if _numba_takes(g, y) else None
 
 
-def batch_standardize(z: Any, eps: float) -> tuple[Any, Any, Any, Any]:
-    """(y, mean, biased variance, sigma) of z (B, d) over the batch axis; the last three of shape (1, d)."""
-    if z.ndim == 2 and _numba_takes(z):
-        return cpu.batch_standardize_numba(z, eps)
-    return cpu.batch_standardize_reference(z, eps)
+def batch_standardize(z: Any, eps: float) -> tuple[Any, Any, Any, Any] | None:
+    """(y, mean, biased variance, sigma) of z (B, d) over the batch axis; the last three of shape (1, d)
+    (``layers.norm.standardize``), or None."""
+    return cpu.batch_standardize_numba(z, eps) if z.ndim == 2 and _numba_takes(z) else None
 
 
-def relu(z: Any) -> tuple[Any, Any]:
-    """(max(z, 0), d) with d = 1[z > 0], for z of any shape: the rectifier and its derivative (NaN stays NaN)."""
-    if _numba_takes(z):
-        return cpu.relu_numba(z)
-    return cpu.relu_reference(z)
+def relu(z: Any) -> tuple[Any, Any] | None:
+    """(max(z, 0), d) with d = 1[z > 0], for z of any shape: the rectifier and its derivative (NaN stays NaN;
+    ``layers.activations.relu``), or None."""
+    return cpu.relu_numba(z) if _numba_takes(z) else None
 
 
-def subtract_scaled(p: Any, u: Any, a: float) -> Any:
-    """p -= a * u in place for p and u of one shape (a cast to p's dtype); returns p."""
+def subtract_scaled(p: Any, u: Any, a: float) -> Any | None:
+    """p -= a * u in place for p and u of one shape (a cast to p's dtype); returns p (``Optimizer.step``), or None
+    (p untouched)."""
     if _numba_takes(p, u) and p.shape == u.shape and p.flags.writeable:  # NumPy arrays first (CuPy has no .writeable)
         return cpu.subtract_scaled_numba(p, u, a)
-    return cpu.subtract_scaled_reference(p, u, a)
+    return None
 
 
 def sq_norms(v: Any) -> Any:

@@ -1,4 +1,8 @@
-"""Numba kernels for the hot paths of the exact-Jacobian sweeps and of training, each beside its NumPy reference.
+"""Numba kernels for the hot paths of the exact-Jacobian sweeps and of training.
+
+Each kernel is a faster way to compute a formula written once elsewhere: the sweep's three below, beside their
+NumPy references (``*_reference``); the layers' and the optimisers' in their own modules (``layers.norm.standardize``
+and ``standardize_vjp``, ``layers.activations.relu``, ``Optimizer.step``), which this package does not import.
 
 The sweep pulls a chunk of probe signals ``v`` of shape ``(k, B, n)`` (k probes, B samples, n entries per
 sample) back through the network. Between two matrix products it multiplies by an activation derivative
@@ -10,16 +14,17 @@ sample) back through the network. Between two matrix products it multiplies by a
 
 and, for batch norm with batch statistics (y the standardised batch (B, n), sigma its per-feature scale):
 
-    batch_standardize_vjp   out = (v - mean_b(v) - y * mean_b(v * y)) / sigma     (means over the batch axis)
+    batch_standardize_vjp   out = (v - mean_b(v) - y * mean_b(v * y)) / sigma     (``layers.norm.standardize_vjp``)
 
 and its forward pass in training, for z (B, n): three passes over z and no temporaries, where NumPy makes six:
 
     batch_standardize   (y, mean, var, sigma): y = (z - mean_b(z)) / sigma, sigma = sqrt(var_b(z) + eps)
+                        (``layers.norm.standardize`` over the batch axis)
 
 and two one-pass steps of a training step, where NumPy makes several passes and temporaries:
 
-    relu                (y, d) = (max(z, 0), 1[z > 0])  the rectifier and its derivative (``layers.ReLU``)
-    subtract_scaled     p -= a * u                       an optimiser's update (``nablax.optim``)
+    relu                (y, d) = (max(z, 0), 1[z > 0])  the rectifier and its derivative (``layers.activations.relu``)
+    subtract_scaled     p -= a * u                       an optimiser's update (``nablax.optim.Optimizer.step``)
 
 NumPy needs three passes over v for the first (a multiply and two reductions); the Numba kernel reads v once and
 writes it back in place: each entry is read, then written at the same index, which is what lets LLVM vectorise the
@@ -30,10 +35,10 @@ both memory orders of v: sample-major (``v`` C-contiguous) and feature-major (``
 Norms are returned in float64. The sample-major kernel sums each row of n entries in v's own dtype first, then in
 float64 (float32: no widening inside the vector loop; relative error about 4e-8 of the norm at n = 100); the
 feature-major one sums v^2 over the probes of each feature and takes the norm after the derivative as d^2 times
-that sum. ``python scripts/bench_kernels.py`` times every kernel against its NumPy reference.
+that sum. ``python scripts/bench_kernels.py`` times every kernel against its NumPy formula.
 
 Numba is imported lazily through ``nablax.backend.numba_module()``; without it ``compiled()`` is None and the
-callers (``nablax.kernels``) use the NumPy references. Kernels compile on first use (and are cached on disk).
+callers use the NumPy formulas (``nablax.kernels``). Kernels compile on first use (and are cached on disk).
 They are written with ``prange`` but compiled serial by default: on 2 cores, a parallel kernel between two
 multi-threaded BLAS products measured no faster (its thread pool and the BLAS's compete); set the environment
 variable ``NABLAX_NUMBA_PARALLEL=1`` before the first call to compile them parallel.
@@ -71,36 +76,6 @@ def scale_sq_norms_reference(v: Array, d: Array, out: Array | None = None) -> tu
 def scale_reference(v: Array, d: Array) -> Array:
     """v *= d in place, for v (k, B, n) and d (B, n); returns v."""
     return array_module(v, d).multiply(v, d, out=v)
-
-
-def batch_standardize_vjp_reference(g: Array, y: Array, sigma: Array) -> Array:
-    """The batch-norm pullback with batch statistics, over the batch axis of g (k, B, d):
-    (g - mean_b(g) - y * mean_b(g * y)) / sigma, with y (B, d) and sigma (1, d) (``layers.norm.standardize_vjp``)."""
-    from ..layers.norm import standardize_vjp  # noqa: PLC0415 (layers import this package)
-
-    return standardize_vjp(g, y, sigma, (-2,))
-
-
-def relu_reference(z: Array) -> tuple[Array, Array]:
-    """(phi(z), phi'(z)) of the rectifier, any shape: d = 1[z > 0] (0 at z = 0) and y = max(z, 0): z where z > 0,
-    +0 elsewhere (also at -inf, where z * d would give NaN), and NaN where z is NaN."""
-    xp = array_module(z)
-    positive = z > 0
-    return xp.where(positive | xp.isnan(z), z, xp.zeros((), dtype=z.dtype)), positive.astype(z.dtype)
-
-
-def subtract_scaled_reference(p: Array, u: Array, a: float) -> Array:
-    """p -= a * u in place (a cast to p's dtype first); returns p. An optimiser's update."""
-    p -= p.dtype.type(a) * u
-    return p
-
-
-def batch_standardize_reference(z: Array, eps: float) -> tuple[Array, Array, Array, Array]:
-    """(y, mean, biased variance, sigma) of z (B, d) standardised over the batch axis; the last three (1, d)
-    (``layers.norm.standardize``)."""
-    from ..layers.norm import standardize  # noqa: PLC0415 (layers import this package)
-
-    return standardize(z, (-2,), eps)
 
 
 # --- Numba -----------------------------------------------------------------------------------------------
@@ -316,7 +291,7 @@ def sq_norms_numba(v: Array) -> Array:
 
 
 def batch_standardize_vjp_numba(g: Array, y: Array, sigma: Array) -> Array:
-    """The fused batch-norm pullback: same contract as ``batch_standardize_vjp_reference`` (NumPy arrays only);
+    """The fused batch-norm pullback: ``layers.norm.standardize_vjp`` over axis -2 (NumPy arrays only);
     two passes over g (the two batch means, then the output) instead of about eight."""
     xp = array_module(g, y)
     out = xp.empty(g.shape, dtype=g.dtype)
@@ -325,8 +300,8 @@ def batch_standardize_vjp_numba(g: Array, y: Array, sigma: Array) -> Array:
 
 
 def batch_standardize_numba(z: Array, eps: float) -> tuple[Array, Array, Array, Array]:
-    """The batch-norm forward pass in three passes over z (B, d) (mean, variance, y), with no temporaries; same
-    contract as ``batch_standardize_reference`` (C-contiguous NumPy arrays; sums in float64)."""
+    """The batch-norm forward pass in three passes over z (B, d) (mean, variance, y), with no temporaries:
+    ``layers.norm.standardize`` over axis -2 (C-contiguous NumPy arrays; sums in float64)."""
     xp = array_module(z)
     y = xp.empty_like(z)
     stats = xp.empty((3, 1, z.shape[1]), dtype=z.dtype)
@@ -336,7 +311,7 @@ def batch_standardize_numba(z: Array, eps: float) -> tuple[Array, Array, Array, 
 
 def relu_numba(z: Array) -> tuple[Array, Array]:
     """The rectifier's y and phi' in one pass over z (C-contiguous NumPy arrays), where NumPy makes five (two
-    tests, their union, a selection and a cast); same results as ``relu_reference``, bit for bit."""
+    tests, their union, a selection and a cast); the results of ``layers.activations.relu``, bit for bit."""
     xp = array_module(z)
     y, d = xp.empty_like(z), xp.empty_like(z)
     compiled().relu(z.reshape(-1), y.reshape(-1), d.reshape(-1))
@@ -344,7 +319,7 @@ def relu_numba(z: Array) -> tuple[Array, Array]:
 
 
 def subtract_scaled_numba(p: Array, u: Array, a: float) -> Array:
-    """p -= a * u in one pass, without the temporary a * u (C-contiguous NumPy arrays of one shape); same results
-    as ``subtract_scaled_reference``, bit for bit."""
+    """p -= a * u in one pass, without the temporary a * u (C-contiguous NumPy arrays of one shape); the
+    results of ``p -= p.dtype.type(a) * u`` (``Optimizer.step``), bit for bit."""
     compiled().subtract_scaled(p.reshape(-1), u.reshape(-1), p.dtype.type(a))
     return p

@@ -12,6 +12,20 @@ SELU_LAMBDA = 1.0507009873554805
 SELU_ALPHA = 1.6732632423543772
 
 
+def relu(z: Array) -> tuple[Array, Array]:
+    """(phi(z), phi'(z)) of the rectifier, any shape: d = 1[z > 0] (0 at z = 0) and y = max(z, 0): z where z > 0,
+    +0 elsewhere (also at -inf, where z * d would give NaN), and NaN where z is NaN."""
+    xp = array_module(z)
+    positive = z > 0
+    return xp.where(positive | xp.isnan(z), z, xp.zeros((), dtype=z.dtype)), positive.astype(z.dtype)
+
+
+def _relu(z: Array) -> tuple[Array, Array]:
+    """``relu(z)``, in one pass through the Numba kernel where it takes z (the same bits; ``nablax.kernels``)."""
+    fast = kernels.relu(z)
+    return relu(z) if fast is None else fast
+
+
 def _diag_jacobian(d: Array) -> Array:
     """Per-sample diagonal Jacobians (B, n, n) from derivatives d of shape (B, n) (or (B, C, H, W), flattened)."""
     xp = array_module(d)
@@ -62,7 +76,7 @@ class ReLU(Elementwise):
     kind = "relu"
 
     def phi(self, z: Array) -> tuple[Array, Array]:
-        return kernels.relu(z)  # max(z, 0) and 1[z > 0], in one pass where Numba takes z
+        return _relu(z)
 
 
 class Tanh(Elementwise):
@@ -175,7 +189,7 @@ class CReLU(Layer):
 
     def forward(self, x: Array, mode: Mode = Mode()) -> tuple[Array, Cache]:
         xp = array_module(x)
-        (y_pos, pos), (y_neg, neg) = kernels.relu(x), kernels.relu(-x)  # neg = 1[-x > 0] = 1[x < 0]
+        (y_pos, pos), (y_neg, neg) = _relu(x), _relu(-x)  # neg = 1[-x > 0] = 1[x < 0]
         return xp.concatenate([y_pos, y_neg], axis=self.axis), Cache(pos=pos, neg=neg)
 
     def vjp(self, cache: Cache, dy: Array) -> Array:

@@ -125,13 +125,13 @@ class BatchNorm(_Normalization):
 
     def forward(self, x: Array, mode: Mode = Mode()) -> tuple[Array, Cache]:
         axes = self._axes(x.ndim)
-        if mode.train:  # dense data: one fused kernel (``nablax.kernels``)
+        if mode.train:
             if x.size == self.running_mean.size and not mode.hold_stats:
                 raise ValueError("batch norm with batch statistics on a batch of one: a batch of one has no batch "
                                  "statistics (every output would be 0); use a batch of at least 2, or train=False "
                                  "for the running statistics")
-            dense = axes == (-2,)
-            y, mu, var, sigma = kernels.batch_standardize(x, self.eps) if dense else standardize(x, axes, self.eps)
+            fast = kernels.batch_standardize(x, self.eps) if axes == (-2,) else None  # dense data: one fused kernel
+            y, mu, var, sigma = standardize(x, axes, self.eps) if fast is None else fast
             if mode.update_stats:
                 n = x.size // self.running_mean.size
                 m = self.momentum
@@ -157,11 +157,13 @@ class BatchNorm(_Normalization):
 
     @staticmethod
     def _coupled_vjp(g: Array, cache: Cache) -> Array:
-        """standardize_vjp over the batch statistics; dense data goes through the fused kernel (two passes
-        over g instead of about eight; ``nablax.kernels``), convolutional data through the formula."""
+        """standardize_vjp over the batch statistics; dense data goes through the fused kernel where Numba takes
+        it (two passes over g instead of about eight; ``nablax.kernels``)."""
         if cache.axes == (-2,):
             b, d = cache.y.shape
-            return kernels.batch_standardize_vjp(g.reshape(-1, b, d), cache.y, cache.sigma).reshape(g.shape)
+            fast = kernels.batch_standardize_vjp(g.reshape(-1, b, d), cache.y, cache.sigma)
+            if fast is not None:
+                return fast.reshape(g.shape)
         return standardize_vjp(g, cache.y, cache.sigma, cache.axes)
 
     def jacobian(self, cache: Cache) -> Array:

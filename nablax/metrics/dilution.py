@@ -41,12 +41,36 @@ from .gsc import DEFAULT_EXACT_LIMIT, METHODS, gsc_to
 
 
 def pythagorean_gsc(k: float, r: float, gsc_skip: float = 1.0) -> float:
-    """sqrt( (k^2 GSC_s^2 + r^2) / (k^2 + 1) ): the block GSC the Pythagorean conditions predict."""
+    """sqrt( (k^2 GSC_s^2 + r^2) / (k^2 + 1) ): the block GSC the Pythagorean conditions predict.
+
+    Parameters
+    ----------
+    k : float
+        The block's k-dilution ||S||_F / ||R||_F.
+    r : float
+        GSC of the residual function, GSC_rho.
+    gsc_skip : float
+        GSC of the skip, GSC_s (1 for an identity skip).
+
+    Returns
+    -------
+    float
+    """
     return math.sqrt((k * k * gsc_skip * gsc_skip + r * r) / (k * k + 1.0))
 
 
 def telescoped_gsc(r: Any) -> float:
-    """prod_b sqrt( (b + r_b^2) / (b + 1) ), b = 1..B: the end-to-end GSC of B blocks with k_b^2 = b (spec §4)."""
+    """prod_b sqrt( (b + r_b^2) / (b + 1) ), b = 1..B: the end-to-end GSC of B blocks with k_b^2 = b (spec §4).
+
+    Parameters
+    ----------
+    r : array (B,)
+        GSC_rho of each block, in forward order.
+
+    Returns
+    -------
+    float
+    """
     r = numpy.asarray(r, dtype=float)
     b = numpy.arange(1, len(r) + 1)
     return float(numpy.prod(numpy.sqrt((b + r * r) / (b + 1.0))))
@@ -109,7 +133,27 @@ def _seed_chunks(trace: Trace, p: int, exact: bool, coupled: bool, n_probes: int
 
 def block_dilution(trace: Trace, p: int, *, method: str = "auto", n_probes: int = 16, rng: Any = None,
                    exact_limit: int = DEFAULT_EXACT_LIMIT) -> BlockDilution:
-    """k-dilution, GSC_s, r, GSC_f and the Pythagorean prediction of the residual block at forward position p."""
+    """k-dilution, GSC_s, r, GSC_f and the Pythagorean prediction of the residual block at forward position p.
+
+    Parameters
+    ----------
+    trace : Trace
+        A forward pass of a batch X (B, d).
+    p : int
+        The forward position of the block's output (its input is p - 1).
+    method : str
+        "auto" (default), "exact" or "hutchinson", as ``gsc.gsc_to`` chooses.
+    n_probes : int
+        Gaussian probes for "hutchinson".
+    rng : numpy.random.Generator or seed, optional
+        The probes' source.
+    exact_limit : int
+        Seeds (B * d) above which "auto" estimates the norms of a block that couples samples.
+
+    Returns
+    -------
+    BlockDilution
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     layer = trace.network.layers[p - 1]
@@ -150,7 +194,20 @@ def block_dilution(trace: Trace, p: int, *, method: str = "auto", n_probes: int 
 
 
 def dilution(trace: Trace, **kw: Any) -> DilutionResult:
-    """``block_dilution`` for every residual block of the network, in forward order (keywords go through)."""
+    """``block_dilution`` for every residual block of the network, in forward order, and the end-to-end checks.
+
+    Parameters
+    ----------
+    trace : Trace
+        A forward pass through a network with residual blocks.
+    **kw
+        As in ``block_dilution`` (the method's keywords also reach the end-to-end ``gsc.gsc_to``).
+
+    Returns
+    -------
+    DilutionResult
+        One ``BlockDilution`` per block.
+    """
     ps = [q.index for q in trace.network.positions() if q.kind == "residual"]
     if not ps:
         raise ValueError(f"{trace.network.name or 'this network'} has no residual blocks")

@@ -46,7 +46,21 @@ def _neurons(z: Any) -> Any:
 
 
 def preact_std(z: Any, variant: str = "raw", ddof: int = 0) -> float:
-    """Pre-activation standard deviation of Z (N, ...) per neuron across the N points (see the module docstring)."""
+    """Pre-activation standard deviation of Z per neuron across the N points (see the module docstring).
+
+    Parameters
+    ----------
+    z : array (N, ...)
+        Pre-activations of N points; every other entry is a neuron.
+    variant : str
+        "raw" (default) or "normalised".
+    ddof : int
+        0 (population variance, default) or 1 (sample variance).
+
+    Returns
+    -------
+    float
+    """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     z = _neurons(z)
@@ -60,8 +74,20 @@ def preact_std(z: Any, variant: str = "raw", ddof: int = 0) -> float:
 
 
 def sign_diversity(z: Any, zero_policy: str = "ignore") -> float:
-    """Mean over neurons of min(P_u, N_u) / (P_u + N_u) for Z (N, ...) (see the module docstring); NaN if every
-    neuron is empty under ``zero_policy="ignore"``."""
+    """Mean over neurons of min(P_u, N_u) / (P_u + N_u) (see the module docstring).
+
+    Parameters
+    ----------
+    z : array (N, ...)
+        Pre-activations of N points; every other entry is a neuron.
+    zero_policy : str
+        "ignore" (default), "positive" or "negative".
+
+    Returns
+    -------
+    float
+        In [0, 0.5]; NaN if every neuron is empty under ``zero_policy="ignore"``.
+    """
     if zero_policy not in ZERO_POLICIES:
         raise ValueError(f"zero_policy must be one of {ZERO_POLICIES}, got {zero_policy!r}")
     z = _neurons(z)
@@ -103,8 +129,22 @@ class DomainResult:
 
 
 def domain_metrics(trace: Trace, *, variant: str = "raw", ddof: int = 0, zero_policy: str = "ignore") -> DomainResult:
-    """Pre-activation std and sign diversity on the input of every nonlinearity in ``trace`` (one forward pass;
-    its batch is the data set, N = ``trace.batch_size``)."""
+    """Pre-activation std and sign diversity on the input of every nonlinearity in ``trace``.
+
+    Parameters
+    ----------
+    trace : Trace
+        One forward pass; its batch is the data set, N = ``trace.batch_size``.
+    variant, ddof
+        As in ``preact_std``.
+    zero_policy : str
+        As in ``sign_diversity``.
+
+    Returns
+    -------
+    DomainResult
+        Arrays of shape (J,), one entry per nonlinearity j = 1..J in forward order.
+    """
     net = trace.network
     positions = net.positions()
     rows: list[tuple[int, str, int, int, float, float]] = []

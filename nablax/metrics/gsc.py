@@ -92,8 +92,30 @@ def _aggregate(per: numpy.ndarray, aggregation: str, squared: bool) -> numpy.nda
 def gsc_to(trace: Trace, hi: int | str | None = None, lo: int = 0, *, aggregation: str = "batch",
            squared: bool = False, method: str = "auto", n_probes: int = 4, rng: Any = None,
            exact_limit: int = DEFAULT_EXACT_LIMIT) -> GSCResult:
-    """GSC(p -> hi) for every position p in lo..hi, from one sweep back from ``hi`` (default: the output;
-    a name from ``metrics.jacobian.REFERENCES`` picks a reference position)."""
+    """GSC(p -> hi) for every position p in lo..hi, from one sweep back from ``hi``.
+
+    Parameters
+    ----------
+    trace : Trace
+        One forward pass (``Network.forward``) of a batch of B points.
+    hi : int or str, optional
+        The position measured to (default: the output), or a name of ``metrics.jacobian.REFERENCES``.
+    lo : int
+        The lowest position measured from.
+    aggregation, squared, method
+        See the module docstring.
+    n_probes : int
+        Hutchinson probes per sample (``method="hutchinson"``, or "auto" above ``exact_limit`` seeds).
+    rng : numpy.random.Generator or seed, optional
+        The Hutchinson probes' source.
+    exact_limit : int
+        Seeds (B * d_hi) above which "auto" estimates the norms of a batch-coupled pass.
+
+    Returns
+    -------
+    GSCResult
+        ``value`` and ``stderr`` of shape (hi - lo + 1,), one per position lo..hi, and the method that ran.
+    """
     if isinstance(hi, str):
         hi = reference_position(trace.network, hi)
     if aggregation not in AGGREGATIONS:
@@ -143,14 +165,41 @@ def gsc_to(trace: Trace, hi: int | str | None = None, lo: int = 0, *, aggregatio
 
 
 def gsc(trace: Trace, lo: int, hi: int | None = None, **kw: Any) -> GSCResult:
-    """GSC(lo -> hi) alone (a one-position ``GSCResult``)."""
+    """GSC(lo -> hi) alone.
+
+    Parameters
+    ----------
+    trace : Trace
+    lo, hi : int
+        The positions measured from and to (default hi: the output).
+    **kw
+        As in ``gsc_to``.
+
+    Returns
+    -------
+    GSCResult
+        One position: ``value`` and ``stderr`` of shape (1,).
+    """
     res = gsc_to(trace, hi, lo, **kw)
     res.positions, res.value, res.stderr = res.positions[:1], res.value[:1], res.stderr[:1]
     return res
 
 
 def gsc_table(trace: Trace, **kw: Any) -> numpy.ndarray:
-    """GSC(lo -> hi) for every pair of positions: a (P+1, P+1) array with NaN where lo > hi (one sweep per hi)."""
+    """GSC(lo -> hi) for every pair of positions, one sweep per hi.
+
+    Parameters
+    ----------
+    trace : Trace
+        A forward pass with P + 1 positions.
+    **kw
+        As in ``gsc_to``.
+
+    Returns
+    -------
+    numpy.ndarray (P + 1, P + 1)
+        Entry [lo, hi] is GSC(lo -> hi); NaN where lo > hi.
+    """
     n = len(trace.values)
     table = numpy.full((n, n), numpy.nan)
     for hi in range(n):
@@ -182,6 +231,25 @@ def gsc_to_error(trace: Trace, dE_dout: Any, errors: Any, *, lo: int = 0, square
     kept as an option. Both forms are invariant to scaling the error and its gradient together.
     A pass that couples samples has no per-example gradients: use ``forward(..., hold_stats=True)`` (batch
     statistics held constant) or ``aggregation="batch"``.
+
+    Parameters
+    ----------
+    trace : Trace
+        A forward pass of B points with P layers.
+    dE_dout : array (B, d_out)
+    errors : array (B,), or float with ``aggregation="batch"``
+        As above.
+    lo : int
+        The lowest position measured from.
+    squared : bool
+        Return GSC^2.
+    aggregation : str
+        "per_example_geomean" (default), "per_example_mean" or "batch".
+
+    Returns
+    -------
+    GSCResult
+        ``value`` of shape (P + 1 - lo,), one per position lo..P; ``hi`` is P + 1, the error layer.
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
@@ -217,16 +285,44 @@ def gsc_to_error(trace: Trace, dE_dout: Any, errors: Any, *, lo: int = 0, square
 
 def gsc_bottom_to_error(trace: Trace, dE_dout: Any, errors: Any, *, bottom: str = "linear1",
                         squared: bool = False, aggregation: str = "per_example_geomean") -> float:
-    """The paper's GSC(L, 0): from the bottom layer to the error layer (spec §1.1, §2.3), arguments as in
-    ``gsc_to_error``. ``bottom`` is Open: ``"linear1"`` (default, the output of linear layer 1, the paper's f_L)
-    or ``"input"`` (position 0)."""
+    """The paper's GSC(L, 0): from the bottom layer to the error layer (spec §1.1, §2.3).
+
+    Parameters
+    ----------
+    trace, dE_dout, errors
+        As in ``gsc_to_error``.
+    bottom : str
+        Open: ``"linear1"`` (default, the output of linear layer 1, the paper's f_L) or ``"input"`` (position 0).
+    squared, aggregation
+        As in ``gsc_to_error``.
+
+    Returns
+    -------
+    float
+    """
     lo = bottom_position(trace.network, bottom)
     return float(gsc_to_error(trace, dE_dout, errors, lo=lo, squared=squared, aggregation=aggregation).value[0])
 
 
 def relative_sensitivity_check(trace: Trace, lo: int, hi: int, rng: Any, eps: float = 1e-6) -> float:
     """The GSC's meaning, measured: the relative change of F_hi for a random relative perturbation eps of F_lo,
-    divided by eps (to first order, in a random direction). Its mean-square over directions is GSC^2; used in tests."""
+    divided by eps (to first order, in a random direction). Its mean-square over directions is GSC^2; used in tests.
+
+    Parameters
+    ----------
+    trace : Trace
+    lo, hi : int
+        The positions perturbed and observed.
+    rng : numpy.random.Generator
+        The direction's source.
+    eps : float
+        Unused: the change is taken to first order (a pushforward), so it does not depend on eps.
+
+    Returns
+    -------
+    float
+        ||J u|| / ||F_hi|| for a random u with ||u|| = ||F_lo||.
+    """
     xp = trace.xp
     u = xp.asarray(rng.standard_normal(trace.values[lo].shape), dtype=trace.values[lo].dtype)
     u *= math.sqrt(float((trace.values[lo] ** 2).sum()) / float((u * u).sum()))

@@ -41,6 +41,17 @@ def paper_index(p: int, n_layers: int) -> int:
     """Forward position p  <->  paper layer index l = P + 1 - p (P = ``n_layers``; its own inverse).
 
     p = 0 (input) is l = P + 1, p = P (output) is l = 1, p = P + 1 (the error) is l = 0.
+
+    Parameters
+    ----------
+    p : int
+        A forward position in 0..P + 1 (or a paper index l: the map is its own inverse).
+    n_layers : int
+        P, the network's top-level layer count.
+
+    Returns
+    -------
+    int
     """
     if not 0 <= p <= n_layers + 1:
         raise IndexError(f"position {p} is outside 0..{n_layers + 1} (P + 1 is the error layer)")
@@ -60,6 +71,17 @@ def select_positions(network: Network, which: str = "all") -> list[int]:
     "after_linear"  right after each layer that contains a linear layer
     "stream"        the residual stream: the input, each block's input and each block's output
                     (a network without residual blocks: every position)
+
+    Parameters
+    ----------
+    network : Network
+    which : str
+        One of ``SELECTIONS``, above.
+
+    Returns
+    -------
+    list of int
+        Forward positions, ascending.
     """
     pos = network.positions()
     if which == "all":
@@ -77,7 +99,19 @@ def select_positions(network: Network, which: str = "all") -> list[int]:
 
 
 def reference_position(network: Network, reference: str = "last_block") -> int:
-    """The position GSCs are measured to in the random-initialisation figures (option ``gsc.reference``)."""
+    """The position GSCs are measured to in the random-initialisation figures (option ``gsc.reference``).
+
+    Parameters
+    ----------
+    network : Network
+    reference : str
+        One of ``REFERENCES`` (module docstring).
+
+    Returns
+    -------
+    int
+        A forward position.
+    """
     pos = network.positions()
     if reference == "output":
         return len(pos) - 1
@@ -91,7 +125,19 @@ def reference_position(network: Network, reference: str = "last_block") -> int:
 
 
 def bottom_position(network: Network, bottom: str = "linear1") -> int:
-    """The lower end of GSC(L, 0) (option ``gsc.bottom``): the output of linear layer 1, or the input."""
+    """The lower end of GSC(L, 0) (option ``gsc.bottom``): the output of linear layer 1, or the input.
+
+    Parameters
+    ----------
+    network : Network
+    bottom : str
+        "linear1" (default) or "input".
+
+    Returns
+    -------
+    int
+        A forward position.
+    """
     if bottom == "input":
         return 0
     if bottom != "linear1":
@@ -103,8 +149,20 @@ def bottom_position(network: Network, bottom: str = "linear1") -> int:
 
 
 def x_coordinates(network: Network, positions: Any, axis: str = "n_lin") -> numpy.ndarray:
-    """The x-coordinate of each forward position: ``"n_lin"`` (compositional depth), ``"n_act"``, or
-    ``"paper"`` (the backward-counted paper index l = P + 1 - p)."""
+    """The x-coordinate of each forward position.
+
+    Parameters
+    ----------
+    network : Network
+    positions : sequence of int (n,)
+        Forward positions.
+    axis : str
+        ``"n_lin"`` (compositional depth), ``"n_act"``, or ``"paper"`` (the backward-counted index l = P + 1 - p).
+
+    Returns
+    -------
+    numpy.ndarray (n,) of int
+    """
     pos = network.positions()
     if axis == "paper":
         return numpy.array([paper_index(int(p), len(network.layers)) for p in positions])
@@ -118,7 +176,16 @@ def qm_norm(a: Any) -> float:
 
         ||A||_qm = sqrt( ||A||_F^2 / n )       n = the INPUT dimension (number of columns)
 
-    A batch of per-sample Jacobians (B, m, n) counts as the block-diagonal batch map: ||.||_F^2 / (B n)."""
+    A batch of per-sample Jacobians (B, m, n) counts as the block-diagonal batch map: ||.||_F^2 / (B n).
+
+    Parameters
+    ----------
+    a : array (m, n) or (B, m, n)
+
+    Returns
+    -------
+    float
+    """
     if a.ndim == 2:
         return math.sqrt(float((a * a).sum()) / a.shape[1])
     if a.ndim == 3:

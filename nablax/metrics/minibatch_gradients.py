@@ -13,7 +13,8 @@ For M examples with per-example gradient vectors g_m in R^D (rows of a matrix g,
 Which gradient (spec §7 "Implementation", all Open, defaults are project choices):
     target  "first_layer_activations" (default): d l_m / d(output of the first weight layer), the first conv
             "input": d l_m / d x_m;   "first_layer_weights": the per-example d l_m / d(params of layer 1)
-    loss    "cross_entropy" (default): l_m = softmax cross-entropy with the true label;  "logit": l_m = o_m[class]
+    loss    a loss object (``nablax.losses.SoftmaxCrossEntropy()`` in the paper's protocol: l_m = softmax
+            cross-entropy with the true label; the caller passes it in);  "logit": l_m = o_m[class]
     bn      "hold" (default): batch norm in training mode with the batch statistics held constant, so each g_m
             depends on example m alone;  "through": g_m is row m of the gradient of sum_m l_m taken through the
             batch statistics (what a minibatch step sees), which couples the rows
@@ -28,39 +29,53 @@ import numpy
 
 from ..backend import array_module
 from ..layers.base import Mode
-from ..losses import log_softmax
 from ..network import Network
 
 GRAD_TARGETS = ("first_layer_activations", "input", "first_layer_weights")
-GRAD_LOSSES = ("cross_entropy", "logit")
 BN_MODES = ("hold", "through")
 GRAM_NORMS = ("mean_diag", "cosine")
 ERANK_REFERENCES = ("gaussian", "M")
 
 
-def per_example_gradients(net: Network, x: Any, labels: Any = None, *, target: str = "first_layer_activations",
-                          loss: str = "cross_entropy", logit_class: int = 0, bn: str = "hold") -> numpy.ndarray:
+def per_example_gradients(net: Network, x: Any, labels: Any = None, *, loss: Any,
+                          target: str = "first_layer_activations", logit_class: int = 0, bn: str = "hold"
+                          ) -> numpy.ndarray:
     """The (M, D) matrix of per-example gradients g_m (see the module docstring), as a NumPy array.
 
-    x (M, *in_shape) on the network's backend; labels (M,) integers (needed for ``loss="cross_entropy"``).
+    Parameters
+    ----------
+    net : Network
+    x : array (M, *in_shape)
+        The minibatch, on the network's backend.
+    labels : array (M,) of integers, optional
+        The true classes (needed with a loss object).
+    loss : loss object or "logit"
+        A loss with ``grad(out, labels)``, the gradient of the batch mean (row m is d l_m / d o_m / M), such as
+        ``nablax.losses.SoftmaxCrossEntropy()``; or "logit" for l_m = o_m[logit_class].
+    target, logit_class, bn
+        See the module docstring.
+
+    Returns
+    -------
+    g : numpy.ndarray (M, D)
+        Row m is g_m, flattened.
     """
     if target not in GRAD_TARGETS:
         raise ValueError(f"target must be one of {GRAD_TARGETS}, got {target!r}")
-    if loss not in GRAD_LOSSES:
-        raise ValueError(f"loss must be one of {GRAD_LOSSES}, got {loss!r}")
+    if isinstance(loss, str) and loss != "logit":
+        raise ValueError(f"loss must be a loss object or 'logit', got {loss!r}")
     if bn not in BN_MODES:
         raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
     tr = net.forward(x, train=True, hold_stats=(bn == "hold"))
     xp, out = tr.xp, tr.output
     m = out.shape[0]
-    if loss == "cross_entropy":
-        if labels is None:
-            raise ValueError("loss='cross_entropy' needs the labels")
-        dout = xp.exp(log_softmax(out))  # d l_m / d o_m = softmax(o_m) - onehot(y_m)
-        dout[xp.arange(m), xp.asarray(labels)] -= 1.0
-    else:
+    if isinstance(loss, str):  # "logit"
         dout = xp.zeros_like(out)
         dout[:, logit_class] = 1.0
+    else:
+        if labels is None:
+            raise ValueError("a loss needs the labels")
+        dout = m * loss.grad(out, xp.asarray(labels))  # d l_m / d o_m: cross-entropy's softmax(o_m) - onehot(y_m)
     first = first_weight_position(net)
     if target == "input":
         g = tr.pullback(dout, src=0)
@@ -72,7 +87,16 @@ def per_example_gradients(net: Network, x: Any, labels: Any = None, *, target: s
 
 
 def first_weight_position(net: Network) -> int:
-    """The position just after the first weight layer (the output of the first conv or dense layer)."""
+    """The position just after the first weight layer (the output of the first conv or dense layer).
+
+    Parameters
+    ----------
+    net : Network
+
+    Returns
+    -------
+    int
+    """
     return next(p.index for p in net.positions() if p.n_lin >= 1)
 
 
@@ -95,7 +119,21 @@ def _centred(g: numpy.ndarray) -> numpy.ndarray:
 
 
 def gram_image(g: numpy.ndarray, *, centred: bool = True, normalise: str = "mean_diag") -> numpy.ndarray:
-    """|G| / mean(diag G) (default) or |G_mn| / sqrt(G_mm G_nn) ("cosine"), G = the (centred) Gram matrix, (M, M)."""
+    """|G| / mean(diag G) (default) or |G_mn| / sqrt(G_mm G_nn) ("cosine"), G = the (centred) Gram matrix.
+
+    Parameters
+    ----------
+    g : array (M, D)
+        Per-example gradients (``per_example_gradients``).
+    centred : bool
+        Subtract the mean row first (default).
+    normalise : str
+        "mean_diag" (default) or "cosine".
+
+    Returns
+    -------
+    numpy.ndarray (M, M)
+    """
     if normalise not in GRAM_NORMS:
         raise ValueError(f"normalise must be one of {GRAM_NORMS}, got {normalise!r}")
     g = _centred(g) if centred else numpy.asarray(g, dtype=float)
@@ -109,13 +147,35 @@ def gram_image(g: numpy.ndarray, *, centred: bool = True, normalise: str = "mean
 
 def singular_values(g: numpy.ndarray) -> numpy.ndarray:
     """Singular values of an (M, D) matrix from the eigenvalues of the smaller Gram matrix (g g^T or g^T g): the
-    same numbers as an SVD up to rounding (eigenvalues below rounding are clipped to 0), much faster when D >> M."""
+    same numbers as an SVD up to rounding (eigenvalues below rounding are clipped to 0), much faster when D >> M.
+
+    Parameters
+    ----------
+    g : array (M, D)
+
+    Returns
+    -------
+    numpy.ndarray (min(M, D),)
+        Descending.
+    """
     gram = g @ g.T if g.shape[0] <= g.shape[1] else g.T @ g
     return numpy.sqrt(numpy.clip(numpy.linalg.eigvalsh(gram), 0.0, None))[::-1]
 
 
 def effective_rank(g: numpy.ndarray, *, centred: bool = True) -> float:
-    """exp(entropy of the normalised singular values) of the (centred) (M, D) matrix g; between 1 and min(M, D)."""
+    """exp(entropy of the normalised singular values) of the (centred) matrix g.
+
+    Parameters
+    ----------
+    g : array (M, D)
+    centred : bool
+        Subtract the mean row first (default).
+
+    Returns
+    -------
+    float
+        Between 1 and min(M, D).
+    """
     g = _centred(g) if centred else numpy.asarray(g, dtype=float)
     s = singular_values(g)
     p = s / s.sum()
@@ -132,7 +192,21 @@ def relative_effective_rank(g: numpy.ndarray, *, reference: str = "gaussian", ce
                             seed: int = 0) -> float:
     """erank(g) / erank(i.i.d. N(0, 1) matrix of g's shape, centred alike) (about 1 for white noise), or erank / M.
 
-    The Gaussian reference is one draw with ``seed``; its erank concentrates tightly around its mean."""
+    The Gaussian reference is one draw with ``seed``; its erank concentrates tightly around its mean.
+
+    Parameters
+    ----------
+    g : array (M, D)
+    reference : str
+        "gaussian" (default) or "M".
+    centred : bool
+    seed : int
+        The Gaussian reference's seed.
+
+    Returns
+    -------
+    float
+    """
     if reference not in ERANK_REFERENCES:
         raise ValueError(f"reference must be one of {ERANK_REFERENCES}, got {reference!r}")
     er = effective_rank(g, centred=centred)
@@ -142,7 +216,17 @@ def relative_effective_rank(g: numpy.ndarray, *, reference: str = "gaussian", ce
 
 
 def gradient_norm_ratio(g: numpy.ndarray) -> float:
-    """||mean_m g_m||^2 / mean_m ||g_m||^2 (uncentred), in [0, 1]."""
+    """||mean_m g_m||^2 / mean_m ||g_m||^2 (uncentred).
+
+    Parameters
+    ----------
+    g : array (M, D)
+
+    Returns
+    -------
+    float
+        In [0, 1].
+    """
     g = numpy.asarray(g, dtype=float)
     mean = g.mean(axis=0)
     return float(mean @ mean / (g * g).sum(axis=1).mean())
@@ -150,7 +234,21 @@ def gradient_norm_ratio(g: numpy.ndarray) -> float:
 
 def kmeans_order(g: numpy.ndarray, k: int = 10, seed: int = 0, *, centred: bool = True) -> numpy.ndarray:
     """A permutation of the M rows: k-means (k clusters, fixed seed) on the (centred) rows, sorted by cluster
-    label and, within a cluster, by distance to its centroid (spec §7 "Ordering")."""
+    label and, within a cluster, by distance to its centroid (spec §7 "Ordering").
+
+    Parameters
+    ----------
+    g : array (M, D)
+    k : int
+        Clusters.
+    seed : int
+    centred : bool
+
+    Returns
+    -------
+    numpy.ndarray (M,) of int
+        The row order.
+    """
     from sklearn.cluster import KMeans
 
     g = _centred(g) if centred else numpy.asarray(g, dtype=float)

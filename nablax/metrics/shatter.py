@@ -48,6 +48,21 @@ def grid(m: int = GRID_SIZE, kind: str = "linspace", net: Network | None = None,
 
     "linspace" (default): M points from lo to hi inclusive.  "arange": lo, lo + (hi-lo)/M, ..., hi - (hi-lo)/M
     (the public replication's grid; it contains x = 0 exactly).
+
+    Parameters
+    ----------
+    m : int
+        M, the number of points.
+    kind : str
+        "linspace" or "arange".
+    net : Network, optional
+        Whose backend and dtype the grid takes (default: NumPy, float64).
+    lo, hi : float
+        The interval.
+
+    Returns
+    -------
+    array (M, 1)
     """
     xp = net.backend.xp if net is not None else numpy
     dtype = net.dtype if net is not None else numpy.float64
@@ -70,6 +85,19 @@ def input_gradients(net: Network, x: Any, bn_mode: str = "constant_stats") -> An
 
     One reverse sweep seeded with ones at the output. With "constant_stats" row m is the per-example gradient
     of f(x_m); with "through_stats" it is d(sum_j f(x_j))/dx_m (batch statistics differentiated).
+
+    Parameters
+    ----------
+    net : Network
+        One output.
+    x : array (M, d)
+        The inputs, on the network's backend.
+    bn_mode : str
+        "constant_stats" (default) or "through_stats".
+
+    Returns
+    -------
+    array (M, d)
     """
     _check_bn_mode(bn_mode)
     if bn_mode == "through_stats_diag":
@@ -83,8 +111,21 @@ def input_gradients(net: Network, x: Any, bn_mode: str = "constant_stats") -> An
 def grid_gradient(net: Network, x: Any = None, bn_mode: str = "constant_stats", chunk: int = 32) -> Any:
     """The paper's Eq. 1: g_i = df/dx(x_i) for a scalar network on the grid x (M, 1) (default ``grid(net=net)``).
 
-    Returns g of shape (M,) on the network's backend. See the module docstring for ``bn_mode``; ``chunk`` is the
-    number of probe tangents per forward sweep for "through_stats_diag".
+    Parameters
+    ----------
+    net : Network
+        Scalar input, scalar output.
+    x : array (M, 1), optional
+        The grid (default ``grid(net=net)``).
+    bn_mode : str
+        See the module docstring.
+    chunk : int
+        Probe tangents per forward sweep for "through_stats_diag".
+
+    Returns
+    -------
+    g : array (M,)
+        On the network's backend.
     """
     _check_bn_mode(bn_mode)
     if net.in_shape != (1,) or net.shapes[-1] != (1,):
@@ -114,6 +155,19 @@ def covariance_image(g: Any) -> Any:
     """|(g - mean g)(g - mean g)^T| / var(g): the (M, M) image of Fig. 1's bottom row (spec §3.2; Paper).
 
     Rank one before the absolute value; invariant to scaling and shifting g; one gradient, not an average.
+
+    Parameters
+    ----------
+    g : array (M,)
+
+    Returns
+    -------
+    array (M, M)
+
+    Raises
+    ------
+    UndefinedACF
+        g is constant.
     """
     gc = g - g.mean()
     var = float((gc * gc).mean())
@@ -129,8 +183,25 @@ def acf(g: Any, max_lag: int | None = None, estimator: str = "sample", rtol: flo
         ACF(k) = sum_{t=1}^{M-k} (g_t - gbar)(g_{t+k} - gbar) / sum_{t=1}^{M} (g_t - gbar)^2,   k = 0..M-1
     "correlate_same": np.correlate(gc, gc, "same") normalised to 1 at lag 0, lags 0..M/2-1 (its right half).
         For k >= 0 this is the same number as "sample" (Derived); it only stops at M/2.
-    Returns lags 0..max_lag (default: every lag the estimator has). Raises ``UndefinedACF`` when some row is
-    constant to within ``rtol`` of its magnitude (a looks-linear net): its ACF is not a number.
+    Parameters
+    ----------
+    g : array (M,) or (..., M)
+    max_lag : int, optional
+        The last lag returned (default: every lag the estimator has).
+    estimator : str
+        "sample" or "correlate_same".
+    rtol : float
+        A row whose variance is below ``rtol`` of its magnitude counts as constant.
+
+    Returns
+    -------
+    array (..., max_lag + 1)
+        Lags 0..max_lag; 1 at lag 0.
+
+    Raises
+    ------
+    UndefinedACF
+        Some row is constant (a looks-linear net): its ACF is not a number.
     """
     if estimator not in ACF_ESTIMATORS:
         raise ValueError(f"estimator must be one of {ACF_ESTIMATORS}, got {estimator!r}")
@@ -151,7 +222,20 @@ def acf(g: Any, max_lag: int | None = None, estimator: str = "sample", rtol: flo
 
 
 def lags(n: int, x: Any = None, units: str = "integer") -> Any:
-    """The lag axis for an ACF of n values: 0..n-1 (integer lag, default) or k * dx ("x"; needs the grid x)."""
+    """The lag axis for an ACF of n values.
+
+    Parameters
+    ----------
+    n : int
+    x : array (M, 1) or (M,), optional
+        The grid (needed for ``units="x"``).
+    units : str
+        "integer" (0..n-1, default) or "x" (k * dx).
+
+    Returns
+    -------
+    numpy.ndarray (n,)
+    """
     k = numpy.arange(n)
     if units == "integer":
         return k
@@ -163,12 +247,39 @@ def lags(n: int, x: Any = None, units: str = "integer") -> Any:
 
 def brown_noise(rng: numpy.random.Generator, m: int = GRID_SIZE, width: int = WIDTH,
                 size: tuple[int, ...] = ()) -> numpy.ndarray:
-    """B(t) = sum_{s<=t} W_s, W_s ~ N(0, 1/width), t = 1..m (spec §3.4; Reconstruction). Shape (*size, m)."""
+    """B(t) = sum_{s<=t} W_s, W_s ~ N(0, 1/width), t = 1..m (spec §3.4; Reconstruction).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    m : int
+        Steps.
+    width : int
+        The variance of a step is 1 / width.
+    size : tuple of int
+        Leading shape: independent walks.
+
+    Returns
+    -------
+    numpy.ndarray (*size, m)
+    """
     return numpy.cumsum(rng.standard_normal(size + (m,)) * math.sqrt(1.0 / width), axis=-1)
 
 
 def white_noise(rng: numpy.random.Generator, m: int = GRID_SIZE, size: tuple[int, ...] = ()) -> numpy.ndarray:
-    """W_k ~ N(0, 1), k = 1..m (spec §3.4). Shape (*size, m)."""
+    """W_k ~ N(0, 1), k = 1..m (spec §3.4).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    m : int
+    size : tuple of int
+        Leading shape.
+
+    Returns
+    -------
+    numpy.ndarray (*size, m)
+    """
     return rng.standard_normal(size + (m,))
 
 
@@ -179,6 +290,15 @@ def gradient_moments(grads: Any) -> tuple[float, float]:
     """(mean_m <g_m, g_m>, mean_{m != n} <g_m, g_n>) for gradients G (M, d) of one network at M inputs.
 
     The off-diagonal mean uses ||sum_m g_m||^2 = sum_m ||g_m||^2 + sum_{m != n} <g_m, g_n>: no M x M matrix.
+
+    Parameters
+    ----------
+    grads : array (M, ...)
+        One gradient per input, M >= 2.
+
+    Returns
+    -------
+    (float, float)
     """
     m = grads.shape[0]
     flat = grads.reshape(m, -1)
@@ -194,6 +314,18 @@ def gradient_correlation(nets: Iterable[Network], x: Any, bn_mode: str = "consta
 
     Per network s: a_s = mean_m <g_m, g_m>, c_s = mean_{m != n} <g_m, g_n>; across networks
     C(i) = mean a_s, C(i, j) = mean c_s, R = C(i, j) / C(i), with standard errors over networks (delta method).
+
+    Parameters
+    ----------
+    nets : iterable of Network
+        Scalar output; one per draw.
+    x : array (M, d)
+    bn_mode : str
+        As in ``input_gradients``.
+
+    Returns
+    -------
+    MCMoments
     """
     from .shatter_theory import mc_moments
 
@@ -217,8 +349,19 @@ class Activity:
 
 
 def active_coactive(a: Any) -> tuple[float, float]:
-    """A = mean of the binary activations a (M inputs, N neurons); CO = (1/N) sum_k n_k (n_k - 1) / (M (M - 1)),
-    n_k = sum_m a_mk: the fraction of ordered distinct input pairs on which a neuron is active on both."""
+    """A = mean of the binary activations; CO = (1/N) sum_k n_k (n_k - 1) / (M (M - 1)), n_k = sum_m a_mk: the
+    fraction of ordered distinct input pairs on which a neuron is active on both.
+
+    Parameters
+    ----------
+    a : array (M, ...) of 0/1
+        M inputs; every other entry is a neuron (N of them).
+
+    Returns
+    -------
+    (float, float)
+        (A, CO).
+    """
     m = a.shape[0]
     a = a.reshape(m, -1)
     n_k = a.sum(axis=0)
@@ -227,7 +370,18 @@ def active_coactive(a: Any) -> tuple[float, float]:
 
 def activity(trace: Trace) -> Activity:
     """A_l and CO_l of every ReLU layer of a forward pass (inside residual blocks too), from its pre-activation:
-    a_mk = 1[z_mk > 0]. The inputs are the trace's batch."""
+    a_mk = 1[z_mk > 0].
+
+    Parameters
+    ----------
+    trace : Trace
+        A forward pass; its batch holds the M inputs.
+
+    Returns
+    -------
+    Activity
+        Arrays (L,), one entry per ReLU layer in forward order.
+    """
     be = trace.network.backend
     pairs = [active_coactive(be.asnumpy(x > 0)) for layer, x, _ in trace.leaves() if isinstance(layer, ReLU)]
     if not pairs:
@@ -259,7 +413,17 @@ class LooksLinearCheck:
 
 
 def looks_linear_check(net: Network, x: Any = None) -> LooksLinearCheck:
-    """Linearity and orthogonality of a (looks-linear) scalar network on the grid, measured through the engine."""
+    """Linearity and orthogonality of a (looks-linear) scalar network on the grid, measured through the engine.
+
+    Parameters
+    ----------
+    net, x
+        As in ``grid_gradient``.
+
+    Returns
+    -------
+    LooksLinearCheck
+    """
     x = grid(net=net) if x is None else x
     be = net.backend
     g = be.asnumpy(grid_gradient(net, x))

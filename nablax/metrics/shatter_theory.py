@@ -49,7 +49,20 @@ class Moments:
 def closed_form(kind: str, depth: int, beta: float = 1.0, t: float | None = None) -> Moments:
     """The exact expectations of the path model for ``kind`` at depth L (see the module docstring).
 
-    ``beta`` is the residual-branch scale ("res", "res_bn"); ``t`` the highway gate (default 1/L).
+    Parameters
+    ----------
+    kind : str
+        One of ``KINDS``: "fnn", "res", "res_bn", "highway".
+    depth : int
+        L >= 1.
+    beta : float
+        The residual-branch scale ("res", "res_bn").
+    t : float, optional
+        The highway gate (default 1/L).
+
+    Returns
+    -------
+    Moments
     """
     L = int(depth)
     if L < 1:
@@ -72,7 +85,18 @@ def closed_form(kind: str, depth: int, beta: float = 1.0, t: float | None = None
 
 def theorem3_asymptotic(depth: int, beta: float) -> Moments:
     """Theorem 3 as the paper states it: C(i) = beta^2 (L-1) + 1 (exact), C(i,j) ~ beta sqrt(L),
-    R ~ 1/(beta sqrt(L))."""
+    R ~ 1/(beta sqrt(L)).
+
+    Parameters
+    ----------
+    depth : int
+        L.
+    beta : float
+
+    Returns
+    -------
+    Moments
+    """
     root = beta * math.sqrt(depth)
     return Moments(beta**2 * (depth - 1) + 1, root, 1.0 / root)
 
@@ -117,7 +141,17 @@ class MCMoments:
 
 
 def mc_moments(a: Any, b: Any, c: Any) -> MCMoments:
-    """Estimates from i.i.d. samples a = g_i^2, b = g_j^2, c = g_i g_j (1-D arrays of equal length n >= 2)."""
+    """Estimates from i.i.d. samples a = g_i^2, b = g_j^2, c = g_i g_j.
+
+    Parameters
+    ----------
+    a, b, c : array (n,)
+        n >= 2 samples each.
+
+    Returns
+    -------
+    MCMoments
+    """
     a, b, c = (numpy.asarray(v, dtype=float) for v in (a, b, c))
     n = a.size
     if n < 2:
@@ -203,6 +237,31 @@ def path_model(kind: str, depth: int, width: int = 200, beta: float = 1.0, t: fl
              division by s_l = sqrt(1 + beta^2 (l-1))), "highway" (L blocks, gates a^2 = 1-t, b^2 = t; t = 1/L default)
     method   "gram" (exact in distribution, O(N) per layer; default) or "dense" (draws every N x N matrix)
     Trials run in chunks (default 4096 for "gram", 16 for "dense"); compare with ``closed_form`` via ``z_scores``.
+
+    Parameters
+    ----------
+    kind : str
+        As above.
+    depth : int
+        L.
+    width : int
+        N, neurons per layer.
+    beta, t : float
+        As in ``closed_form``.
+    trials : int
+        Independent draws of the model.
+    rng : numpy.random.Generator or seed
+    method : str
+        As above.
+    chunk : int, optional
+        Trials per chunk.
+    backend : str
+        "numpy" or "cupy".
+
+    Returns
+    -------
+    MCMoments
+        From ``trials`` samples.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

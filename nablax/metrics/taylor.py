@@ -37,7 +37,6 @@ import numpy
 
 from ..data import batch_slices
 from ..layers.base import Array, Mode, forward_chain, param_jvp_chain
-from ..losses import SoftmaxCrossEntropy
 from ..network import Network
 
 BLOCK_ENDS = ("linear_output", "after_activation")
@@ -67,6 +66,18 @@ def cut_positions(net: Network, block_end: str = "linear_output", include_output
     "linear_output": after each top-level layer that holds linear layers (a Dense, or a residual block).
     "after_activation": just before the next such layer (so norm and nonlinearity are inside B_k).
     The cut after the output layer is left out unless ``include_output``.
+
+    Parameters
+    ----------
+    net : Network
+    block_end : str
+        "linear_output" (default) or "after_activation".
+    include_output : bool
+
+    Returns
+    -------
+    list of int
+        Forward positions, ascending.
     """
     if block_end not in BLOCK_ENDS:
         raise ValueError(f"block_end must be one of {BLOCK_ENDS}, got {block_end!r}")
@@ -94,7 +105,24 @@ def _layer_dparams(net: Network, delta: dict[str, Array]) -> list[dict[str, Arra
 def taylor_outputs(net: Network, expansion_point: dict[str, Array], x: Array, cuts: list[int], *,
                    bn_stats: str = "batch_differentiated", top_bn: str = "batch") -> dict[int, Array]:
     """Network outputs on the batch x with the bottom block up to each cut position p replaced by its first-order
-    expansion around ``expansion_point`` (the network itself holds θ(T)). Returns {p: output (B, d_out)}."""
+    expansion around ``expansion_point`` (the network itself holds θ(T)).
+
+    Parameters
+    ----------
+    net : Network
+    expansion_point : dict of arrays
+        θ(0), named as ``Network.named_params``.
+    x : array (B, *in_shape)
+    cuts : list of int
+        Cut positions (``cut_positions``).
+    bn_stats, top_bn : str
+        See the module docstring.
+
+    Returns
+    -------
+    dict of int to array (B, d_out)
+        The output for each cut position.
+    """
     if bn_stats not in BN_STATS:
         raise ValueError(f"bn_stats must be one of {BN_STATS}, got {bn_stats!r}")
     if top_bn not in TOP_BN:
@@ -123,13 +151,35 @@ def taylor_outputs(net: Network, expansion_point: dict[str, Array], x: Array, cu
     return outs
 
 
-def taylor_errors(net: Network, expansion_point: dict[str, Array], x: Array, y: Array, *, batch_size: int = 256,
-                  block_end: str = "linear_output", bn_stats: str = "batch_differentiated", top_bn: str = "batch",
-                  include_output: bool = False) -> TaylorResult:
+def taylor_errors(net: Network, expansion_point: dict[str, Array], x: Array, y: Array, *, loss: Any,
+                  batch_size: int = 256, block_end: str = "linear_output", bn_stats: str = "batch_differentiated",
+                  top_bn: str = "batch", include_output: bool = False) -> TaylorResult:
     """Training error and loss for every reduction r = k - 1, over evaluation batches of ``batch_size`` of (x, y)
-    (``data.batch_slices``: a last batch of one point joins the one before it)."""
+    (``data.batch_slices``: a last batch of one point joins the one before it).
+
+    Parameters
+    ----------
+    net : Network
+        The trained network, θ(T).
+    expansion_point : dict of arrays
+        θ(0), named as ``Network.named_params``.
+    x : array (N, *in_shape)
+    y : array (N,) of integers
+        The training set and its classes.
+    loss : loss object
+        Anything with ``value(out, y) -> float``, the mean over a batch (the paper's:
+        ``nablax.losses.SoftmaxCrossEntropy()``, which ``nablax.train`` passes).
+    batch_size, block_end, bn_stats, top_bn
+        See the module docstring.
+    include_output : bool
+        Also cut after the output layer.
+
+    Returns
+    -------
+    TaylorResult
+        ``k``, ``error`` and ``loss`` per cut (arrays (n_cuts,)), and the original network's error and loss.
+    """
     cuts = cut_positions(net, block_end, include_output)
-    loss = SoftmaxCrossEntropy()
     n = int(x.shape[0])
     wrong = numpy.zeros(len(cuts))
     total_loss = numpy.zeros(len(cuts))

@@ -92,7 +92,18 @@ def linear_keys(net: Network) -> list[str]:
 
 
 def matrix_norm(a: Array, norm: str = "fro") -> float:
-    """Frobenius (``"fro"``) or spectral (``"spectral"``, the largest singular value) norm of a matrix."""
+    """Frobenius (``"fro"``) or spectral (``"spectral"``, the largest singular value) norm of a matrix.
+
+    Parameters
+    ----------
+    a : array (m, n)
+    norm : str
+        "fro" (default) or "spectral".
+
+    Returns
+    -------
+    float
+    """
     xp = array_module(a)
     if norm == "fro":
         return float(xp.sqrt((a * a).sum()))
@@ -102,7 +113,22 @@ def matrix_norm(a: Array, norm: str = "fro") -> float:
 
 
 def residual_opnorms(net: Network, params0: dict[str, Array], keys: list[str] | None = None) -> tuple[numpy.ndarray, numpy.ndarray]:
-    """``(||R_i||_2, ||R_i||_2 / ||W_i(0)||_2)`` per linear layer, with R_i = W_i(now) - W_i(0) (spec §2.10)."""
+    """``(||R_i||_2, ||R_i||_2 / ||W_i(0)||_2)`` per linear layer, with R_i = W_i(now) - W_i(0) (spec §2.10).
+
+    Parameters
+    ----------
+    net : Network
+        Holds W(now).
+    params0 : dict of arrays
+        W(0), named as ``Network.named_params``.
+    keys : list of str, optional
+        The weight matrices (default: ``linear_keys(net)``, every linear layer's).
+
+    Returns
+    -------
+    (numpy.ndarray (n,), numpy.ndarray (n,))
+        One entry per key; the relative norm is 0 where W_i(0) = 0.
+    """
     keys = linear_keys(net) if keys is None else keys
     params = net.named_params()
     absolute = numpy.array([matrix_norm(params[k] - params0[k], "spectral") for k in keys])

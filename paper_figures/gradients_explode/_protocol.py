@@ -19,7 +19,7 @@ preprocessing are unknown. Three scales (``nablax.figures.figure_args`` picks on
              50 blocks of width 100 (ResNets 25 blocks), batch 256, the x3 grid 1e-4 ... 1 after 5 epochs, up to
              500 epochs, 1 seed. Days of CPU time.
 
-Every run goes through the sweep runner (``nablax.sweep.run_sweep``), keyed by its configuration under the
+Every run goes through the experiment runner (``nablax.experiments.run_sweep``), keyed by its configuration under the
 figure's run folder, checkpointed every epoch: an interrupted figure resumes, and finished runs are skipped.
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy
 
-from nablax.sweep import lr_grid, make_executor, pick_lr, run_sweep, search_configs
+from nablax.experiments import lr_grid, make_executor, pick_lr, run_sweep, search_configs
 from nablax.train import NOT_IN_KEY, TrainConfig, load_run
 
 PROTOCOLS: dict[str, dict[str, Any]] = {
@@ -67,7 +67,7 @@ def figure_runs(variants: dict[str, dict[str, Any]], out: str | Path, scale: str
     ``seeds`` seeds from ``seed`` (default: the protocol's number), and return ``({legend: [nablax.train.load_run(...) per seed]}, protocol settings)``.
 
     The step size of each variant is searched once, on the first seed (``out/lr_search``), then every seed
-    trains with it (``out/runs``). ``executor``: "local", "dask" or an executor object (see nablax.sweep)."""
+    trains with it (``out/runs``). ``executor``: "local", "dask" or an executor object (see nablax.experiments)."""
     out = Path(out)
     proto = protocol(scale, {**({"seeds": seeds} if seeds else {}), **(overrides or {})})
     grid, search_epochs = proto["lr_grid"], int(proto["search_epochs"])

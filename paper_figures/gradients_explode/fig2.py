@@ -18,9 +18,9 @@ epochs, then 80 epochs with the step size divided by 3 when the training error p
 improvement), seeds 0 and 1 (curves: the mean, or the geometric mean for the GSC; bands: min..max). --cifar PATH:
 the same code on CIFAR-10 (the official cifar-10-python.tar.gz, checked against its MD5) with spec §9's defaults
 (batch 256, up to 500 epochs: days of CPU time). --quick: digits, 12 blocks of width 32, 6 epochs, a pipeline
-check. Every run goes through the sweep runner (nablax.sweep, keyed by configuration, checkpointed every epoch), so
-an interrupted figure resumes; --executor dask [--workers N | --scheduler ADDRESS] spreads the runs over a Dask
-cluster, --backend cupy puts them on a GPU.
+check. Every run goes through the experiment runner (nablax.experiments, keyed by configuration, checkpointed every
+epoch), so an interrupted figure resumes; --executor dask [--workers N | --scheduler ADDRESS] spreads the runs over
+a Dask cluster, --backend cupy puts them on a GPU.
 """
 
 from __future__ import annotations

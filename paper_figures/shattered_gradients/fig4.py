@@ -29,6 +29,7 @@ import numpy  # noqa: E402
 
 from nablax.architectures import convnet  # noqa: E402
 from nablax.figures import FigureRecord, blas_threads, cached, figure_args, require_cifar, save_figure  # noqa: E402
+from nablax.losses import SoftmaxCrossEntropy  # noqa: E402
 from nablax.metrics.minibatch_gradients import (  # noqa: E402
     GRAD_TARGETS,
     effective_rank,
@@ -76,7 +77,8 @@ def measure(family: str, depth: int, x: numpy.ndarray, y: numpy.ndarray, s: dict
     """Gram image (unordered), effective ranks and the norm ratio of one net; the k-means order for the shallowest."""
     net = convnet(FAMILIES[family], depth, s["width"], x.shape[1:], 10, beta=s["beta"], seed=s["seed"],
                   dtype=s["dtype"], backend=s["backend"])
-    g = per_example_gradients(net, net.backend.xp.asarray(x.astype(s["dtype"])), y, target=s["grad_target"])
+    g = per_example_gradients(net, net.backend.xp.asarray(x.astype(s["dtype"])), y, loss=SoftmaxCrossEntropy(),
+                              target=s["grad_target"])
     out = {"gram": numpy.round(gram_image(g), 4), "erank": effective_rank(g),
            "relative_erank": relative_effective_rank(g, seed=s["seed"]), "norm_ratio": gradient_norm_ratio(g),
            "dim": g.shape[1]}

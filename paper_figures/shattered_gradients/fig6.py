@@ -5,8 +5,9 @@ nets and resnets.
     python paper_figures/shattered_gradients/fig6.py [--quick | --cifar PATH] [--out DIR] [--seed S]
                                                       [--backend numpy|cupy] [--executor local|dask] [--workers N]
 
-Every model and depth is one run of ``nablax.train`` through the sweep runner (``nablax.sweep.run_sweep``), keyed
-by its configuration under DIR/fig6_runs, so an interrupted run resumes and finished runs are skipped.
+Every model and depth is one run of ``nablax.train`` through the experiment runner
+(``nablax.experiments.run_sweep``), keyed by its configuration under DIR/fig6_runs, so an interrupted run resumes
+and finished runs are skipped.
 Three scales, one code path (every choice is ours: spec §8 leaves the paper's protocol unknown):
     default  the paper's depths up to 198 on scikit-learn's embedded digits (1797 8x8 grey images, all training
              data: training accuracy), width 4 (the paper's is unknown; ours is narrow so that 198 layers train in
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None, overrides: dict | None = None) -> None:
 
 
 def run(args: argparse.Namespace, executor: object, overrides: dict) -> None:
-    from nablax.sweep import run_sweep
+    from nablax.experiments import run_sweep
 
     protocol = {**COMMON, **PROTOCOLS[args.scale], "cifar": args.cifar, "backend": args.backend, **overrides}
     depths = sorted(args.depths or DEPTHS[args.scale])

@@ -1,4 +1,7 @@
-"""Experiment grids (architecture x step size x seed x ...) through one executor interface.
+"""Experiment grids (architecture x step size x seed x ...) through one executor interface: the experiment runner.
+
+On the command line and in these names a grid of runs is a "sweep" (``nablax sweep FILE``, a sweep file,
+``run_sweep``); everywhere else in nablax a sweep is the Jacobian sweep of ``Trace``.
 
     configs = expand_grid({"data": "digits", "depth": 10, "epochs": 5}, {"arch": ["batch-tanh", "SeLU"], "seed": [0, 1]})
     results = run_sweep(configs, "runs/")                                  # in-process, one after another
@@ -228,7 +231,7 @@ def pick_lr(configs: list[TrainConfig], results: list[dict[str, Any]]) -> tuple[
 
 def grid_search_lr(config: TrainConfig, lrs: list[float], out: str | Path, *, epochs: int = 3,
                    executor: Any = "local", scheduler: str | None = None, progress: bool = True) -> tuple[float, list[dict[str, Any]]]:
-    """Train ``config`` for ``epochs`` at every step size of ``lrs`` (through the sweep runner, resumably) and
+    """Train ``config`` for ``epochs`` at every step size of ``lrs`` (through the experiment runner, resumably) and
     return ``pick_lr``'s step size and table."""
     configs = search_configs(config, lrs, epochs)
     return pick_lr(configs, run_sweep(configs, out, executor=executor, scheduler=scheduler, progress=progress))

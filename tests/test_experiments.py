@@ -1,13 +1,13 @@
-"""Sweeps: grid expansion, results keyed by configuration (reruns skip finished work), the local and the Dask
-executor (a LocalCluster of 2 workers), sweep files and the CLI."""
+"""The experiment runner (nablax.experiments): grid expansion, results keyed by configuration (reruns skip finished
+work), the local and the Dask executor (a LocalCluster of 2 workers), sweep files and the CLI."""
 
 import json
 import sys
 
 import pytest
 
-from nablax import cli, sweep
-from nablax.sweep import expand_grid, load_sweep_file, run_sweep
+from nablax import cli, experiments
+from nablax.experiments import expand_grid, load_sweep_file, run_sweep
 
 BASE = {"data": "digits", "depth": 2, "width": 8, "epochs": 1, "batch_size": 100, "eval_batch": 100, "n_train": 200,
         "taylor": False}
@@ -48,7 +48,7 @@ def test_dask_local_cluster_gives_the_local_results(tmp_path):
     pytest.importorskip("distributed")
     configs = expand_grid(BASE, {"arch": ["batch-tanh", "SeLU"], "lr": [0.05]})
     local = run_sweep(configs, tmp_path / "local", progress=False)
-    with sweep.DaskExecutor(n_workers=2, processes=False) as ex:
+    with experiments.DaskExecutor(n_workers=2, processes=False) as ex:
         assert len(ex.client.scheduler_info()["workers"]) == 2
         dask = run_sweep(configs, tmp_path / "dask", executor=ex, progress=False)
         assert all(r["skipped"] for r in run_sweep(configs, tmp_path / "dask", executor=ex, progress=False))
@@ -59,11 +59,11 @@ def test_dask_local_cluster_gives_the_local_results(tmp_path):
 def test_missing_dask_gives_a_clear_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(ImportError, match=r"pip install -e \.\[sweep\]"):
-        sweep.make_executor("dask")
+        experiments.make_executor("dask")
     with pytest.raises(ValueError):
-        sweep.make_executor("local", scheduler="tcp://x:1")
+        experiments.make_executor("local", scheduler="tcp://x:1")
     with pytest.raises(ValueError):
-        sweep.make_executor("slurm")
+        experiments.make_executor("slurm")
 
 
 def test_sweep_files_and_cli(tmp_path, capsys):
@@ -87,7 +87,7 @@ def test_sweep_files_and_cli(tmp_path, capsys):
 
 
 def test_epoch_watcher_counts_the_epochs_that_runs_elsewhere_have_written(tmp_path):
-    from nablax.sweep import _EpochWatcher
+    from nablax.experiments import _EpochWatcher
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "metrics.jsonl").write_text("{}\n" * 4)  # epoch 0 and three epochs
