@@ -305,6 +305,7 @@ def test_figure_json_has_every_legend_name_and_panel(module, panels, tmp_path):
         assert all(s["y"][0] == 1 and s["y"][-1] >= 1 for s in rec["panels"]["D"]["series"].values())
         assert len(rec["panels"]["B"]["series"]["layer-ReLU (ResNet)"]["x"]) == 2 * TINY["depth"]
         assert len(gsc_panel["batch-ReLU (ResNet)"]["dilution_seed0"]["k"]) == TINY["depth"]
+        assert "panel C is unknown" in rec["settings"]["panels_note"]  # the figure says why C is missing
     if module == "orthogonal_init":  # exact GSC 1 from every hidden position of the plain ReLU net
         assert np.allclose(gsc_panel["ReLU (orthogonal initial state)"]["y"][1:], 1.0, atol=1e-10)
 
