@@ -94,8 +94,9 @@ def test_resnet_training_panel_draws_every_resnet(tmp_path):
     rec = FigureRecord("test", {})
     fig, ax = plt.subplots()
     archs = ["layer-tanh (ResNet)", "batch-ReLU (ResNet)"]
-    settings = proto.resnet_training_panel(rec, "digits", "D", ax, out=tmp_path, archs=archs,
-                                           overrides={**TINY, "lr_grid": None}, progress=False)
+    runs, settings = proto.figure_runs({a: {"arch": a} for a in archs}, tmp_path, "digits",
+                                       overrides={**TINY, "lr_grid": None}, progress=False)
+    proto.resnet_training_panel(rec, runs, "D", ax)
     series = rec.panels["D"]["series"]
     assert list(series) == archs and settings["config"]["depth"] == 2
     for s in series.values():

@@ -32,6 +32,7 @@ from typing import Any
 import numpy
 
 from nablax.experiments import lr_grid, make_executor, pick_lr, run_sweep, search_configs
+from nablax.figures import blas_threads, require_cifar, sweep_executor
 from nablax.train import NOT_IN_KEY, TrainConfig, load_run
 
 PROTOCOLS: dict[str, dict[str, Any]] = {
@@ -107,6 +108,25 @@ def figure_runs(variants: dict[str, dict[str, Any]], out: str | Path, scale: str
     return runs, settings
 
 
+DATA_NAMES = {"quick": "digits (quick)", "digits": "digits", "cifar": "CIFAR-10"}
+
+
+def figure_runs_for(args: Any, variants: dict[str, dict[str, Any]], folder: str,
+                    overrides: dict[str, Any] | None = None) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """``figure_runs`` for a figure script's command line (``nablax.figures.figure_args(..., data=True,
+    sweep=True)``): CIFAR-10 checked first when given, the executor it asks for (closed afterwards), runs under
+    ``args.out/folder``."""
+    require_cifar(args, (overrides or {}).get("cifar_md5"))
+    ex = sweep_executor(args)
+    try:
+        with blas_threads(args.quick):
+            return figure_runs(variants, Path(args.out) / folder, args.scale, seed=args.seed, seeds=args.seeds,
+                               cifar=args.cifar, backend=args.backend, executor=ex, overrides=overrides)
+    finally:
+        if ex != "local":
+            ex.close()
+
+
 def over_seeds(runs: list[dict[str, Any]], key: str, geometric: bool = False) -> dict[str, Any]:
     """A per-epoch history value over the seeds' runs: ``x`` (epochs), ``y`` (the mean, or the geometric mean),
     ``lo``/``hi`` (min..max) and ``per_seed``, over the epochs that every seed reached (a diverged run stops)."""
@@ -125,20 +145,11 @@ def eps_sweep(runs: list[dict[str, Any]]) -> dict[str, list[list[int]]]:
             for e in runs[0]["history"][-1]["effective_depth_sweep"]}
 
 
-def resnet_training_panel(record: Any, scale: str, panel: str = "D", ax: Any = None, *, out: str | Path = "figures",
-                          seed: int = 0, seeds: int | None = None, cifar: str | None = None, backend: str = "numpy",
-                          archs: list[str] | None = None, executor: Any = "local",
-                          overrides: dict[str, Any] | None = None, colors: dict[str, str] | None = None,
-                          progress: bool = True) -> dict[str, Any]:
-    """Fig. 3's training panel: effective depth against epoch for the ResNets trained with this protocol.
-
-    Adds panel ``panel`` to the ``nablax.figures.FigureRecord`` ``record`` (one series per architecture: the mean
-    over seeds with min..max, the per-seed values and the threshold sweep) and draws it on the matplotlib axis
-    ``ax`` if given. Runs go to ``out/fig3_runs`` (resumable). Returns the protocol settings."""
-    archs = FIG3_RESNETS if archs is None else archs
-    runs, settings = figure_runs({a: {"arch": a} for a in archs}, Path(out) / "fig3_runs", scale, seed=seed,
-                                 seeds=seeds, cifar=cifar, backend=backend, executor=executor, overrides=overrides,
-                                 progress=progress)
+def resnet_training_panel(record: Any, runs: dict[str, list[dict[str, Any]]], panel: str = "D", ax: Any = None,
+                          colors: dict[str, str] | None = None) -> None:
+    """Fig. 3's training panel from the ResNets' runs (``figure_runs``): effective depth against epoch, one series
+    per architecture (the mean over seeds with min..max, the per-seed values, the threshold sweep and the final
+    training errors), added to the ``nablax.figures.FigureRecord`` ``record`` and drawn on ``ax`` if given."""
     record.panel(panel, "effective depth during training", "epoch", "effective depth")
     for arch, rs in runs.items():
         s = over_seeds(rs, "effective_depth")
@@ -146,7 +157,6 @@ def resnet_training_panel(record: Any, scale: str, panel: str = "D", ax: Any = N
                    final_train_error=[r["history"][-1]["train_error"] for r in rs])
     if ax is not None:
         draw_depths(ax, record.panels[panel], colors or {})
-    return settings
 
 
 def draw_depths(ax: Any, panel: dict[str, Any], colors: dict[str, str]) -> None:

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy
 
-from _protocol import draw_depths, figure_runs, over_seeds, eps_sweep
-from nablax.figures import FigureRecord, blas_threads, figure_args, require_cifar, save_figure, sweep_executor
+from _protocol import DATA_NAMES, draw_depths, eps_sweep, figure_runs_for, over_seeds
+from nablax.figures import FigureRecord, figure_args, save_figure
 
 NAMES = ["batch-ReLU", "layer-tanh", "batch-tanh", "SeLU"]
 COLORS = {"batch-ReLU": "tab:purple", "layer-tanh": "tab:red", "batch-tanh": "tab:brown", "SeLU": "tab:green"}
@@ -123,20 +123,10 @@ def plot(rec: FigureRecord, title: str) -> Any:
 def main(argv: list[str] | None = None, overrides: dict[str, Any] | None = None) -> int:
     """``overrides`` replaces protocol settings (tests run tiny nets with it)."""
     args = figure_args(__doc__.split("\n")[0], argv, default_out="figures/gradients_explode", data=True, sweep=True)
-    require_cifar(args, (overrides or {}).get("cifar_md5"))
-    ex = sweep_executor(args)
-    try:
-        with blas_threads(args.quick):
-            runs, proto = figure_runs({a: {"arch": a} for a in NAMES}, f"{args.out}/fig2_runs", args.scale,
-                                      seed=args.seed, seeds=args.seeds, cifar=args.cifar, backend=args.backend,
-                                      executor=ex, overrides=overrides)
-    finally:
-        if ex != "local":
-            ex.close()
+    runs, proto = figure_runs_for(args, {a: {"arch": a} for a in NAMES}, "fig2_runs", overrides)
     rec = build_record(runs, settings_for(args, proto, runs))
     c = proto["config"]
-    data = {"quick": "digits (quick)", "digits": "digits", "cifar": "CIFAR-10"}[args.scale]
-    title = (f"Fig. 2: MLPs trained on {data}: {c['depth']} blocks of width {c['width']} + output layer, SGD batch "
+    title = (f"Fig. 2: MLPs trained on {DATA_NAMES[args.scale]}: {c['depth']} blocks of width {c['width']} + output layer, SGD batch "
              f"{c['batch_size']}, {c['epochs']} epochs, seeds {proto['seeds']} (project protocol)")
     save_figure(plot(rec, title), rec, args.out, "fig2")
     for arch, rs in runs.items():

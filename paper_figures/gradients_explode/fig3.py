@@ -27,13 +27,12 @@ from __future__ import annotations
 import numpy
 
 import nablax
-from _protocol import resnet_training_panel
+from _protocol import FIG3_RESNETS, figure_runs_for, resnet_training_panel
 from _random_init import PAPER, QUICK, gsc_series, make_figure
-from nablax.figures import FigureRecord, cached, figure_args, require_cifar, sweep_executor
+from nablax.figures import FigureRecord, cached, figure_args, require_cifar
 from nablax.metrics.dilution import dilution
 
-NAMES = ["layer-ReLU (ResNet)", "batch-ReLU (ResNet)", "layer-tanh (ResNet)", "batch-tanh (ResNet)",
-         "layer-SeLU (ResNet)"]
+NAMES = FIG3_RESNETS  # the five ResNets of Fig. 3 (and of its training panel)
 COLORS = {"layer-ReLU (ResNet)": "tab:cyan", "batch-ReLU (ResNet)": "tab:purple", "layer-tanh (ResNet)": "tab:red",
           "batch-tanh (ResNet)": "tab:brown", "layer-SeLU (ResNet)": "tab:green"}
 RESNET = {"depth": 25, "reference": "output"}
@@ -75,14 +74,9 @@ def main(argv: list[str] | None = None, overrides: dict | None = None) -> None:
         if args.no_training:
             rec.settings["panel_D"] = "not drawn: --no-training"
             return
-        ex = sweep_executor(args)
-        try:
-            rec.settings["panel_D"] = resnet_training_panel(
-                rec, args.scale, "D", out=args.out, seed=args.seed, seeds=args.seeds, cifar=args.cifar,
-                backend=args.backend, executor=ex, overrides=training_overrides)
-        finally:
-            if ex != "local":
-                ex.close()
+        runs_d, rec.settings["panel_D"] = figure_runs_for(args, {a: {"arch": a} for a in NAMES}, "fig3_runs",
+                                                         training_overrides)
+        resnet_training_panel(rec, runs_d, "D")
 
     trained_on = {"quick": "digits, quick protocol", "digits": "digits, paper depth", "cifar": "CIFAR-10"}[args.scale]
     rec, _ = make_figure("fig3", [(n, n, s["init"]) for n in NAMES], s, args, COLORS,

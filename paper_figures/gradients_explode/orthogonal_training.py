@@ -23,8 +23,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from _protocol import draw_depths, eps_sweep, figure_runs, over_seeds
-from nablax.figures import FigureRecord, blas_threads, figure_args, require_cifar, save_figure, sweep_executor
+from _protocol import DATA_NAMES, draw_depths, eps_sweep, figure_runs_for, over_seeds
+from nablax.figures import FigureRecord, figure_args, save_figure
 
 VARIANTS = {"ReLU (Gaussian)": {"arch": "ReLU", "init": "gaussian"},
             "ReLU (orthogonal initial state)": {"arch": "ReLU", "init": "looks_linear"}}
@@ -73,24 +73,15 @@ def plot(rec: FigureRecord, title: str) -> Any:
 def main(argv: list[str] | None = None, overrides: dict[str, Any] | None = None) -> int:
     """``overrides`` replaces protocol settings (tests run tiny nets with it)."""
     args = figure_args(__doc__.split("\n")[0], argv, default_out="figures/gradients_explode", data=True, sweep=True)
-    require_cifar(args, (overrides or {}).get("cifar_md5"))
-    ex = sweep_executor(args)
-    try:
-        with blas_threads(args.quick):
-            runs, proto = figure_runs(VARIANTS, f"{args.out}/orthogonal_training_runs", args.scale, seed=args.seed,
-                                      seeds=args.seeds, cifar=args.cifar, backend=args.backend, executor=ex,
-                                      overrides=overrides)
-    finally:
-        if ex != "local":
-            ex.close()
+    runs, proto = figure_runs_for(args, VARIANTS, "orthogonal_training_runs", overrides)
     first = next(iter(runs.values()))[0]["result"] or {}
     rec = build_record(runs, {**proto, "quick": args.quick, "init.scheme": VARIANTS,
                               "effective_depth": first.get("effective_depth_settings"),
                               "gsc": "GSC(L, 0) from linear layer 1, per example (geometric mean)"})
     c = proto["config"]
-    data = {"quick": "digits (quick)", "digits": "digits", "cifar": "CIFAR-10"}[args.scale]
-    save_figure(plot(rec, f"ReLU MLP, {c['depth']} blocks of width {c['width']}, trained on {data} from the orthogonal "
-                          f"initial state and from Gaussian init (SGD batch {c['batch_size']}, seeds {proto['seeds']})"),
+    save_figure(plot(rec, f"ReLU MLP, {c['depth']} blocks of width {c['width']}, trained on {DATA_NAMES[args.scale]} "
+                          f"from the orthogonal initial state and from Gaussian init (SGD batch {c['batch_size']}, "
+                          f"seeds {proto['seeds']})"),
                 rec, args.out, "orthogonal_training")
     for legend, rs in runs.items():
         for r in rs:
