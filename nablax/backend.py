@@ -139,20 +139,14 @@ def tune_allocator(trim_threshold: int = 512 << 20, mmap_threshold: int = 32 << 
     and the figure scripts (``figures.figure_args``) do, unless the setting ``malloc_tuning`` is off
     (``NABLAX_MALLOC_TUNING=0``). Returns True if it applied.
     """
+    import ctypes
+    import ctypes.util
     import sys
 
     from .performance import current  # noqa: PLC0415
 
     if not current().malloc_tuning or not sys.platform.startswith("linux"):
         return False
-    return _mallopt(trim_threshold, mmap_threshold)
-
-
-@functools.lru_cache(maxsize=None)
-def _mallopt(trim_threshold: int, mmap_threshold: int) -> bool:
-    import ctypes
-    import ctypes.util
-
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt

@@ -100,11 +100,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .architectures import ARCHITECTURES
     from .backend import gpu_available, numba_available
     from .network import describe_file_format
+    from .performance import current
 
     print(f"nablax {__version__}")
     print(f"backends: numpy (always), numba kernels: {'yes' if numba_available() else 'no'}, "
           f"cupy GPU: {'yes' if gpu_available() else 'no'}")
     print(f"matrix products: {kernels.blas_library()} (NABLAX_BLAS: {kernels.blas_name()})")
+    print(f"performance {current()} (README, Performance)")
     print("architectures: " + ", ".join(ARCHITECTURES))
     print(describe_file_format())
     return 0

@@ -423,14 +423,10 @@ class Trace:
         dst, src = self._pos(dst, -1), self._pos(src, 0)
         if n_probes < 2:
             raise ValueError("n_probes must be at least 2 to report a standard error")
-        rng = numpy.random.default_rng(rng)
-        shape = (n_probes,) + tuple(self.values[dst].shape)
-        if probe == "gaussian":
-            v = rng.standard_normal(shape)
-        elif probe == "rademacher":
-            v = rng.choice([-1.0, 1.0], size=shape)
-        else:
+        if probe not in ("gaussian", "rademacher"):
             raise ValueError(f"probe must be 'gaussian' or 'rademacher', got {probe!r}")
+        rng, shape = numpy.random.default_rng(rng), (n_probes,) + tuple(self.values[dst].shape)
+        v = rng.standard_normal(shape) if probe == "gaussian" else rng.choice([-1.0, 1.0], size=shape)
         v = self.xp.asarray(v, dtype=self.values[dst].dtype)
         samples = self.xp.zeros((dst - src + 1, n_probes), dtype=v.dtype)
         for p, s in self.pullbacks(v, dst, src):

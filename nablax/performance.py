@@ -22,7 +22,7 @@ import warnings
 from typing import Any, Mapping
 
 CPU_KERNELS = ("auto", "numba", "numpy")
-LAYOUTS = ("auto", "on", "off")
+CHOICES = {"kernels": CPU_KERNELS, "feature_major": ("auto", "on", "off")}
 ENVIRONMENT = {"fast": "NABLAX_FAST", "kernels": "NABLAX_KERNELS", "blas": "NABLAX_BLAS",
                "sweep_threads": "NABLAX_SWEEP_THREADS", "numba_parallel": "NABLAX_NUMBA_PARALLEL",
                "malloc_tuning": "NABLAX_MALLOC_TUNING"}
@@ -48,10 +48,9 @@ class Settings:
             value, kind = getattr(self, f.name), type(f.default)
             if f.init and type(value) is not kind:  # strictly: True is no thread count
                 raise ValueError(f"setting {f.name} must be a {kind.__name__}, got {value!r}")
-        if self.kernels not in CPU_KERNELS:
-            raise ValueError(f"cpu kernels must be one of {CPU_KERNELS}, got {self.kernels!r}")
-        if self.feature_major not in LAYOUTS:
-            raise ValueError(f"setting feature_major must be one of {LAYOUTS}, got {self.feature_major!r}")
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"setting {name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.sweep_threads < 0 or self.sample_block_bytes < 0:
             raise ValueError("settings sweep_threads and sample_block_bytes must not be negative")
 

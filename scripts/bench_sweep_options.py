@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import nablax
 
+    nablax.tune_allocator()  # as the nablax command does (BENCHMARKS.md, "The C allocator")
+
     if args.option in ("layout", "blocks"):
         threadpool_limits(1)
     default = nablax.settings()
