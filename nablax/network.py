@@ -264,10 +264,9 @@ class Trace:
         return dx, {f"{i}.{k}": v for i, g in enumerate(grads) for k, v in g.items()}
 
     # -- exact Jacobians ------------------------------------------------------------------------------
-    # Each method below is the plain reference: identity seeds pulled back through the layers' own vjp, in chunks
-    # of at most max_elements signal entries. While the setting ``fast`` is on (the default) the same numbers
-    # come from ``fastpath`` instead (fused kernels, live seeds, layouts, sample blocks, threads); with
-    # ``nablax.settings(fast=False)`` this code runs, and ``tests/test_fastpath.py`` checks the two agree.
+    # The plain reference: identity seeds through the layers' own vjp, in chunks of at most max_elements signal
+    # entries. With the setting ``fast`` on (the default) the same numbers come from ``fastpath``; with
+    # ``nablax.settings(fast=False)`` from this code (``tests/test_fastpath.py`` checks the two agree).
     def probe_chunks(self, n_probes: int, max_elements: int, widest: int) -> Iterator[slice]:
         step = max(1, max_elements // max(1, widest))
         for start in range(0, n_probes, step):
@@ -301,9 +300,8 @@ class Trace:
 
     def jacobian_blocks(self, src: int = 0, dst: int | None = None, *, batch_level: bool | None = None,
                         max_elements: int = DEFAULT_MAX_ELEMENTS) -> Iterator[tuple[slice, Array]]:
-        """The exact Jacobian from position src to position dst, a block of rows at a time (identity seeds at
-        dst, pulled back in chunks): at most one block of ``max_elements`` signal entries is alive at once, so
-        a Jacobian too large for memory can be reduced or written out block by block (``jacobian(out=...)``).
+        """The exact Jacobian from position src to position dst a block of rows at a time, so that one too large
+        for memory can be reduced or written out block by block (``jacobian(out=...)``).
 
         Parameters
         ----------
@@ -313,10 +311,9 @@ class Trace:
 
         Yields
         ------
-        (rows, block). Per sample: rows is a slice of dst's D_dst entries and ``block[i, b] = J_b[rows.start + i]``,
-        shape ``(k, B, *shape_src)``. Batch-level: rows is a slice of the B * D_dst entries of the whole batch at
-        dst, in sample-major order (entry (b, j) is row ``b * D_dst + j``), and ``block[i]`` is the gradient of
-        that entry with respect to the whole batch at src, ``(k, B, *shape_src)``.
+        (rows, block), block ``(k, B, *shape_src)``. Per sample: rows of dst's D_dst entries, ``block[i, b] =
+        J_b[rows.start + i]``. Batch-level: rows of the B * D_dst entries of the batch at dst (entry (b, j) is row
+        ``b * D_dst + j``), ``block[i]`` the gradient of that entry with respect to the whole batch at src.
         """
         src, dst, batch_level = self._jacobian_args(src, dst, batch_level)
         if current().fast:
@@ -335,9 +332,7 @@ class Trace:
         batch_level : per sample (False) or of the whole batch (True); None: True when the pass couples samples
         method : "vjp" pulls back identity seeds from dst; "jvp" pushes identity seeds forward from src
         max_elements : signal entries per chunk of seeds, at most: memory stays bounded apart from the result
-        out : (vjp only) receives the result instead of a fresh array, e.g. a disk-backed
-            ``numpy.lib.format.open_memmap(path, "w+", dtype, shape)`` for a batch-level Jacobian larger than
-            memory (``jacobian_blocks`` streams the same rows)
+        out : (vjp only) receives the result, e.g. ``numpy.lib.format.open_memmap(path, "w+", dtype, shape)``
 
         Returns
         -------
