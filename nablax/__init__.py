@@ -4,11 +4,10 @@ and "The Shattered Gradients Problem" (Balduzzi et al.)."""
 
 __version__ = "0.1.0"
 
+from .performance import Settings, settings  # noqa: I001 (first: the settings every other module reads)
 from .backend import get_backend, gpu_available, tune_allocator
+from .architectures import ARCHITECTURES, build
+from .network import Network, Trace
 
-tune_allocator()  # see its docstring: measured 1.8x on a training step; NABLAX_MALLOC_TUNING=0 turns it off
-
-from .architectures import ARCHITECTURES, build  # noqa: E402
-from .network import Network, Trace  # noqa: E402
-
-__all__ = ["__version__", "build", "ARCHITECTURES", "Network", "Trace", "get_backend", "gpu_available"]
+__all__ = ["__version__", "build", "ARCHITECTURES", "Network", "Trace", "get_backend", "gpu_available", "settings",
+           "Settings"]

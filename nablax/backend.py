@@ -127,7 +127,6 @@ def resolve_dtype(dtype: Any) -> numpy.dtype:
 # --- the C allocator ----------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
 def tune_allocator(trim_threshold: int = 512 << 20, mmap_threshold: int = 32 << 20) -> bool:
     """Keep freed heap memory in the process instead of handing it back to the OS at once (glibc only).
 
@@ -135,15 +134,18 @@ def tune_allocator(trim_threshold: int = 512 << 20, mmap_threshold: int = 32 << 
     goes. With glibc's defaults that memory is returned to the OS (trimmed, or unmapped for blocks over 128 KiB)
     and the next pass page-faults it back in: measured on a 50-layer width-100 MLP with a 3072-dim input at batch
     128, one training step took 39.6 ms with the defaults and 22.0 ms with these thresholds (median of 21, one
-    core; see BENCHMARKS.md). The cost: up to ``trim_threshold`` of freed heap stays resident. Runs once, when
-    nablax is imported; set NABLAX_MALLOC_TUNING=0 to leave the allocator alone. Returns True if it applied.
+    core; see BENCHMARKS.md). The cost: up to ``trim_threshold`` of freed heap stays resident. It changes the
+    whole process, so a library must not do it unasked: ``import nablax`` never calls it; the ``nablax`` command
+    and the figure scripts (``figures.figure_args``) do, unless the setting ``malloc_tuning`` is off
+    (``NABLAX_MALLOC_TUNING=0``). Returns True if it applied.
     """
     import ctypes
     import ctypes.util
-    import os
     import sys
 
-    if os.environ.get("NABLAX_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+    from .performance import current  # noqa: PLC0415
+
+    if not current().malloc_tuning or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .backend import BackendUnavailable
+from .backend import BackendUnavailable, tune_allocator
 from .data import DataUnavailable
 
 BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -100,11 +100,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .architectures import ARCHITECTURES
     from .backend import gpu_available, numba_available
     from .network import describe_file_format
+    from .performance import current
 
     print(f"nablax {__version__}")
     print(f"backends: numpy (always), numba kernels: {'yes' if numba_available() else 'no'}, "
           f"cupy GPU: {'yes' if gpu_available() else 'no'}")
     print(f"matrix products: {kernels.blas_library()} (NABLAX_BLAS: {kernels.blas_name()})")
+    print(f"performance {current()} (README, Performance)")
     print("architectures: " + ", ".join(ARCHITECTURES))
     print(describe_file_format())
     return 0
@@ -392,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. ``USER_ERRORS`` end it with one line on stderr and status 2 (``--debug``: the traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_allocator()  # a command owns its process (the setting malloc_tuning, NABLAX_MALLOC_TUNING=0, says no)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from .backend import tune_allocator
 from .records import config_key, jsonable
 
 SCALES = ("quick", "digits", "cifar")
@@ -36,7 +37,8 @@ def figure_args(description: str, argv: list[str] | None = None, default_out: st
         --executor --scheduler --workers --seeds  scripts whose runs go through the experiment runner (``sweep=True``)
 
     ``extra(parser)`` adds a script's own options. The result has ``scale``: "quick" (``--quick``), "cifar"
-    (``--cifar PATH``) or "digits" (the papers' architectures on the embedded digits: the default).
+    (``--cifar PATH``) or "digits" (the papers' architectures on the embedded digits: the default). It also tunes
+    the C allocator (``backend.tune_allocator``), as the ``nablax`` command does.
     """
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="a small run that finishes in well under a minute")
@@ -61,6 +63,7 @@ def figure_args(description: str, argv: list[str] | None = None, default_out: st
     if args.quick and getattr(args, "cifar", None):
         p.error("--quick runs on the embedded digits; leave out --cifar, or --quick")
     args.scale = "quick" if args.quick else ("cifar" if getattr(args, "cifar", None) else "digits")
+    tune_allocator()  # a figure script owns its process (NABLAX_MALLOC_TUNING=0 says no)
     return args
 
 
@@ -134,7 +137,10 @@ def sweep_executor(args: argparse.Namespace) -> Any:
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # one BLAS thread per worker process
         os.environ.setdefault(var, "1")
 
-    return DaskExecutor(args.scheduler, n_workers=args.workers, processes=True)
+    executor = DaskExecutor(args.scheduler, n_workers=args.workers, processes=True)
+    if args.scheduler is None:  # this script's own worker processes: tuned as this one is
+        executor.client.run(tune_allocator)
+    return executor
 
 
 def cached(out: str | Path, config: dict[str, Any], compute: Callable[[], Any]) -> Any:

@@ -362,6 +362,8 @@ def peer_chunk(per_item: int) -> int:
 def job_sqnorms(size: dict, dtype: str, archs: list[str], batches: list[int], full_jacobian: bool) -> list[dict]:
     import numpy as np
 
+    from nablax import fastpath
+
     cases = []
     for arch in archs:
         for b in batches:
@@ -386,7 +388,7 @@ def job_sqnorms(size: dict, dtype: str, archs: list[str], batches: list[int], fu
             d_out = width
             flops = 2 * b * macs * (1 + d_out)  # forward, and one sweep of d_out seeds
             tr0 = net0.forward(x_np.astype(dtype))
-            plan = tr0._live_seed_plan(len(tr0.values) - 1, 0)
+            plan = fastpath.live_seed_plan(tr0, len(tr0.values) - 1, 0)
             seeds = d_out if plan is None else plan[1].shape[1]
             cases.append(dict(job=2 if full_jacobian else 1, name=f"{arch} L={depth} w={width} B={b}", dtype=dtype,
                               flops=flops, nablax_flops=2 * b * macs * (1 + seeds),
@@ -1065,7 +1067,9 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np  # noqa: F401
 
     from nablax import kernels
+    from nablax.backend import tune_allocator
 
+    tune_allocator()  # as the nablax command and the figure scripts do (the training steps: BENCHMARKS.md, allocator)
     wanted = [e for e in args.engines.split(",") if e]
     if args.baseline and "nablax-before" not in wanted:
         wanted.insert(1, "nablax-before")

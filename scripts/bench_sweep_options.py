@@ -4,13 +4,13 @@
     python scripts/bench_sweep_options.py threads [--batches 64,256,1000] [--dtypes float64,float32]
     python scripts/bench_sweep_options.py blocks  [--batches 64,256,1000] [--dtypes float64,float32]
 
-layout   one core, one BLAS thread: the signal C-ordered (``nablax.network.FEATURE_MAJOR_SWEEPS = False``) against
-         feature-major (True, in both dtypes here; nablax's default is float64 only, ``FEATURE_MAJOR_DTYPES``)
-blocks   one core: the whole batch in every probe chunk (``nablax.network.SAMPLE_BLOCK_BYTES = 0``) against
-         blocks of samples whose activation derivatives stay in cache (the default, ``Trace._sample_blocks``)
-threads  all cores this process may use: BLAS threads inside every product (``NABLAX_SWEEP_THREADS=1``) against
-         chunks side by side with one BLAS thread each (``nablax.network.sweep_threads``, when each thread
-         gets at least ``MIN_CHUNKS_PER_THREAD`` chunks)
+layout   one core, one BLAS thread: the signal C-ordered (``nablax.settings(feature_major="off")``) against
+         feature-major ("on": both dtypes here; nablax's default, "auto", is float64 only)
+blocks   one core: the whole batch in every probe chunk (``nablax.settings(sample_block_bytes=0)``) against
+         blocks of samples whose activation derivatives stay in cache (the default, ``fastpath.sample_blocks``)
+threads  all cores this process may use: BLAS threads inside every product (``nablax.settings(sweep_threads=1)``)
+         against chunks side by side with one BLAS thread each (the default, ``fastpath.sweep_threads``, when each
+         thread gets at least ``fastpath.MIN_CHUNKS_PER_THREAD`` chunks)
 
 Jobs: ``Trace.jacobian_sq_norms()`` and ``Trace.jacobian()`` of 50-layer width-100 tanh and ReLU MLPs (as in
 ``scripts/bench.py`` job 1 and 2). Prints the median of ``--repeats`` rounds of each and their ratio (after / before).
@@ -38,30 +38,21 @@ def main(argv: list[str] | None = None) -> None:
     from threadpoolctl import threadpool_limits
 
     import nablax
-    from nablax import network
 
-    if args.option == "layout":
+    nablax.tune_allocator()  # as the nablax command does (BENCHMARKS.md, "The C allocator")
+
+    if args.option in ("layout", "blocks"):
         threadpool_limits(1)
-        names = ("C-ordered", "feature-major")
+    default = nablax.settings()
+    names, old, new = {
+        "layout": (("C-ordered", "feature-major"), dict(feature_major="off"), dict(feature_major="on")),
+        "blocks": (("whole batch", "sample blocks"), dict(sample_block_bytes=0),
+                   dict(sample_block_bytes=default.sample_block_bytes)),
+        "threads": (("BLAS threads", "chunks side by side"), dict(sweep_threads=1), dict(sweep_threads=0)),
+    }[args.option]
 
-        def choose(after: bool) -> None:
-            network.FEATURE_MAJOR_SWEEPS = after
-            network.FEATURE_MAJOR_DTYPES = ("float64", "float32")  # nablax's default is float64 only
-    elif args.option == "blocks":
-        threadpool_limits(1)
-        names = ("whole batch", "sample blocks")
-        default_bytes = network.SAMPLE_BLOCK_BYTES
-
-        def choose(after: bool) -> None:
-            network.SAMPLE_BLOCK_BYTES = default_bytes if after else 0
-    else:
-        names = ("BLAS threads", "chunks side by side")
-
-        def choose(after: bool) -> None:
-            if after:
-                os.environ.pop(network.SWEEP_THREADS_ENV, None)
-            else:
-                os.environ[network.SWEEP_THREADS_ENV] = "1"
+    def choose(is_after: bool) -> None:
+        nablax.settings(**(new if is_after else old))
 
     print(f"{args.option}: before = {names[0]}, after = {names[1]}; cores {len(os.sched_getaffinity(0))}\n")
     print("| job | case | dtype | before ms | after ms | after / before |")

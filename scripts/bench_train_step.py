@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     from nablax.losses import SoftmaxCrossEntropy
     from nablax.optim import SGD
 
+    nablax.tune_allocator()  # as the nablax command does (BENCHMARKS.md, "The C allocator")
+
     threadpool_limits(1)
     kernels.set_blas(args.blas)
     old_blas = _load_module(args.old_blas) if args.option == "blas" else None

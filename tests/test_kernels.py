@@ -1,10 +1,9 @@
-"""Fused kernels (nablax.kernels) against their NumPy references, and the sweeps that use them.
+"""Fused kernels (nablax.kernels) against their NumPy references.
 
 Every Numba kernel is compared with its reference (the sweep's in ``kernels.cpu``; the layers' and the optimiser's
 formulas in their own modules, imported here: the kernels import nothing from them) on random inputs (float64 to
 rounding, float32 to its own precision), in place and out of place; the dispatcher's settings and its fallback
-without Numba are checked; and the sweep's structural shortcuts (only the seeds a final rectifier lets through) are
-checked against the plain sweep and the explicit Jacobians.
+without Numba are checked. The sweeps that use them are checked against the reference sweep in tests/test_fastpath.py.
 """
 
 import os
@@ -20,7 +19,7 @@ from nablax.kernels import cpu
 from nablax.layers import BatchNorm
 from nablax.layers.activations import relu
 from nablax.layers.norm import standardize, standardize_vjp
-from nablax.layers.base import Mode, jacobian_chain
+from nablax.layers.base import Mode
 
 needs_numba = pytest.mark.skipif(not numba_available(), reason="needs numba")
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
@@ -248,150 +247,7 @@ def test_non_contiguous_or_mixed_arrays_fall_back(rng):
     assert rel_err(n_in, (v[:, :, ::2] ** 2).sum(axis=(0, 2))) < 1e-14
 
 
-# --- the sweeps ---------------------------------------------------------------------------------------
-
-
-def _explicit_sq_norms(tr):
-    """||J_{out<-p}||_F^2 per sample from explicit per-sample Jacobians (one jacobian call per position)."""
-    return np.stack([(tr.jacobian(p) ** 2).reshape(tr.batch_size, -1).sum(axis=1) for p in range(len(tr.values))])
-
-
-@pytest.mark.parametrize("mode", ["numpy", "numba"])
-@pytest.mark.parametrize("name", ["ReLU", "tanh", "layer-ReLU", "SeLU"])
-def test_sweep_matches_explicit_jacobians_with_either_kernel(name, mode, rng):
-    if mode == "numba" and not numba_available():
-        pytest.skip("needs numba")
-    net = nablax.build(name, depth=3, width=6, in_dim=4, seed=5)
-    tr = net.forward(rng.standard_normal((9, 4)))
-    want = _explicit_sq_norms(tr)
-    explicit_j = tr.jacobian(method="jvp")
-    with kernels.use_cpu_kernels(mode):
-        got = tr.jacobian_sq_norms(max_elements=40)  # several chunks
-        got_one = tr.jacobian_sq_norms()
-        got_j = tr.jacobian(max_elements=40)
-    assert rel_err(got, want) < 1e-12 and rel_err(got_one, want) < 1e-12 and rel_err(got_j, explicit_j) < 1e-12
-
-
-@pytest.mark.parametrize("mode", ["numpy", "numba"])
-def test_feature_major_sweeps_give_the_same_answers(mode, rng, monkeypatch):
-    """float64 MLP sweeps run feature-major (``Trace._sweep_derivatives``); norms and Jacobians equal the
-    sample-major ones, and float32 or batch-norm sweeps stay sample-major."""
-    from nablax import network
-
-    if mode == "numba" and not numba_available():
-        pytest.skip("needs numba")
-    for name in ("tanh", "ReLU"):
-        net = nablax.build(name, depth=3, width=30, in_dim=5, out_dim=7, seed=5)
-        tr = net.forward(rng.standard_normal((40, 5)))
-        assert tr._sweep_derivatives(0, len(tr.values) - 1)[0]
-        with kernels.use_cpu_kernels(mode):
-            fm = tr.jacobian_sq_norms(max_elements=700), tr.jacobian(max_elements=700)
-            monkeypatch.setattr(network, "FEATURE_MAJOR_SWEEPS", False)
-            assert not tr._sweep_derivatives(0, len(tr.values) - 1)[0]
-            c = tr.jacobian_sq_norms(max_elements=700), tr.jacobian(max_elements=700)
-            monkeypatch.setattr(network, "FEATURE_MAJOR_SWEEPS", True)
-        assert rel_err(fm[0], c[0]) < 1e-13 and rel_err(fm[1], c[1]) < 1e-13
-        assert rel_err(fm[0], _explicit_sq_norms(tr)) < 1e-12
-    for name, dtype in (("batch-ReLU", "float64"), ("tanh", "float32")):
-        tr = nablax.build(name, depth=2, width=6, in_dim=4, seed=1, dtype=dtype).forward(
-            rng.standard_normal((5, 4)).astype(dtype))
-        with kernels.use_blas("numpy"):  # float32 goes feature-major with another BLAS (tests/test_blas.py)
-            assert not tr._sweep_derivatives(0, len(tr.values) - 1)[0]
-
-
-def test_chunks_on_several_threads_give_the_same_answers(rng, monkeypatch):
-    """With NABLAX_SWEEP_THREADS=2 the chunks of a sweep run side by side; norms, batch-level norms and Jacobians
-    equal the serial ones. A bad setting is a clear error."""
-    from nablax import network
-
-    tr = nablax.build("tanh", depth=3, width=20, in_dim=5, seed=5).forward(rng.standard_normal((30, 5)))
-    trb = nablax.build("batch-ReLU", depth=2, width=6, in_dim=4, seed=1).forward(rng.standard_normal((9, 4)))
-    runs = {}
-    for threads in ("1", "2"):
-        monkeypatch.setenv(network.SWEEP_THREADS_ENV, threads)
-        assert network.sweep_threads() == int(threads)
-        runs[threads] = (tr.jacobian_sq_norms(max_elements=700), tr.jacobian(max_elements=700),
-                         trb.batch_jacobian_sq_norms(max_elements=60), trb.jacobian(max_elements=60))
-    for serial, parallel in zip(runs["1"], runs["2"]):
-        assert rel_err(parallel, serial) < 1e-13
-    groups = network._run_chunks(lambda rows, seen: seen.append(rows), [slice(i, i + 1) for i in range(7)], 2, list)
-    assert len(groups) == 1 and len(groups[0]) == 7  # 7 chunks: fewer than MIN_CHUNKS_PER_THREAD for each of 2
-    groups = network._run_chunks(lambda rows, seen: seen.append(rows), [slice(i, i + 1) for i in range(8)], 2, list)
-    assert [len(g) for g in groups] == [4, 4]
-    monkeypatch.setenv(network.SWEEP_THREADS_ENV, "two")
-    with pytest.raises(ValueError, match="NABLAX_SWEEP_THREADS"):
-        network.sweep_threads()
-    monkeypatch.delenv(network.SWEEP_THREADS_ENV)
-    assert 1 <= network.sweep_threads() <= (os.cpu_count() or 1)
-
-
-def test_sample_blocks_give_the_same_answers(rng, monkeypatch):
-    """A per-sample MLP sweep of a large batch goes a block of samples at a time (``Trace._sample_blocks``): norms
-    and Jacobians (also into ``out``) equal the whole-batch ones; coupled passes are never split."""
-    from nablax import network
-
-    for name in ("tanh", "ReLU"):
-        tr = nablax.build(name, depth=3, width=12, in_dim=5, seed=5).forward(rng.standard_normal((23, 5)))
-        whole = tr.jacobian_sq_norms(max_elements=300), tr.jacobian(max_elements=300)
-        assert tr._sample_blocks(0, len(tr.values) - 1) is None  # small: one block
-        monkeypatch.setattr(network, "SAMPLE_BLOCK_BYTES", 3 * 12 * 8 * 5)  # 5 samples per block
-        blocks = tr._sample_blocks(0, len(tr.values) - 1)
-        assert len(blocks) == 5 and blocks[0][0] == 0 and blocks[-1][1] == 23
-        assert all(b0 == a1 and 4 <= b1 - b0 <= 5 for (a0, a1), (b0, b1) in zip([(0, 0)] + blocks, blocks))
-        out = np.full(whole[1].shape, np.nan)
-        got = tr.jacobian_sq_norms(max_elements=300), tr.jacobian(max_elements=300, out=out)
-        assert got[1] is out
-        monkeypatch.setattr(network, "SAMPLE_BLOCK_BYTES", 4 << 20)
-        assert rel_err(got[0], whole[0]) < 1e-13 and rel_err(got[1], whole[1]) < 1e-13
-    trb = nablax.build("batch-ReLU", depth=2, width=6, in_dim=4, seed=1).forward(rng.standard_normal((30, 4)))
-    monkeypatch.setattr(network, "SAMPLE_BLOCK_BYTES", 1)
-    assert trb._sample_blocks(0, len(trb.values) - 1) is None
-
-
-@pytest.mark.parametrize("layout", ["C", "F"])
-@pytest.mark.parametrize("blocks", [False, True])
-@pytest.mark.parametrize("threads", ["1", "2"])
-def test_sweep_choices_together_match_explicit_jacobians(layout, blocks, threads, rng, monkeypatch):
-    """Every combination of the sweep's performance choices (layout, sample blocks, chunks side by side), with and
-    without a final rectifier (live seeds), gives the norms of the explicit per-position Jacobians."""
-    from nablax import network
-
-    monkeypatch.setattr(network, "FEATURE_MAJOR_SWEEPS", layout == "F")
-    monkeypatch.setattr(network, "SAMPLE_BLOCK_BYTES", 3 * 10 * 8 * 4 if blocks else 0)
-    monkeypatch.setenv(network.SWEEP_THREADS_ENV, threads)
-    for name in ("ReLU", "tanh"):
-        net = nablax.build(name, depth=3, width=10, in_dim=6, seed=7)
-        tr = net.forward(rng.standard_normal((13, 6)))
-        assert tr._sweep_derivatives(0, len(tr.values) - 1)[0] == (layout == "F")
-        assert (tr._sample_blocks(0, len(tr.values) - 1) is not None) == blocks
-        layers, caches = net.layers, tr.caches  # reference: products of each layer's explicit Jacobian
-        want = np.stack([(jacobian_chain(layers[p:], caches[p:]) ** 2).sum(axis=(1, 2)) for p in range(len(layers))]
-                        + [np.full(13, 10.0)])
-        assert rel_err(tr.jacobian_sq_norms(max_elements=200), want) < 1e-12
-        assert rel_err(tr.batch_jacobian_sq_norms(max_elements=200), want.sum(axis=1)) < 1e-12
-        J = tr.jacobian(max_elements=200)
-        assert rel_err((J ** 2).sum(axis=(1, 2)), want[0]) < 1e-12
-
-
-def test_unit_seed_lookups_come_in_the_sweep_layout(rng, monkeypatch, numpy_cblas):
-    """The weight columns looked up for unit seeds (``Trace._pull_units``) are already laid out as the sweep runs
-    (feature-major in float64, and in float32 with another BLAS; C-ordered in float32 with NumPy's), so
-    ``_pull_chunk`` takes them without a copy."""
-    from nablax import network
-
-    copies = []
-    monkeypatch.setattr(network, "_feature_major_copy", lambda v: copies.append(v.shape) or v.copy(order="K"))
-    for library in ("numpy", numpy_cblas):
-        with kernels.use_blas(library):
-            for dtype in ("float64", "float32"):
-                for name in ("tanh", "ReLU"):
-                    net = nablax.build(name, depth=3, width=30, seed=0, dtype=dtype)
-                    tr = net.forward(rng.standard_normal((64, 30)).astype(dtype))
-                    feature_major = dtype == "float64" or library != "numpy"
-                    assert tr._sweep_derivatives(0, len(tr.values) - 1)[0] == feature_major
-                    tr.jacobian_sq_norms()
-                    tr.jacobian()
-    assert copies == []
+# --- layers that keep the sweep layout ----------------------------------------------------------------
 
 
 def test_dense_keeps_the_signal_layout(rng):
@@ -405,68 +261,6 @@ def test_dense_keeps_the_signal_layout(rng):
     assert cpu.layout(out) == "F" and rel_err(out, v @ layer.W.T) < 1e-15
     u = np.ascontiguousarray(out)
     assert cpu.layout(layer.jvp(cache, u)) == "C" and rel_err(layer.jvp(cache, u), u @ layer.W) < 1e-15
-
-
-def test_rectifier_output_drops_dead_seeds(rng):
-    """A ReLU net ends in a ReLU: its live-seed plan keeps fewer than d seeds per sample, and the sweep and the
-    Jacobian built from those seeds equal the ones built from all d unit seeds (pulled back one by one)."""
-    net = nablax.build("ReLU", depth=4, width=8, in_dim=3, seed=2)
-    tr = net.forward(rng.standard_normal((6, 3)))
-    dst = len(tr.values) - 1
-    d2, units = tr._live_seed_plan(dst, 0)
-    assert units.shape[1] < 8 and (d2 != 0).sum(axis=1).max() == units.shape[1]
-    full = np.stack([tr.pullback(np.tile(np.eye(8)[j], (6, 1))) for j in range(8)], axis=1)  # (B, 8, 3)
-    assert rel_err(tr.jacobian(), full) < 1e-13
-    assert rel_err(tr.jacobian_sq_norms(), _explicit_sq_norms(tr)) < 1e-12
-
-
-def test_all_outputs_dead_gives_zero_jacobians():
-    """If the final ReLU is off everywhere, every Jacobian below the output is exactly zero."""
-    net = nablax.build("ReLU", depth=2, width=4, in_dim=3, seed=0)
-    net.layers[-2].b[...] = -1e6  # the last Dense's bias kills every unit
-    tr = net.forward(np.ones((5, 3)))
-    assert tr._live_seed_plan(len(tr.values) - 1, 0)[1].shape[1] == 0
-    sq = tr.jacobian_sq_norms()
-    assert np.all(sq[-1] == 4) and np.all(sq[:-1] == 0)
-    assert np.all(tr.jacobian() == 0) and tr.jacobian().shape == (5, 4, 3)
-
-
-@pytest.mark.parametrize("mode", ["numpy", "numba"])
-def test_batch_level_sweep_with_live_seeds_matches_explicit(mode, rng):
-    """batch-ReLU with batch statistics: the batch-level norms from the live seeds only equal the squared norms
-    of the explicit batch-level Jacobians."""
-    if mode == "numba" and not numba_available():
-        pytest.skip("needs numba")
-    net = nablax.build("batch-ReLU", depth=2, width=5, in_dim=3, seed=4)
-    tr = net.forward(rng.standard_normal((6, 3)))
-    assert tr.couples_batch
-    want = np.array([(tr.jacobian(p) ** 2).sum() for p in range(len(tr.values))])
-    with kernels.use_cpu_kernels(mode):
-        got = tr.batch_jacobian_sq_norms(max_elements=30)
-    assert rel_err(got, want) < 1e-12
-
-
-def test_float32_sweep_agrees_with_float64(rng):
-    x = rng.standard_normal((5, 4))
-    nets = {dt: nablax.build("tanh", depth=3, width=6, in_dim=4, seed=1, dtype=dt) for dt in ("float64", "float32")}
-    a = nets["float64"].forward(x).jacobian_sq_norms()
-    b = nets["float32"].forward(x.astype(np.float32)).jacobian_sq_norms()
-    assert b.dtype == np.float32 and rel_err(a, b) < 1e-5
-
-
-def test_allocator_tuning_is_optional_and_harmless():
-    """Importing nablax tunes glibc's allocator (a speed setting only); NABLAX_MALLOC_TUNING=0 leaves it alone."""
-    import subprocess
-    import sys
-
-    code = "import nablax, sys; from nablax.backend import tune_allocator; sys.exit(0 if tune_allocator() in (True, False) else 1)"
-    for value in ("0", "1"):
-        env = {**__import__("os").environ, "NABLAX_MALLOC_TUNING": value}
-        assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
-    off = subprocess.run([sys.executable, "-c", "import nablax; from nablax.backend import tune_allocator; "
-                          "print(tune_allocator())"], env={**__import__("os").environ, "NABLAX_MALLOC_TUNING": "0"},
-                         capture_output=True, text=True)
-    assert off.stdout.strip() == "False"
 
 
 @needs_numba

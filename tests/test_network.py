@@ -141,7 +141,7 @@ def test_one_sweep_sq_norms_equal_explicit_jacobians(name, rng):
 
 
 def _unit_seed_nets(rng):
-    """(net, input) pairs whose per-sample sweeps start in every way ``Trace._pull_units`` knows: through a final
+    """(net, input) pairs whose per-sample sweeps start in every way ``fastpath.Sweep.pull_units`` knows: through a final
     activation and a Dense layer (tanh), only the live units of a final ReLU, from a final Dense layer (fnn), two
     activations in a row, residual blocks, and conv layers with batch norm held (no lookup on image data)."""
     W1, W2 = rng.standard_normal((4, 5)), rng.standard_normal((5, 3))
@@ -152,22 +152,20 @@ def _unit_seed_nets(rng):
     return [(net, rng.standard_normal((5, 4))) for net in flat] + [(conv, rng.standard_normal((3, 1, 4, 4)))]
 
 
-@pytest.mark.parametrize("feature_major", [True, False])
-def test_unit_seed_sweeps_match_forward_mode_for_every_range(feature_major, rng, monkeypatch):
+@pytest.mark.parametrize("sweep", [dict(feature_major="auto"), dict(feature_major="off"), dict(fast=False)])
+def test_unit_seed_sweeps_match_forward_mode_for_every_range(sweep, rng):
     """Per-sample Jacobians and one-sweep norms (unit seeds kept sparse through activations and the first Dense
-    layer, ``Trace._pull_units``) equal forward-mode Jacobians (identity seeds pushed from src) for every src <= dst,
-    in both signal layouts and in chunks."""
-    from nablax import network
-
-    monkeypatch.setattr(network, "FEATURE_MAJOR_SWEEPS", feature_major)
-    for net, x in _unit_seed_nets(rng):
-        tr = net.forward(x, hold_stats=True)
-        for dst in range(len(tr.values)):
-            norms = tr.jacobian_sq_norms(dst, 0, max_elements=13)
-            for src in range(dst + 1):
-                want = tr.jacobian(src, dst, method="jvp")
-                assert rel_err(tr.jacobian(src, dst, max_elements=13), want) < 1e-12, (net.name, src, dst)
-                assert rel_err(norms[src], (want ** 2).reshape(len(x), -1).sum(axis=1)) < 1e-12, (net.name, src, dst)
+    layer, ``fastpath.Sweep.pull_units``, or the reference sweep) equal forward-mode Jacobians (identity seeds pushed
+    from src) for every src <= dst, in both signal layouts and in chunks."""
+    with nablax.settings(**sweep):
+        for net, x in _unit_seed_nets(rng):
+            tr = net.forward(x, hold_stats=True)
+            for dst in range(len(tr.values)):
+                norms = tr.jacobian_sq_norms(dst, 0, max_elements=13)
+                for src in range(dst + 1):
+                    want = tr.jacobian(src, dst, method="jvp")
+                    assert rel_err(tr.jacobian(src, dst, max_elements=13), want) < 1e-12, (net.name, src, dst)
+                    assert rel_err(norms[src], (want ** 2).reshape(len(x), -1).sum(axis=1)) < 1e-12, (net.name, src, dst)
 
 
 def test_batch_sq_norms_coupled_and_hutchinson(rng):

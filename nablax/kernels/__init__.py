@@ -13,63 +13,60 @@ and an optimiser's update ``subtract_scaled(p, u, a)`` (p -= a * u in place). Th
 compute a formula that lives in its layer or optimiser, not here: where no kernel takes the arrays they return
 None, and the caller computes its formula.
 
-Which implementation runs (``set_cpu_kernels``, or the environment variable ``NABLAX_KERNELS``):
+Which implementation runs (the setting ``kernels``: ``nablax.settings(kernels=...)``, ``set_cpu_kernels``, or the
+environment variable ``NABLAX_KERNELS``; see ``nablax.performance``):
 
     "auto" (default)  Numba for NumPy arrays of at least ``AUTO_MIN_ELEMENTS`` entries (where it measurably
                       beats NumPy, see BENCHMARKS.md), the NumPy reference below that (no compile time for
                       small problems) and whenever Numba is missing
     "numba"           Numba for every NumPy array it can take (float32/float64 of one dtype; C-contiguous, or
                       for the two sweep kernels also all feature-major, see ``cpu.layout``)
-    "numpy"           always the NumPy reference (``cpu.*_reference``), or None (the caller's formula)
+    "numpy"           always the NumPy reference (``cpu.*_reference``), or None (the caller's formula), as under
+                      ``nablax.settings(fast=False)``
 
 CuPy arrays always take the reference or the formula, which run on any array module.
 
 The dense layers' matrix products go through ``blas.matmul``: NumPy's own by default, or another CBLAS library
-chosen with ``set_blas`` / ``use_blas`` or ``NABLAX_BLAS`` (AMD's AOCL-BLAS: "aocl"; see ``blas``).
+chosen with the setting ``blas`` (``set_blas``, ``use_blas``, ``NABLAX_BLAS``; AMD's AOCL-BLAS: "aocl"; see ``blas``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 from typing import Any
 
 from ..backend import NUMPY, numba_available
+from ..performance import CPU_KERNELS, Settings, current, settings
 from . import blas, cpu
-from .blas import blas_library, blas_name, check_blas, set_blas, temporarily, use_blas
+from .blas import blas_library, blas_name, check_blas, set_blas, use_blas
 
 _NDARRAY = NUMPY.xp.ndarray
 
-CPU_KERNELS = ("auto", "numba", "numpy")
 AUTO_MIN_ELEMENTS = 1 << 13
-_setting: dict[str, Any] = {"cpu": os.environ.get("NABLAX_KERNELS", "auto")}
-if _setting["cpu"] not in CPU_KERNELS:  # a bad environment value must not break the import
-    _setting["cpu"] = "auto"
 
 
 def set_cpu_kernels(name: str) -> str:
-    """Choose "auto", "numba" or "numpy" for NumPy arrays; returns the previous setting."""
-    if name not in CPU_KERNELS:
-        raise ValueError(f"cpu kernels must be one of {CPU_KERNELS}, got {name!r}")
-    previous, _setting["cpu"] = _setting["cpu"], name
+    """Choose "auto", "numba" or "numpy" for NumPy arrays (the setting ``kernels``); returns the previous one."""
+    previous = current().kernels
+    settings(kernels=name)
     return previous
 
 
 def cpu_kernels() -> str:
     """The current setting ("auto", "numba" or "numpy")."""
-    return _setting["cpu"]
+    return current().kernels
 
 
-def use_cpu_kernels(name: str) -> contextlib.AbstractContextManager[None]:
-    """``with use_cpu_kernels("numpy"): ...`` runs a block with another setting."""
-    return temporarily(set_cpu_kernels, name)
+def use_cpu_kernels(name: str) -> Settings:
+    """``with use_cpu_kernels("numpy"): ...`` runs a block with another setting (``nablax.settings(kernels=name)``)."""
+    return settings(kernels=name)
 
 
 def _numba_takes(*arrays: Any, layouts: str = "C") -> bool:
     """Numba runs when the setting allows it and the arrays are NumPy float32/64 of one dtype, all in one of
     ``layouts`` ("C": C-contiguous; "F": feature-major, see ``cpu.layout``)."""
-    mode = _setting["cpu"]
-    if mode == "numpy":
+    s = current()
+    mode = s.kernels
+    if mode == "numpy" or not s.fast:
         return False
     dtype, size, kind = arrays[0].dtype, 0, None
     if dtype.char not in "fd":

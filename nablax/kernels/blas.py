@@ -2,9 +2,9 @@
 
 NumPy multiplies with the OpenBLAS bundled in its wheel. On some CPUs another BLAS is faster at the shapes of
 the hot path. On AMD Zen 4, AMD's AOCL-BLAS runs the sweep's chain of (1280, 100) @ (100, 100) products about
-12-16 % faster in float64 (BENCHMARKS.md, "The BLAS"). ``set_blas(name)``, ``use_blas(name)`` or the variable
-``NABLAX_BLAS``, sends every product of the dense layers (forward, pullback, push-forward and weight gradient)
-to the chosen library:
+12-16 % faster in float64 (BENCHMARKS.md, "The BLAS"). The setting ``blas`` (``nablax.settings(blas=name)``,
+``set_blas(name)``, ``use_blas(name)`` or the variable ``NABLAX_BLAS``) sends every product of the dense layers
+(forward, pullback, push-forward and weight gradient) to the chosen library:
 
     "numpy" (default)  numpy.matmul
     "aocl"             AMD's AOCL-BLAS, as bundled in the ``aoclda`` wheel (``pip install "nablax[aocl]"``; AMD's
@@ -21,21 +21,22 @@ never depends on the setting beyond rounding.
 
 Threads: the library's own settings (AOCL-BLAS reads ``BLIS_NUM_THREADS``, then ``OMP_NUM_THREADS``). The setting
 is per process: worker processes (Dask sweeps) take it from ``NABLAX_BLAS``, not from a ``set_blas`` call.
+Under ``nablax.settings(fast=False)`` every product is ``numpy.matmul``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import glob
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy
 
 from ..backend import array_module, numba_module
+from ..performance import Settings, current, settings
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
@@ -53,9 +54,6 @@ class Cblas:
         if char not in self.compiled:
             self.compiled[char] = _compile(numba_module(), self.routines[char], char)
         return self.compiled[char]
-
-
-_state: dict[str, Any] = {"blas": None, "setting": "numpy"}  # blas None: numpy.matmul
 
 
 def _aocl_path() -> str:
@@ -175,7 +173,9 @@ def _compile(numba: Any, fn: Any, char: str) -> Any:
     return gemm
 
 
+@functools.lru_cache(maxsize=None)
 def _library(name: str) -> Cblas | None:
+    """The library of a setting (None: numpy.matmul), loaded once."""
     return None if name == "numpy" else _load(_aocl_path() if name == "aocl" else name)
 
 
@@ -186,36 +186,27 @@ def check_blas(name: str) -> None:
 
 
 def set_blas(name: str) -> str:
-    """Choose "numpy", "aocl" or a library path for the dense products; returns the previous setting."""
-    previous = _state["setting"]
-    _state["blas"] = _library(name)
-    _state["setting"] = name
+    """Choose "numpy", "aocl" or a library path for the dense products (the setting ``blas``); returns the
+    previous setting."""
+    previous = current().blas
+    settings(blas=name)
     return previous
 
 
-@contextlib.contextmanager
-def temporarily(setter: Callable[[str], str], name: str) -> Iterator[None]:
-    """Run a block under ``setter(name)`` (a setter that returns the previous setting), then restore it."""
-    previous = setter(name)
-    try:
-        yield
-    finally:
-        setter(previous)
-
-
-def use_blas(name: str) -> contextlib.AbstractContextManager[None]:
-    """``with use_blas("aocl"): ...`` runs a block with another library."""
-    return temporarily(set_blas, name)
+def use_blas(name: str) -> Settings:
+    """``with use_blas("aocl"): ...`` runs a block with another library (``nablax.settings(blas=name)``)."""
+    return settings(blas=name)
 
 
 def blas_name() -> str:
     """The current setting: "numpy", "aocl" or the path given to ``set_blas``."""
-    return _state["setting"]
+    return current().blas
 
 
 def blas_library() -> str:
     """The file name of the library in use, or "numpy.matmul"."""
-    return "numpy.matmul" if _state["blas"] is None else _state["blas"].name
+    s = current()
+    return "numpy.matmul" if s.blas == "numpy" or not s.fast else _library(s.blas).name
 
 
 _NDARRAY = numpy.ndarray
@@ -223,23 +214,23 @@ _NDARRAY = numpy.ndarray
 
 def matmul(a: Any, b: Any, out: Any | None = None) -> Any:
     """a @ b (into ``out`` if given) through the chosen library; see the module docstring."""
-    blas = _state["blas"]
-    if (blas is not None and type(a) is _NDARRAY and type(b) is _NDARRAY and a.ndim == 2 and b.ndim == 2
+    s = current()
+    if (s.blas != "numpy" and s.fast and type(a) is _NDARRAY and type(b) is _NDARRAY and a.ndim == 2 and b.ndim == 2
             and a.dtype == b.dtype and a.dtype.char in "fd"
             and (out is None or (type(out) is _NDARRAY and out.dtype == a.dtype and out.ndim == 2
                                  and out.flags.writeable))):
         result = numpy.empty((a.shape[0], b.shape[1]), dtype=a.dtype) if out is None else out
-        if blas.gemm(a.dtype.char)(a, b, result):
+        if _library(s.blas).gemm(a.dtype.char)(a, b, result):
             return result
     xp = array_module(a)
     return xp.matmul(a, b) if out is None else xp.matmul(a, b, out=out)
 
 
-_env = os.environ.get("NABLAX_BLAS", "numpy")
-if _env != "numpy":  # a bad environment value must not break the import: warn and keep numpy.matmul
+if current().blas != "numpy":  # NABLAX_BLAS: a library that cannot be used must not break the import
     try:
-        set_blas(_env)
+        check_blas(current().blas)
     except ValueError as err:
         import warnings
 
-        warnings.warn(f"NABLAX_BLAS={_env!r} ignored: {err}", RuntimeWarning, stacklevel=1)
+        warnings.warn(f"NABLAX_BLAS={current().blas!r} ignored: {err}", RuntimeWarning, stacklevel=1)
+        settings(blas="numpy")

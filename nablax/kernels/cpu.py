@@ -31,7 +31,7 @@ writes it back in place: each entry is read, then written at the same index, whi
 loop (an ``out`` other than v receives a copy of v first; the sweeps pass ``out=v``). The sweep kernels come in
 both memory orders of v: sample-major (``v`` C-contiguous) and feature-major (``*_fm``: memory ``(n, k, B)``, see
 ``layout``), the order float64 sweeps of MLPs use because it gives OpenBLAS its faster matrix-product shape
-(``nablax.network.Trace._sweep_derivatives``).
+(``nablax.fastpath.Sweep``).
 Norms are returned in float64. The sample-major kernel sums each row of n entries in v's own dtype first, then in
 float64 (float32: no widening inside the vector loop; relative error about 4e-8 of the norm at n = 100); the
 feature-major one sums v^2 over the probes of each feature and takes the norm after the derivative as d^2 times
@@ -40,20 +40,19 @@ that sum. ``python scripts/bench_kernels.py`` times every kernel against its Num
 Numba is imported lazily through ``nablax.backend.numba_module()``; without it ``compiled()`` is None and the
 callers use the NumPy formulas (``nablax.kernels``). Kernels compile on first use (and are cached on disk).
 They are written with ``prange`` but compiled serial by default: on 2 cores, a parallel kernel between two
-multi-threaded BLAS products measured no faster (its thread pool and the BLAS's compete); set the environment
-variable ``NABLAX_NUMBA_PARALLEL=1`` before the first call to compile them parallel.
+multi-threaded BLAS products measured no faster (its thread pool and the BLAS's compete); the setting
+``numba_parallel`` (``NABLAX_NUMBA_PARALLEL=1``), when on before their first call, compiles them parallel.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 from ..backend import array_module, numba_module
+from ..performance import current
 
 Array = Any
-PARALLEL = os.environ.get("NABLAX_NUMBA_PARALLEL", "0") == "1"
 
 
 # --- NumPy references (any array module) -----------------------------------------------------------------
@@ -87,10 +86,10 @@ def compiled() -> Any | None:
     numba = numba_module()
     if numba is None:
         return None
-    njit, prange = numba.njit, numba.prange
+    njit, prange, parallel = numba.njit, numba.prange, current().numba_parallel
     np = __import__("numpy")  # inside compiled code only (numba needs the module object for np.empty)
 
-    @njit(parallel=PARALLEL, fastmath=True, cache=True, nogil=True)
+    @njit(parallel=parallel, fastmath=True, cache=True, nogil=True)
     def scale_sq_norms(v, d, n_in, n_out):  # pragma: no cover - compiled
         k, b, n = v.shape  # in place, v <- v * d: each entry is read, then written at the same index, so the loop
         zero = v.dtype.type(0)  # vectorises (with a separate output it would not: it might alias v)
@@ -111,7 +110,7 @@ def compiled() -> Any | None:
             n_in[s] = acc_in
             n_out[s] = acc_out
 
-    @njit(parallel=PARALLEL, fastmath=True, cache=True, nogil=True)
+    @njit(parallel=parallel, fastmath=True, cache=True, nogil=True)
     def sq_norms(v, n_out):  # pragma: no cover - compiled
         k, b, n = v.shape
         for s in prange(b):
@@ -160,7 +159,7 @@ def compiled() -> Any | None:
                     acc[s] += x * x
         n_out[:] = acc
 
-    @njit(parallel=PARALLEL, fastmath=True, cache=True, nogil=True)
+    @njit(parallel=parallel, fastmath=True, cache=True, nogil=True)
     def batch_standardize_vjp(g, y, sigma, out):  # pragma: no cover - compiled
         k, b, n = g.shape
         inv_sigma = np.empty(n, g.dtype)

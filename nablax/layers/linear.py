@@ -12,7 +12,7 @@ from .base import Array, Cache, Layer, Mode
 def _rows_times(s: Array, M: Array) -> Array:
     """``s @ M`` for a signal s (..., B, m) and M (m, n), as ONE matrix product over all probe and batch rows (a
     stacked 3-D matmul is several times slower). The result keeps the memory order of s: C-ordered, or
-    feature-major (the rows axis contiguous, see ``Trace._sweep_derivatives``), which OpenBLAS multiplies faster."""
+    feature-major (the rows axis contiguous, see ``fastpath.Sweep``), which OpenBLAS multiplies faster."""
     xp = array_module(s)
     rows = s.reshape(-1, M.shape[0])  # a view in either order
     order = "F" if rows.flags.f_contiguous and not rows.flags.c_contiguous else "C"
