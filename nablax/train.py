@@ -369,14 +369,15 @@ class Trainer:
         return wrong / n, total / n
 
     def gsc(self) -> numpy.ndarray:
-        """GSC(p, 0) for every position p on the fixed evaluation subset (NaN where undefined); per example (batch
-        statistics held constant) unless ``gsc_aggregation="batch"``."""
+        """GSC(p, 0) for every position p on the fixed evaluation subset (NaN where undefined: a non-finite error,
+        or every error exactly 0); per example (batch statistics held constant, examples with an error of exactly 0
+        left out) unless ``gsc_aggregation="batch"``."""
         x, y = self._xy(self.eval_idx)
         agg = self.config.gsc_aggregation
         tr = self.net.forward(x, train=True, hold_stats=agg != "batch")
         errors = self.loss.values(tr.output, y)
         e = self.net.backend.asnumpy(errors)
-        if not (numpy.all(numpy.isfinite(e)) and numpy.all(e > 0)):
+        if not (numpy.all(numpy.isfinite(e)) and numpy.any(e > 0)):
             return numpy.full(len(tr.values), numpy.nan)
         return gsc_to_error(tr, len(y) * self.loss.grad(tr.output, y), errors, aggregation=agg).value
 

@@ -200,6 +200,25 @@ def test_per_example_error_gsc_does_not_shrink_with_the_batch(rng):
     assert values[16][1] == pytest.approx(values[1][1] / 4, rel=1e-12)
 
 
+def test_per_example_error_gsc_leaves_out_examples_with_zero_error(rng):
+    """A fitted example whose error rounds to exactly 0 has no GSC (0/0): the aggregate is over the others, and
+    the result says how many were left out."""
+    net = nablax.build("layer-tanh", depth=3, width=5, in_dim=4, out_dim=3, seed=2)
+    x, y = rng.standard_normal((6, 4)), rng.integers(0, 3, 6)
+    tr = net.forward(x)
+    loss = SoftmaxCrossEntropy()
+    errors, g_sum = loss.values(tr.output, y), 6 * loss.grad(tr.output, y)
+    zeroed = errors.copy()
+    zeroed[[1, 4]] = 0.0
+    keep = [0, 2, 3, 5]
+    got = gsc_to_error(tr, g_sum, zeroed)
+    sub = net.forward(x[keep])
+    want = gsc_to_error(sub, 4 * loss.grad(sub.output, y[keep]), loss.values(sub.output, y[keep]))
+    assert np.allclose(got.value, want.value, rtol=1e-12) and got.settings["examples_left_out"] == 2
+    with pytest.raises(ValueError, match="every example's error is exactly 0"):
+        gsc_to_error(tr, g_sum, np.zeros(6))
+
+
 def test_per_example_error_gsc_refuses_coupled_passes_and_scalar_errors(rng):
     net = nablax.build("batch-ReLU", depth=2, width=4, in_dim=3, out_dim=2)
     x, y = rng.standard_normal((5, 3)), rng.integers(0, 2, 5)

@@ -221,7 +221,9 @@ def gsc_to_error(trace: Trace, dE_dout: Any, errors: Any, *, lo: int = 0, square
         GSC_b(p, E) = ||dE_b/df_{p,b}|| ||f_{p,b}|| / (sqrt(d_p) |E_b|)
 
     aggregated over b as in ``gsc_to``: "per_example_geomean" (default), "per_example_mean". This is the paper's
-    per-data-point definition, and it does not depend on the evaluation batch size.
+    per-data-point definition, and it does not depend on the evaluation batch size. An example whose error is
+    exactly 0 (a fitted example whose log-softmax rounds to 0) has no GSC: it is left out of the aggregate, and
+    ``settings["examples_left_out"]`` counts it.
 
     "batch": the whole batch is one map and E = sum_b E_b (or the scalar given):
 
@@ -273,13 +275,17 @@ def gsc_to_error(trace: Trace, dE_dout: Any, errors: Any, *, lo: int = 0, square
         if trace.couples_batch:
             raise ValueError("per-example GSCs need per-example gradients, which a batch-coupled pass does not have; "
                              "use aggregation='batch' or forward(..., hold_stats=True)")
-        if numpy.any(e == 0):
-            raise ValueError("an example's error is exactly 0: its GSC to the error layer is undefined")
-        per = numpy.empty((len(positions), b))
+        defined = e != 0  # an example fitted to an error of exactly 0 (it underflows) has no GSC: left out
+        if not defined.any():
+            raise ValueError("every example's error is exactly 0: the GSC to the error layer is undefined")
+        per = numpy.empty((len(positions), int(defined.sum())))
         for p, g in trace.pullbacks(dE_dout, hi, lo):
             f = trace.values[p]
-            per[p - lo] = be.asnumpy(_sq_frobenius(g) * _sq_frobenius(f)) / (f[0].size * e * e)
+            per[p - lo] = (be.asnumpy(_sq_frobenius(g) * _sq_frobenius(f)) / (f[0].size * e * e))[defined]
         val = _aggregate(per, aggregation, squared)
+        left_out = {"examples_left_out": int(b - defined.sum())}
+        return GSCResult(positions, val, numpy.zeros_like(val), hi + 1, "exact", aggregation, squared, n_layers=hi,
+                         settings=left_out)
     return GSCResult(positions, val, numpy.zeros_like(val), hi + 1, "exact", aggregation, squared, n_layers=hi)
 
 

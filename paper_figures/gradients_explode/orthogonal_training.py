@@ -23,6 +23,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import numpy
+
 from _protocol import DATA_NAMES, draw_depths, eps_sweep, figure_runs_for, over_seeds
 from nablax.figures import FigureRecord, figure_args, save_figure
 
@@ -57,9 +59,10 @@ def plot(rec: FigureRecord, title: str) -> Any:
         if field == "effective_depth":
             draw_depths(ax, p, COLORS)
         else:
-            for legend, s in p["series"].items():
-                ax.plot(s["x"], s["y"], color=COLORS[legend], label=legend)
-                ax.fill_between(s["x"], s["lo"], s["hi"], color=COLORS[legend], alpha=0.15, lw=0)
+            for legend, s in p["series"].items():  # None in the record (an undefined value) is a gap
+                x, y, lo, hi = (numpy.asarray(s[k], dtype=float) for k in ("x", "y", "lo", "hi"))
+                ax.plot(x, y, color=COLORS[legend], label=legend)
+                ax.fill_between(x, lo, hi, color=COLORS[legend], alpha=0.15, lw=0)
             ax.legend(fontsize=8)
         if geometric:
             ax.set_yscale("log")
@@ -86,8 +89,9 @@ def main(argv: list[str] | None = None, overrides: dict[str, Any] | None = None)
     for legend, rs in runs.items():
         for r in rs:
             last, res = r["history"][-1], r["result"]
+            gsc = "undefined" if last["gsc"] is None else f"{last['gsc']:.3g}"
             print(f"{legend:32s} seed {res['config']['seed']} lr {res['config']['lr']:g}: training error "
-                  f"{last['train_error']:.3f}, GSC(L,0) {last['gsc']:.3g}, effective depth {last['effective_depth']}")
+                  f"{last['train_error']:.3f}, GSC(L,0) {gsc}, effective depth {last['effective_depth']}")
     return 0
 
 
