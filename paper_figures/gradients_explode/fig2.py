@@ -90,6 +90,19 @@ def build_record(runs: dict[str, list[dict[str, Any]]], settings: dict[str, Any]
     return rec
 
 
+def draw_lines(ax: Any, key: str, panel: dict[str, Any], bands: bool) -> None:
+    """One line per architecture (None in the record, an undefined value, is a gap), its min..max band over seeds
+    when there are several, and panel A's bound dashed."""
+    for arch, s in panel["series"].items():
+        x, y = numpy.asarray(s["x"], dtype=float), numpy.asarray(s["y"], dtype=float)
+        ax.plot(x, y, "-", color=COLORS[arch], label=arch, ms=3, marker="o" if key in "AEF" else None)
+        if bands:
+            ax.fill_between(x, numpy.asarray(s["lo"], dtype=float), numpy.asarray(s["hi"], dtype=float),
+                            color=COLORS[arch], alpha=0.15, lw=0)
+        if key == "A":
+            ax.plot(x, numpy.asarray(s["bound"], dtype=float), "--", color=COLORS[arch], lw=1)
+
+
 def plot(rec: FigureRecord, title: str) -> Any:
     import matplotlib
 
@@ -102,14 +115,8 @@ def plot(rec: FigureRecord, title: str) -> Any:
         p = rec.panels[key]
         if key == "D":
             draw_depths(ax, p, COLORS)
-        for arch, s in p["series"].items() if key != "D" else []:
-            x, y = numpy.asarray(s["x"], dtype=float), numpy.array(s["y"], dtype=float)
-            ax.plot(x, y, "-", color=COLORS[arch], label=arch, ms=3, marker="o" if key in "AEF" else None)
-            if bands:
-                ax.fill_between(x, numpy.array(s["lo"], dtype=float), numpy.array(s["hi"], dtype=float),
-                                color=COLORS[arch], alpha=0.15, lw=0)
-            if key == "A":
-                ax.plot(x, numpy.array(s["bound"], dtype=float), "--", color=COLORS[arch], lw=1)
+        else:
+            draw_lines(ax, key, p, bands)
         if key in "ACE":
             ax.set_yscale("log")
         ax.set(title=f"({key}) {p['title']}", xlabel=p["xlabel"], ylabel=p["ylabel"])
