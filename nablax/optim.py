@@ -5,8 +5,11 @@
     Adam      m <- b1 m + (1 - b1) g;     s <- b2 s + (1 - b2) g^2
               p <- p - lr (m / (1 - b1^t)) / (sqrt(s / (1 - b2^t)) + eps)
 
-Each rule's ``direction`` is its step before the learning rate; ``step`` applies p -= lr * direction (in one pass
-through ``kernels.subtract_scaled`` where Numba takes p: no temporary for lr * direction; for plain SGD the
+Each rule's ``direction`` is its step before the learning rate, and its ``linearised_update`` says how a step
+splits when the gradient is a sum of parts g = Σ_λ Γ[λ] (the λ-split of effective depth, spec §5): the parts
+U[λ] of the step it has just taken, with Σ_λ U[λ] = the step. Exact for SGD with or without momentum (the rule is
+linear in g); for RMSprop and Adam linear in g with the preconditioner sqrt(s) held at its value after the step.
+``step`` applies p -= lr * direction (in one pass through ``kernels.subtract_scaled`` where Numba takes p: no temporary for lr * direction; for plain SGD the
 direction is g itself).
 ``state_dict()`` / ``load_state_dict()`` copy the buffers out and in so training can be checkpointed and resumed exactly.
 """
@@ -47,6 +50,12 @@ class Optimizer:
         """The update of parameter ``key`` for gradient g, before the learning rate (g itself may be returned)."""
         raise NotImplementedError
 
+    def linearised_update(self, key: str, parts: Any, buffers: dict[str, Any]) -> Any:
+        """The parts U[λ] of the step just taken for parameter ``key``, shape (D, *param shape), given the gradient's
+        parts Γ[λ] ``parts`` of that shape (the parameter moved by -Σ_λ U[λ]). ``buffers`` holds the caller's
+        per-λ copies of the rule's linear buffers (momentum, Adam's first moment), updated here."""
+        raise NotImplementedError(f"{type(self).__name__} does not state its linearised update")
+
     def state_dict(self) -> dict[str, Any]:
         return {"lr": self.lr, "t": self.t,
                 "buffers": {k: {n: a.copy() for n, a in v.items()} for k, v in self.buffers.items()}}
@@ -71,6 +80,15 @@ class SGD(Optimizer):
         v += g
         return v
 
+    def linearised_update(self, key: str, parts: Any, buffers: dict[str, Any]) -> Any:
+        """U[λ] = lr V[λ] with V[λ] <- mu V[λ] + Γ[λ] (plain SGD: lr Γ[λ])."""
+        if self.momentum == 0.0:
+            return self.lr * parts
+        v = buffers.setdefault(key, array_module(parts).zeros_like(parts))
+        v *= self.momentum
+        v += parts
+        return self.lr * v
+
 
 class RMSprop(Optimizer):
     name = "rmsprop"
@@ -84,6 +102,11 @@ class RMSprop(Optimizer):
         s *= self.rho
         s += (1 - self.rho) * g * g
         return g / (array_module(g).sqrt(s) + self.eps)
+
+    def linearised_update(self, key: str, parts: Any, buffers: dict[str, Any]) -> Any:
+        """U[λ] = lr Γ[λ] / (sqrt(s) + eps), s the squared-gradient average after the step."""
+        s = self.buffers["square"][key]
+        return self.lr * parts / (array_module(parts).sqrt(s) + self.eps)
 
 
 class Adam(Optimizer):
@@ -103,6 +126,15 @@ class Adam(Optimizer):
         m_hat = m / (1 - self.beta1 ** self.t)
         s_hat = s / (1 - self.beta2 ** self.t)
         return m_hat / (array_module(g).sqrt(s_hat) + self.eps)
+
+    def linearised_update(self, key: str, parts: Any, buffers: dict[str, Any]) -> Any:
+        """U[λ] = lr (M[λ] / (1 - b1^t)) / (sqrt(s / (1 - b2^t)) + eps), M[λ] <- b1 M[λ] + (1 - b1) Γ[λ]."""
+        xp = array_module(parts)
+        m = buffers.setdefault(key, xp.zeros_like(parts))
+        m *= self.beta1
+        m += (1 - self.beta1) * parts
+        s_hat = self.buffers["square"][key] / (1 - self.beta2 ** self.t)
+        return self.lr * (m / (1 - self.beta1 ** self.t)) / (xp.sqrt(s_hat) + self.eps)
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}

@@ -10,7 +10,7 @@ import nablax
 from nablax.layers import Dense
 from nablax.losses import SoftmaxCrossEntropy
 from nablax.metrics.effective_depth import (EffectiveDepth, counted_params, effective_depth, lambda_split,
-                                            linearised_update, parametrised_leaves)
+                                            parametrised_leaves)
 from nablax.optim import make_optimizer
 from nablax.train import TrainConfig, Trainer
 
@@ -151,7 +151,7 @@ def test_lambda_parts_of_each_step_sum_to_the_step(opt, kw, rng):
         before = net.copy_params()
         optimizer.step(net.named_params(), grads)
         for k in keys:
-            U = linearised_update(optimizer, k, split.parts[k], buffers)
+            U = optimizer.linearised_update(k, split.parts[k], buffers)
             np.testing.assert_allclose(U.sum(axis=0), before[k] - net.named_params()[k], rtol=1e-9, atol=1e-15)
 
 

@@ -27,7 +27,8 @@ Accumulated over training (every ``every``-th step, weighted by ``every``):
     "sum_of_norms" (default)  C[λ] += Σ_i w_i ||U_i[λ]||_F
     "norm_of_sum"             M_i[λ] -= U_i[λ];  C[λ] = Σ_i w_i ||M_i[λ]||_F  (the λ-parts of W_i(T) - W_i(0))
 
-where ``U_i[λ]`` is the λ-part of the optimiser's step (``Σ_λ U_i[λ]`` = the step, exactly):
+where ``U_i[λ]`` is the λ-part of the optimiser's step (``Σ_λ U_i[λ]`` = the step, exactly), as each optimiser
+states it (``nablax.optim``, ``linearised_update``):
     SGD                  U[λ] = α Γ[λ]                               exact
     SGD with momentum    v[λ] <- μ v[λ] + Γ[λ];  U[λ] = α v[λ]       exact (momentum is linear; one buffer per λ)
     RMSprop, Adam        the step's own per-coordinate preconditioner applied to Γ[λ] (Adam's first moment
@@ -244,39 +245,12 @@ def _norms_fast(parts: Array) -> numpy.ndarray:
     return numpy.asarray(xp.sqrt(xp.vecdot(flat, flat)).tolist(), dtype=float)
 
 
-def linearised_update(opt: Any, key: str, parts: Array, buffers: dict[str, Array]) -> Array:
-    """λ-parts U[λ] of the step ``opt`` has just taken for parameter ``key`` (the parameter moved by -Σ_λ U[λ]).
-
-    ``buffers`` holds this callback's per-λ optimiser buffers (momentum, Adam's first moment) and is updated.
-    Exact for SGD with or without momentum; a linearisation in the preconditioner for RMSprop and Adam.
-    """
-    name = getattr(opt, "name", "")
-    if name == "sgd":
-        if opt.momentum == 0.0:
-            return opt.lr * parts
-        v = buffers.setdefault(key, array_module(parts).zeros_like(parts))
-        v *= opt.momentum
-        v += parts
-        return opt.lr * v
-    xp = array_module(parts)
-    s = opt.buffers["square"][key]
-    if name == "rmsprop":
-        return opt.lr * parts / (xp.sqrt(s) + opt.eps)
-    if name == "adam":
-        m = buffers.setdefault(key, xp.zeros_like(parts))
-        m *= opt.beta1
-        m += (1 - opt.beta1) * parts
-        s_hat = s / (1 - opt.beta2 ** opt.t)
-        return opt.lr * (m / (1 - opt.beta1 ** opt.t)) / (xp.sqrt(s_hat) + opt.eps)
-    raise ValueError(f"effective depth knows the updates of sgd, rmsprop and adam, not {name!r}")
-
-
 def update_norms(opt: Any, key: str, parts: Array, buffers: dict[str, Array]) -> numpy.ndarray:
-    """``_norms(linearised_update(...))`` with less work (the fast path; the same to rounding): for plain SGD as
-    α ||Γ[λ]||_F, without the temporary α Γ."""
+    """``_norms(opt.linearised_update(key, parts, buffers))`` with less work (the fast path; the same to
+    rounding): for plain SGD as α ||Γ[λ]||_F, without the temporary α Γ."""
     if getattr(opt, "name", "") == "sgd" and opt.momentum == 0.0:
         return opt.lr * _norms_fast(parts)
-    return _norms_fast(linearised_update(opt, key, parts, buffers))
+    return _norms_fast(opt.linearised_update(key, parts, buffers))
 
 
 class EffectiveDepth(TrainingCallback):
@@ -286,7 +260,8 @@ class EffectiveDepth(TrainingCallback):
     Options (spec §13): ``eps`` (required threshold, default 0.01), ``accumulate`` ("sum_of_norms" |
     "norm_of_sum"), ``layer_weight`` ("one" | "inverse_init_norm"), ``every`` (measure every s-th step, weight s;
     with momentum or Adam the per-λ buffers then see only the measured steps, an approximation). ``fast=False``
-    takes the plain split (``lambda_split(..., fast=False)``) and the norms of the plain ``linearised_update``;
+    takes the plain split (``lambda_split(..., fast=False)``) and the norms of the optimiser's
+    ``linearised_update``;
     the two agree to rounding.
     """
 
@@ -341,10 +316,10 @@ class EffectiveDepth(TrainingCallback):
                 if self.fast:
                     norms = update_norms(opt, k, parts, self.buffers)
                 else:
-                    norms = _norms(linearised_update(opt, k, parts, self.buffers))
+                    norms = _norms(opt.linearised_update(k, parts, self.buffers))
                 self.C[: parts.shape[0]] += self.every * self.weights[k] * norms
             else:
-                U = linearised_update(opt, k, parts, self.buffers)
+                U = opt.linearised_update(k, parts, self.buffers)
                 m = self.M.setdefault(k, array_module(U).zeros_like(U))
                 m -= self.every * U
         self._pending = None
@@ -384,5 +359,5 @@ class EffectiveDepth(TrainingCallback):
                 "optimizer_mode": getattr(self, "optimizer_mode", None)}
 
 
-__all__ = ["DEFAULT_EPS", "EPS_GRID", "LambdaSplit", "lambda_split", "effective_depth", "linearised_update", "update_norms",
+__all__ = ["DEFAULT_EPS", "EPS_GRID", "LambdaSplit", "lambda_split", "effective_depth", "update_norms",
            "EffectiveDepth", "parametrised_leaves", "counted_params"]
