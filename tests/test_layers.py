@@ -212,3 +212,25 @@ def test_adjoint_of_whole_residual_with_probe_axes(rng):
     lhs = np.einsum("pbi,pbi->p", V, layer.jvp(cache, U))
     rhs = np.einsum("pbi,pbi->p", layer.vjp(cache, V), U)
     assert rel_err(lhs, rhs) < ADJOINT_RTOL
+
+
+@pytest.mark.parametrize("kind", ["residual", "residual-proj"])
+def test_residual_parts_of_output_and_pullback(kind, rng):
+    """The skip and branch parts of a block's pullback are the pullbacks of its two output parts, by central
+    differences of <dy, part(x + h dx)> (float64); the parts sum to the output and to ``vjp``."""
+    layer = make_layer(kind, 3, rng)
+    x, dx = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    y, cache = layer.forward(x)
+    dy = rng.standard_normal(y.shape)
+    skip, branch = layer.vjp_parts(cache, dy)
+    np.testing.assert_allclose(skip + branch, layer.vjp(cache, dy), rtol=1e-13, atol=1e-13)
+
+    def parts(z):
+        out, c = layer.forward(z)
+        rho = layer.branch_output(c)
+        return out - rho, rho
+
+    h = 1e-5
+    for k, pulled in enumerate((skip, branch)):
+        fd = (np.sum(dy * parts(x + h * dx)[k]) - np.sum(dy * parts(x - h * dx)[k])) / (2 * h)
+        assert rel_err(np.sum(pulled * dx), fd) < 1e-7

@@ -83,9 +83,18 @@ class Residual(Layer):
         return s + self.beta * values[-1], Cache(values=values, caches=caches, skip=skip_cache,
                                                    coupled=any(c.coupled for c in caches))
 
-    def vjp(self, cache: Cache, dy: Array) -> Array:
+    def branch_output(self, cache: Cache) -> Array:
+        """The branch's part of the output, beta * F(x) (the skip's part is the output minus it)."""
+        return self.beta * cache.values[-1]
+
+    def vjp_parts(self, cache: Cache, dy: Array) -> tuple[Array, Array]:
+        """The skip and branch parts of the pullback, (J_s^T dy, beta * J_F^T dy); ``vjp`` is their sum."""
         skip = dy if self.skip is None else self.skip.vjp(cache.skip, dy)
-        return skip + self.beta * vjp_chain(self.branch, cache.caches, dy)
+        return skip, self.beta * vjp_chain(self.branch, cache.caches, dy)
+
+    def vjp(self, cache: Cache, dy: Array) -> Array:
+        skip, branch = self.vjp_parts(cache, dy)
+        return skip + branch
 
     def jvp(self, cache: Cache, dx: Array) -> Array:
         skip = dx if self.skip is None else self.skip.jvp(cache.skip, dx)

@@ -34,8 +34,6 @@ from typing import Any
 import numpy
 
 from ..backend import backend_of
-from ..layers.base import vjp_chain
-from ..layers.residual import Residual
 from ..network import DEFAULT_MAX_ELEMENTS, Trace
 from .gsc import DEFAULT_EXACT_LIMIT, METHODS, gsc_to
 
@@ -157,19 +155,18 @@ def block_dilution(trace: Trace, p: int, *, method: str = "auto", n_probes: int 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     layer = trace.network.layers[p - 1]
-    if not isinstance(layer, Residual):
+    if not hasattr(layer, "vjp_parts"):
         raise ValueError(f"position {p} is the output of a {layer.kind} layer, not of a residual block")
     cache = trace.caches[p - 1]
     x, f = trace.values[p - 1], trace.values[p]
-    rho = layer.beta * cache.values[-1]
+    rho = layer.branch_output(cache)
     s = f - rho
     coupled = bool(cache.coupled)
     exact = method == "exact" or (method == "auto" and (not coupled or int(f.size) <= exact_limit))
     rng = numpy.random.default_rng(rng)
     samples = []  # per chunk or probe: (||J_s^T v||^2, ||J_rho^T v||^2, <J_s^T v, J_rho^T v>)
     for seeds in _seed_chunks(trace, p, exact, coupled, n_probes, rng):
-        a = seeds if layer.skip is None else layer.skip.vjp(cache.skip, seeds)
-        b = layer.beta * vjp_chain(layer.branch, cache.caches, seeds)
+        a, b = layer.vjp_parts(cache, seeds)
         samples.append(numpy.stack([_dots(a, a), _dots(b, b), _dots(a, b)]))
     samples = numpy.concatenate(samples, axis=1)  # (3, seeds or probes)
     if layer.skip is None and not exact:
