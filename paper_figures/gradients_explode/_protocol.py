@@ -16,8 +16,9 @@ preprocessing are unknown. Three scales (``nablax.figures.figure_args`` picks on
              step size divided by 3 after 5 epochs without a 1% improvement of the training error; GSC on 1000
              fixed training points; seeds 0, 1. 40 epochs keeps each figure near 30 minutes on 2 cores: in an
              80-epoch run (git history of RESULTS.md) training error, GSC and effective depth were flat after
-             epoch 36, and the step-size schedule depends only on the errors so far, so the first 40 epochs of
-             that run are this run.
+             epoch 36, and the step-size schedule depends only on the errors so far. (In the 40-epoch run of
+             RESULTS.md, batch-ReLU's search picked a larger step size, and its effective depth still rises
+             slowly at epoch 40.)
     cifar    the paper's data (``--cifar PATH``), spec §9's project defaults: CIFAR-10 flattened to 3072 features,
              50 blocks of width 100 (ResNets 25 blocks), batch 256, the x3 grid 1e-4 ... 1 after 5 epochs, up to
              500 epochs, 1 seed. Days of CPU time.
