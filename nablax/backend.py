@@ -20,6 +20,7 @@ import numpy
 
 BACKENDS = ("numpy", "cupy")
 DTYPES = {"float64": numpy.float64, "float32": numpy.float32}
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")  # thread counts BLAS reads
 
 
 class BackendUnavailable(RuntimeError):

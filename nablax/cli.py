@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .backend import BackendUnavailable, tune_allocator
+from .backend import BLAS_THREAD_VARS, BackendUnavailable, tune_allocator
 from .data import DataUnavailable
 
-BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 USER_ERRORS = (ValueError, OSError, ImportError, DataUnavailable, BackendUnavailable)
 DEBUG_ENV = "NABLAX_DEBUG"
 

@@ -21,8 +21,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from .backend import tune_allocator
-from .records import config_key, jsonable
+from .backend import BLAS_THREAD_VARS, tune_allocator
+from .records import config_key, jsonable, write_atomic
 
 SCALES = ("quick", "digits", "cifar")
 
@@ -96,9 +96,7 @@ def save_figure(fig: Any, record: FigureRecord, out: str | Path, name: str) -> t
     out.mkdir(parents=True, exist_ok=True)
     png, js = out / f"{name}.png", out / f"{name}.json"
     fig.savefig(png, dpi=110, bbox_inches="tight")
-    tmp = js.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record.to_dict(), indent=1))
-    tmp.replace(js)
+    write_atomic(js, json.dumps(record.to_dict(), indent=1))
     print(f"wrote {png} and {js}")
     return png, js
 
@@ -134,9 +132,8 @@ def sweep_executor(args: argparse.Namespace) -> Any:
 
     from .experiments import DaskExecutor
 
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # one BLAS thread per worker process
+    for var in BLAS_THREAD_VARS:  # one BLAS thread per worker process
         os.environ.setdefault(var, "1")
-
     executor = DaskExecutor(args.scheduler, n_workers=args.workers, processes=True)
     if args.scheduler is None:  # this script's own worker processes: tuned as this one is
         executor.client.run(tune_allocator)
@@ -152,7 +149,5 @@ def cached(out: str | Path, config: dict[str, Any], compute: Callable[[], Any]) 
     if path.exists():
         return json.loads(path.read_text())["result"]
     result = jsonable(compute())
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"config": jsonable(config), "result": result}))
-    tmp.replace(path)
+    write_atomic(path, json.dumps({"config": jsonable(config), "result": result}))
     return result

@@ -1,18 +1,18 @@
-"""The JSON form of results and configurations, shared by training runs (``nablax.train``) and figure scripts
-(``nablax.figures``): ``jsonable`` converts, ``config_key`` names a configuration by a short stable hash."""
+"""The JSON form of results and configurations, shared by training runs (``nablax.train``), experiment grids and
+figure scripts (``nablax.figures``): ``jsonable`` converts, ``config_key`` names a configuration by a short stable
+hash, ``write_atomic`` writes a file that a killed process never leaves half-written."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-from typing import Any
-
-import numpy
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
 
 
 def jsonable(v: Any) -> Any:
-    """JSON-able copy: arrays to lists, non-finite floats to None."""
+    """JSON-able copy: arrays and NumPy scalars to lists and numbers, non-finite floats to None."""
     if isinstance(v, dict):
         return {str(k): jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
@@ -21,13 +21,21 @@ def jsonable(v: Any) -> Any:
         return jsonable(v.tolist())
     if isinstance(v, float):
         return v if math.isfinite(v) else None
-    if isinstance(v, (numpy.floating,)):
-        return jsonable(float(v))
-    if isinstance(v, (numpy.integer,)):
-        return int(v)
     return v
 
 
 def config_key(config: dict[str, Any]) -> str:
     """A stable short hash of a JSON-able configuration."""
     return hashlib.sha256(json.dumps(jsonable(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def write_atomic(path: Path, content: str | Callable[[BinaryIO], Any]) -> None:
+    """Write ``content`` (text, or a function that writes to a binary file) to ``path`` through ``path.tmp`` and a
+    rename: a process killed midway leaves the old file or none, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        if callable(content):
+            content(fh)
+        else:
+            fh.write(content.encode())
+    tmp.replace(path)
