@@ -34,6 +34,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from .records import write_atomic
 from .train import TrainConfig, run
 
 
@@ -47,10 +48,10 @@ def require_distributed() -> Any:
     return distributed
 
 
-def _bar(total: int, progress: bool, desc: str) -> Any:
+def _bar(desc: str, progress: bool, unit: str = "run", **kw: Any) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="run", file=sys.stderr, disable=not progress)
+    return tqdm(desc=desc, unit=unit, file=sys.stderr, disable=not progress, **kw)
 
 
 class LocalExecutor:
@@ -59,13 +60,7 @@ class LocalExecutor:
     name = "local"
 
     def map(self, fn: Callable[[Any], Any], items: list[Any], progress: bool = True) -> list[Any]:
-        bar = _bar(len(items), progress, "sweep")
-        out = []
-        for item in items:
-            out.append(fn(item))
-            bar.update(1)
-        bar.close()
-        return out
+        return [fn(item) for item in _bar("sweep", progress, iterable=items)]
 
     def close(self) -> None:
         pass
@@ -92,7 +87,7 @@ class DaskExecutor:
         futures = self.client.map(fn, items, pure=False)
         index = {f.key: i for i, f in enumerate(futures)}
         out: list[Any] = [None] * len(items)
-        bar = _bar(len(items), progress, "sweep (dask)")
+        bar = _bar("sweep (dask)", progress, total=len(items))
         for fut in distributed.as_completed(futures):
             out[index[fut.key]] = fut.result()
             bar.update(1)
@@ -179,8 +174,7 @@ class _EpochWatcher:
         import threading
 
         self.runs, self.every = runs, every
-        self.bar = _bar(sum(e for _, e in runs), True, "epochs")
-        self.bar.unit = "epoch"
+        self.bar = _bar("epochs", True, "epoch", total=sum(e for _, e in runs))
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
@@ -242,9 +236,7 @@ def _write_index(out: Path, configs: list[TrainConfig], keys: list[str], results
     index = json.loads(path.read_text()) if path.exists() else {}
     for c, k, r in zip(configs, keys, results):
         index[k] = {"config": c.key_dict(), "status": None if r is None else r.get("status")}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(index, indent=1, sort_keys=True))
 
 
 SWEEP_SHAPE = '{"out": DIR, "base": {OPTION: VALUE, ...}, "grid": {OPTION: [VALUE, ...], ...}}'

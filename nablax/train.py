@@ -53,13 +53,13 @@ from .data import Dataset, batch_slices, load_dataset
 from .losses import SoftmaxCrossEntropy
 from .metrics.effective_depth import DEFAULT_EPS, EPS_GRID, EffectiveDepth
 from .metrics.gsc import AGGREGATIONS, gsc_to_error
+from .metrics.jacobian import BOTTOMS, bottom_position
 from .metrics.taylor import taylor_errors
 from .metrics.training import Step, TrainingCallback, UpdateSizes, residual_opnorms
 from .optim import make_optimizer
-from .records import config_key, jsonable
+from .records import config_key, jsonable, write_atomic
 
 CHECKPOINT = "checkpoint.npz"
-GSC_BOTTOMS = ("linear1", "input")
 NOT_IN_KEY = ("cifar", "cifar_md5")  # where the data lives (and its expected checksum) does not change a result
 
 
@@ -67,8 +67,9 @@ NOT_IN_KEY = ("cifar", "cifar_md5")  # where the data lives (and its expected ch
 class TrainConfig:
     """Everything that determines a run. Defaults are the spec §9 project protocol (MLPs of 50 blocks of width 100
     plus an output layer, plain SGD, batch 256, step size /3 on plateaus, at most 500 epochs; the paper's own
-    settings are unknown), on the embedded digits unless ``data="cifar10"``. ``head`` (ResNets: a final norm -> nonlinearity before the output, spec §8.2) defaults
-    to present; ``beta`` scales residual branches (1: the plain ResNet). ``cifar`` is the path of the CIFAR-10 archive and ``cifar_md5`` its expected MD5 (default: the
+    settings are unknown), on the embedded digits unless ``data="cifar10"``. ``head`` (ResNets: a final norm ->
+    nonlinearity before the output, spec §8.2) defaults to present; ``beta`` scales residual branches (1: the plain
+    ResNet). ``cifar`` is the path of the CIFAR-10 archive and ``cifar_md5`` its expected MD5 (default: the
     published one; only for test archives); neither is part of the run's key."""
 
     arch: str = "batch-tanh"
@@ -116,7 +117,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not _is_a(value, tp):
                 raise ValueError(f"{name} must be {_describe(tp)}, got {value!r}")
-        for name, choices in (("gsc_bottom", GSC_BOTTOMS), ("gsc_aggregation", AGGREGATIONS), ("arch", ARCHITECTURES)):
+        for name, choices in (("gsc_bottom", BOTTOMS), ("gsc_aggregation", AGGREGATIONS), ("arch", ARCHITECTURES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
         for name in ("lr", "epochs", "lr_decay", "eval_batch", "depth", "width", "ed_every"):
@@ -228,13 +229,6 @@ def default_callbacks(config: TrainConfig) -> list[TrainingCallback]:
     return cbs
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        write(fh)
-    tmp.replace(path)
-
-
 class Trainer:
     """One training run of a ``TrainConfig``; ``out`` (optional) is its folder for results and checkpoints."""
 
@@ -258,11 +252,8 @@ class Trainer:
         n = self.data.n_train
         self.eval_idx = numpy.sort(numpy.random.default_rng([c.seed, 2]).permutation(n)[: min(c.eval_batch, n)])
         self.batch_size = min(c.batch_size, n)
-        positions = self.net.positions()
-        self.bottom = 0 if c.gsc_bottom == "input" else next(p.index for p in positions if p.n_lin >= 1)
-        self.epoch = 0
-        self.steps = 0
-        self.status = "running"
+        self.bottom = bottom_position(self.net, c.gsc_bottom)
+        self.epoch, self.steps, self.status = 0, 0, "running"
         self.history: list[dict[str, Any]] = []
         self.arrays: dict[str, list[numpy.ndarray]] = {}
         self.schedule = {"best_error": None, "bad_epochs": 0, "n_decays": 0}
@@ -454,23 +445,18 @@ class Trainer:
         if self.out is None:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.history)
-        _atomic_write(self.out / "metrics.jsonl", lambda fh: fh.write(lines.encode()))
+        write_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.history))
         stacked = {k: numpy.stack(v) for k, v in self.arrays.items()}
-        _atomic_write(self.out / "arrays.npz", lambda fh: numpy.savez(fh, **stacked))
+        write_atomic(self.out / "arrays.npz", lambda fh: numpy.savez(fh, **stacked))
         arrays, meta = self._state()
         arrays["__meta__"] = numpy.array(json.dumps(meta, sort_keys=True))
-        _atomic_write(self.out / CHECKPOINT, lambda fh: numpy.savez(fh, **arrays))
+        write_atomic(self.out / CHECKPOINT, lambda fh: numpy.savez(fh, **arrays))
 
     def _state(self) -> tuple[dict[str, numpy.ndarray], dict[str, Any]]:
-        host = self.net.backend.asnumpy
-        arrays: dict[str, numpy.ndarray] = {}
-        arrays.update({f"param/{k}": host(v) for k, v in self.net.named_params().items()})
-        arrays.update({f"param0/{k}": host(v) for k, v in self.params0.items()})
-        arrays.update({f"state/{k}": host(v) for k, v in self.net.named_state().items()})
-        opt = self.opt.state_dict()
-        for kind, bufs in opt["buffers"].items():
-            arrays.update({f"opt/{kind}/{k}": host(v) for k, v in bufs.items()})
+        host, opt = self.net.backend.asnumpy, self.opt.state_dict()
+        groups = {"param": self.net.named_params(), "param0": self.params0, "state": self.net.named_state(),
+                  **{f"opt/{kind}": bufs for kind, bufs in opt["buffers"].items()}}
+        arrays = {f"{group}/{k}": host(v) for group, named in groups.items() for k, v in named.items()}
         cb_json: dict[str, dict[str, Any]] = {}
         for cb in self.callbacks:
             for k, v in cb.state_dict().items():
@@ -530,15 +516,13 @@ class Trainer:
         if meta["config"] != jsonable(self.config.key_dict()):
             raise ValueError(f"{path}: the checkpoint belongs to a different configuration")
 
-        def group(prefix: str) -> dict[str, Any]:
-            return {k[len(prefix):]: xp.asarray(v) for k, v in arrays.items() if k.startswith(prefix)}
+        def group(prefix: str, to: Any = xp.asarray) -> dict[str, Any]:
+            return {k[len(prefix):]: to(v) for k, v in arrays.items() if k.startswith(prefix)}
 
         self.net.set_params(group("param/"))
-        for k, v in group("param0/").items():
-            self.params0[k][...] = v
-        state = self.net.named_state()
-        for k, v in group("state/").items():
-            state[k][...] = v
+        for target, prefix in ((self.params0, "param0/"), (self.net.named_state(), "state/")):
+            for k, v in group(prefix).items():
+                target[k][...] = v
         buffers: dict[str, dict[str, Any]] = {}
         for k, v in group("opt/").items():
             kind, _, name = k.partition("/")
@@ -547,8 +531,7 @@ class Trainer:
         self.rng.bit_generator.state = meta["rng"]
         self.epoch, self.steps, self.status = meta["epoch"], meta["steps"], meta["status"]
         self.schedule, self.history = meta["schedule"], meta["history"]
-        hist = {k[len("hist/"):]: v for k, v in arrays.items() if k.startswith("hist/")}
-        self.arrays = {k: list(v) for k, v in hist.items()}
+        self.arrays = group("hist/", list)  # per-epoch arrays stay on the host
         for cb in self.callbacks:
             cb.start(self)
             cb.load_state_dict({**meta["callbacks"].get(cb.name, {}), **group(f"cb/{cb.name}/")})
