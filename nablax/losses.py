@@ -71,12 +71,3 @@ class MeanSquaredError:
     def grad(self, out: Any, y: Any) -> Any:
         _check(out, y, classes=False)
         return (out - y) / out.shape[0]
-
-
-LOSSES = {"softmax_cross_entropy": SoftmaxCrossEntropy, "mse": MeanSquaredError}
-
-
-def get_loss(name: str) -> Any:
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
-    return LOSSES[name]()

@@ -9,9 +9,9 @@ Each rule's ``direction`` is its step before the learning rate, and its ``linear
 splits when the gradient is a sum of parts g = Σ_λ Γ[λ] (the λ-split of effective depth, spec §5): the parts
 U[λ] of the step it has just taken, with Σ_λ U[λ] = the step. Exact for SGD with or without momentum (the rule is
 linear in g); for RMSprop and Adam linear in g with the preconditioner sqrt(s) held at its value after the step.
-``step`` applies p -= lr * direction (in one pass through ``kernels.subtract_scaled`` where Numba takes p: no temporary for lr * direction; for plain SGD the
-direction is g itself).
-``state_dict()`` / ``load_state_dict()`` copy the buffers out and in so training can be checkpointed and resumed exactly.
+``step`` applies p -= lr * direction (in one pass through ``kernels.subtract_scaled`` where Numba takes p: no
+temporary for lr * direction; for plain SGD the direction is g itself). ``state_dict()`` / ``load_state_dict()``
+copy the buffers out and in so training can be checkpointed and resumed exactly.
 """
 
 from __future__ import annotations
@@ -20,6 +20,13 @@ from typing import Any
 
 from . import kernels
 from .backend import array_module
+
+
+def _decay_add(buf: Any, decay: float, x: Any) -> Any:
+    """buf <- decay buf + x in place (a momentum or a running average); returns buf."""
+    buf *= decay
+    buf += x
+    return buf
 
 
 class Optimizer:
@@ -75,19 +82,14 @@ class SGD(Optimizer):
     def direction(self, key: str, g: Any) -> Any:
         if self.momentum == 0.0:
             return g
-        v = self._buf("velocity", key, g)
-        v *= self.momentum
-        v += g
-        return v
+        return _decay_add(self._buf("velocity", key, g), self.momentum, g)
 
     def linearised_update(self, key: str, parts: Any, buffers: dict[str, Any]) -> Any:
         """U[λ] = lr V[λ] with V[λ] <- mu V[λ] + Γ[λ] (plain SGD: lr Γ[λ])."""
         if self.momentum == 0.0:
             return self.lr * parts
         v = buffers.setdefault(key, array_module(parts).zeros_like(parts))
-        v *= self.momentum
-        v += parts
-        return self.lr * v
+        return self.lr * _decay_add(v, self.momentum, parts)
 
 
 class RMSprop(Optimizer):
@@ -98,9 +100,7 @@ class RMSprop(Optimizer):
         self.rho, self.eps = float(rho), float(eps)
 
     def direction(self, key: str, g: Any) -> Any:
-        s = self._buf("square", key, g)
-        s *= self.rho
-        s += (1 - self.rho) * g * g
+        s = _decay_add(self._buf("square", key, g), self.rho, (1 - self.rho) * g * g)
         return g / (array_module(g).sqrt(s) + self.eps)
 
     def linearised_update(self, key: str, parts: Any, buffers: dict[str, Any]) -> Any:
@@ -117,12 +117,8 @@ class Adam(Optimizer):
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
     def direction(self, key: str, g: Any) -> Any:
-        m = self._buf("mean", key, g)
-        s = self._buf("square", key, g)
-        m *= self.beta1
-        m += (1 - self.beta1) * g
-        s *= self.beta2
-        s += (1 - self.beta2) * g * g
+        m = _decay_add(self._buf("mean", key, g), self.beta1, (1 - self.beta1) * g)
+        s = _decay_add(self._buf("square", key, g), self.beta2, (1 - self.beta2) * g * g)
         m_hat = m / (1 - self.beta1 ** self.t)
         s_hat = s / (1 - self.beta2 ** self.t)
         return m_hat / (array_module(g).sqrt(s_hat) + self.eps)
@@ -130,9 +126,7 @@ class Adam(Optimizer):
     def linearised_update(self, key: str, parts: Any, buffers: dict[str, Any]) -> Any:
         """U[λ] = lr (M[λ] / (1 - b1^t)) / (sqrt(s / (1 - b2^t)) + eps), M[λ] <- b1 M[λ] + (1 - b1) Γ[λ]."""
         xp = array_module(parts)
-        m = buffers.setdefault(key, xp.zeros_like(parts))
-        m *= self.beta1
-        m += (1 - self.beta1) * parts
+        m = _decay_add(buffers.setdefault(key, xp.zeros_like(parts)), self.beta1, (1 - self.beta1) * parts)
         s_hat = self.buffers["square"][key] / (1 - self.beta2 ** self.t)
         return self.lr * (m / (1 - self.beta1 ** self.t)) / (xp.sqrt(s_hat) + self.eps)
 
