@@ -16,10 +16,9 @@ into a cache folder when ``download=True`` and the network allows it. Safety, in
    against its published MD5) BEFORE any byte of it is unpickled; a missing, truncated or tampered file stops
    here with a message that says how to supply the right one;
 2. members are read from the tar in memory by their exact names (nothing is extracted to disk);
-3. each pickle is read by ``RestrictedUnpickler``, which resolves only the globals an array needs (numpy's
-   reconstructors, ``ndarray``, ``dtype``, and the bytes helpers of pickle protocols 0-2), each to a stand-in that
-   admits only uint8 and integer dtypes and a shape that the bytes given fill exactly, before any array is made;
-   any other global (a function call, a class) is refused, and every refusal is a ``DataUnavailable``;
+3. each pickle is read by ``RestrictedUnpickler``, which admits only the arrays (uint8 and integer, with exactly
+   the bytes their shape needs), lists, dicts and bytes of the format (its docstring says how) and refuses any
+   other global (a function call, a class); every refusal is a ``DataUnavailable``;
 4. the result is validated: ``data`` uint8 of shape (n, 3072), ``labels`` integers in 0..9.
 
 ``md5`` is an option only so that tests can use a small archive of their own in the same format; the real
@@ -315,16 +314,11 @@ def restricted_loads(data: bytes) -> Any:
 
 
 def _load_batch(blob: bytes, where: str) -> tuple[numpy.ndarray, numpy.ndarray]:
-    """One batch file's (data, labels); anything refused or malformed is DataUnavailable."""
+    """One batch file's (data uint8 (n, 3072), labels int64 (n,)); anything refused or malformed is DataUnavailable."""
     try:
         obj = restricted_loads(blob)
     except pickle.UnpicklingError as err:
         raise DataUnavailable(f"{where}: not a CIFAR-10 batch ({err}). {how_to_supply()}") from err
-    return _parse_batch(obj, where)
-
-
-def _parse_batch(obj: Any, where: str) -> tuple[numpy.ndarray, numpy.ndarray]:
-    """(data uint8 (n, 3072), labels int64 (n,)) from one unpickled batch, or DataUnavailable."""
     if not isinstance(obj, dict):
         raise DataUnavailable(f"{where}: not a CIFAR-10 batch (a {type(obj).__name__}, expected a dict)")
     d = {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -366,15 +360,12 @@ def _read_archive(path: Path, md5: str) -> dict[str, tuple[numpy.ndarray, numpy.
 
 
 def _read_folder(folder: Path, file_md5s: dict[str, str]) -> dict[str, tuple[numpy.ndarray, numpy.ndarray]]:
-    out = {}
-    for name in CIFAR10_TRAIN + CIFAR10_TEST:
-        f = folder / name
-        if not f.is_file():
+    for name in CIFAR10_TRAIN + CIFAR10_TEST:  # every file's checksum before any file is unpickled
+        if not (folder / name).is_file():
             raise DataUnavailable(f"{folder}: missing {name}. {how_to_supply()}")
-        _checked(f, file_md5s[name], f"CIFAR-10 {name}")
-    for name in CIFAR10_TRAIN + CIFAR10_TEST:
-        out[name] = _load_batch((folder / name).read_bytes(), str(folder / name))
-    return out
+        _checked(folder / name, file_md5s[name], f"CIFAR-10 {name}")
+    return {name: _load_batch((folder / name).read_bytes(), str(folder / name))
+            for name in CIFAR10_TRAIN + CIFAR10_TEST}
 
 
 def default_cache_dir() -> Path:
@@ -410,13 +401,12 @@ def download_cifar10(cache_dir: str | Path | None = None, *, url: str = CIFAR10_
 
 def _locate(path: str | Path | None) -> Path | None:
     """The archive file or extracted folder that ``path`` (or the cache folder) points at, or None."""
-    candidates = [Path(path)] if path is not None else [default_cache_dir()]
-    for p in candidates:
-        if p.is_file():
-            return p
-        for inner in (p / CIFAR10_ARCHIVE, p / CIFAR10_FOLDER, p):
-            if inner.is_file() or (inner.is_dir() and (inner / "data_batch_1").exists()):
-                return inner
+    p = Path(path) if path is not None else default_cache_dir()
+    if p.is_file():
+        return p
+    for inner in (p / CIFAR10_ARCHIVE, p / CIFAR10_FOLDER, p):
+        if inner.is_file() or (inner.is_dir() and (inner / "data_batch_1").exists()):
+            return inner
     return None
 
 
