@@ -127,10 +127,9 @@ def gsc_to(trace: Trace, hi: int | str | None = None, lo: int = 0, *, aggregatio
     be = trace.network.backend
     b = trace.batch_size
     positions = numpy.arange(lo, hi + 1)
-    value_sq = _sq_frobenius
     d_lo = numpy.array([trace.values[p][0].size for p in positions], dtype=float)
-    f_sq = numpy.stack([be.asnumpy(value_sq(trace.values[p])) for p in positions])  # (n_pos, B)
-    f_hi = be.asnumpy(value_sq(trace.values[hi]))
+    f_sq = numpy.stack([be.asnumpy(_sq_frobenius(trace.values[p])) for p in positions])  # (n_pos, B)
+    f_hi = be.asnumpy(_sq_frobenius(trace.values[hi]))
 
     if aggregation != "batch":
         if trace.couples_batch:
@@ -169,7 +168,6 @@ def gsc(trace: Trace, lo: int, hi: int | None = None, **kw: Any) -> GSCResult:
 
     Parameters
     ----------
-    trace : Trace
     lo, hi : int
         The positions measured from and to (default hi: the output).
     **kw
@@ -211,11 +209,6 @@ def gsc_to_error(trace: Trace, dE_dout: Any, errors: Any, *, lo: int = 0, square
                  aggregation: str = "per_example_geomean") -> GSCResult:
     """GSC(p -> E) for every position p >= lo, from ONE ordinary backward pass of the error (spec §2.3, §2.4).
 
-    ``errors``   each example's own error E_b, shape (B,) (``loss.values``); for ``aggregation="batch"`` a scalar
-                 batch error is accepted too
-    ``dE_dout``  (B, d_out): row b is dE_b/d(out_b), the gradient of the SUM of ``errors`` (``B * loss.grad``
-                 for a mean loss); with a scalar ``errors``, the gradient of that scalar
-
     Per example (the default; without batch coupling G_p = dE/dF_p has row b = dE_b/df_{p,b}):
 
         GSC_b(p, E) = ||dE_b/df_{p,b}|| ||f_{p,b}|| / (sqrt(d_p) |E_b|)
@@ -239,8 +232,10 @@ def gsc_to_error(trace: Trace, dE_dout: Any, errors: Any, *, lo: int = 0, square
     trace : Trace
         A forward pass of B points with P layers.
     dE_dout : array (B, d_out)
+        Row b is dE_b/d(out_b), the gradient of the SUM of ``errors`` (``B * loss.grad`` for a mean loss); with a
+        scalar ``errors``, the gradient of that scalar.
     errors : array (B,), or float with ``aggregation="batch"``
-        As above.
+        Each example's own error E_b (``loss.values``), or the scalar batch error.
     lo : int
         The lowest position measured from.
     squared : bool
@@ -260,6 +255,7 @@ def gsc_to_error(trace: Trace, dE_dout: Any, errors: Any, *, lo: int = 0, square
     hi = len(trace.values) - 1
     positions = numpy.arange(lo, hi + 1)
     e = numpy.asarray(be.asnumpy(errors) if hasattr(errors, "shape") else errors, dtype=float)
+    settings: dict[str, Any] = {}
     if aggregation == "batch":
         total = float(e.sum())
         if total == 0:
@@ -283,10 +279,9 @@ def gsc_to_error(trace: Trace, dE_dout: Any, errors: Any, *, lo: int = 0, square
             f = trace.values[p]
             per[p - lo] = (be.asnumpy(_sq_frobenius(g) * _sq_frobenius(f)) / (f[0].size * e * e))[defined]
         val = _aggregate(per, aggregation, squared)
-        left_out = {"examples_left_out": int(b - defined.sum())}
-        return GSCResult(positions, val, numpy.zeros_like(val), hi + 1, "exact", aggregation, squared, n_layers=hi,
-                         settings=left_out)
-    return GSCResult(positions, val, numpy.zeros_like(val), hi + 1, "exact", aggregation, squared, n_layers=hi)
+        settings["examples_left_out"] = int(b - defined.sum())
+    return GSCResult(positions, val, numpy.zeros_like(val), hi + 1, "exact", aggregation, squared, n_layers=hi,
+                     settings=settings)
 
 
 def gsc_bottom_to_error(trace: Trace, dE_dout: Any, errors: Any, *, bottom: str = "linear1",
@@ -316,7 +311,6 @@ def relative_sensitivity_check(trace: Trace, lo: int, hi: int, rng: Any, eps: fl
 
     Parameters
     ----------
-    trace : Trace
     lo, hi : int
         The positions perturbed and observed.
     rng : numpy.random.Generator
