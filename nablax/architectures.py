@@ -29,6 +29,7 @@ gain), "looks_linear" (the orthogonal initial state of spec §7; ReLU nets only)
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -69,19 +70,23 @@ class _Builder:
         return self.be.xp.asarray(a, dtype=self.dtype)
 
     def dense(self, w: numpy.ndarray, bias: bool | numpy.ndarray = True) -> Dense:
-        if isinstance(bias, numpy.ndarray):
-            b = self.array(bias)
-        else:
-            b = self.array(numpy.zeros(w.shape[1])) if bias else None
-        return Dense(self.array(w), b)
+        """Dense(w) with zero biases (``bias=True``), none (False), or the biases given."""
+        if bias is True:
+            bias = numpy.zeros(w.shape[1])
+        return Dense(self.array(w), None if bias is False else self.array(bias))
 
-    def norm(self, kind: str | None, dim: int) -> Layer | None:
+    def he(self, d_in: int, d_out: int, gain: float = 2.0) -> Dense:
+        """Dense without biases, weights N(0, gain / d_in) (``init.gaussian``)."""
+        return self.dense(inits.gaussian(d_in, d_out, self.rng, gain), bias=False)
+
+    def norm(self, kind: str | None, dim: int) -> list[Layer]:
+        """[the norm layer of ``kind``] ("batch" or "layer"), or [] for None."""
         if kind is None:
-            return None
+            return []
         if kind == "batch":
-            return BatchNorm.create(dim, affine=self.norm_affine, eps=self.eps, xp=self.be.xp, dtype=self.dtype)
+            return [BatchNorm.create(dim, affine=self.norm_affine, eps=self.eps, xp=self.be.xp, dtype=self.dtype)]
         g = self.array(numpy.ones(dim)) if self.norm_affine else None
-        return LayerNorm(g, None if g is None else self.array(numpy.zeros(dim)), eps=self.eps)
+        return [LayerNorm(g, None if g is None else self.array(numpy.zeros(dim)), eps=self.eps)]
 
 
 def _parse_ge(name: str) -> tuple[str | None, str, bool]:
@@ -160,11 +165,7 @@ def _ge_mlp(b: _Builder, norm: str | None, act: str, depth: int, width: int, in_
             weights.append(_ge_weight(b, width, out_dim, "linear", init, method))
     layers: list[Layer] = []
     for w in weights[:depth]:
-        layers.append(b.dense(w))
-        n = b.norm(norm, width)
-        if n is not None:
-            layers.append(n)
-        layers.append(NONLINEARITIES[act]())
+        layers += [b.dense(w), *b.norm(norm, width), NONLINEARITIES[act]()]
     if out_dim is not None:
         layers.append(b.dense(weights[depth]))
     return layers
@@ -179,13 +180,11 @@ def _ge_resnet(b: _Builder, norm: str | None, act: str, depth: int, width: int, 
     for _ in range(depth):
         branch: list[Layer] = []
         for _ in range(2):
-            n = b.norm(norm, width)
-            branch += ([n] if n is not None else []) + [NONLINEARITIES[act]()]
-            branch.append(b.dense(_ge_weight(b, width, width, act, init, method)))
+            w = _ge_weight(b, width, width, act, init, method)
+            branch += [*b.norm(norm, width), NONLINEARITIES[act](), b.dense(w)]
         layers.append(Residual(branch, beta=beta))
     if head:
-        n = b.norm(norm, width)
-        layers += ([n] if n is not None else []) + [NONLINEARITIES[act]()]
+        layers += [*b.norm(norm, width), NONLINEARITIES[act]()]
     if out_dim is not None:
         layers.append(b.dense(_ge_weight(b, width, out_dim, "linear", init, method)))
     return layers
@@ -206,11 +205,10 @@ def _sg_one_layer(b, depth, width, in_dim, out_dim, beta, bias_std, method):
     bias_std = ONE_LAYER_BIAS_STD if bias_std is None else bias_std
     v = numpy.ones((in_dim, width))
     kinks = b.rng.standard_normal(width) * bias_std
-    w = b.rng.standard_normal((width, out_dim)) * numpy.sqrt(1.0 / width)
-    return [b.dense(v, -kinks), ReLU(), b.dense(w, bias=False)]
+    return [b.dense(v, -kinks), ReLU(), b.he(width, out_dim, 1.0)]
 
 
-def _sg_fnn(b, depth, width, in_dim, out_dim, bn: bool, bias: bool):
+def _sg_fnn(b, depth, width, in_dim, out_dim, beta, bias_std, method, *, bn: bool, bias: bool):
     layers: list[Layer] = []
     d = in_dim
     for _ in range(depth):
@@ -218,44 +216,36 @@ def _sg_fnn(b, depth, width, in_dim, out_dim, bn: bool, bias: bool):
             w = b.rng.standard_normal((d, width)) * numpy.sqrt(2.0 / (d + width))
             layers.append(b.dense(w, b.rng.standard_normal(width) * numpy.sqrt(1.0 / width)))
         else:
-            layers.append(b.dense(inits.gaussian(d, width, b.rng, 2.0), bias=False))
-        if bn:
-            layers.append(b.norm("batch", width))
-        layers.append(ReLU())
+            layers.append(b.he(d, width))
+        layers += [*b.norm("batch" if bn else None, width), ReLU()]
         d = width
-    layers.append(b.dense(inits.gaussian(width, out_dim, b.rng, 1.0), bias=False))
+    layers.append(b.he(width, out_dim, 1.0))
     return layers
 
 
-def _sg_resnet(b, depth, width, in_dim, out_dim, beta, bn: bool, bias_std):
-    layers: list[Layer] = [b.dense(inits.gaussian(in_dim, width, b.rng, 2.0 if bn else 1.0), bias=False)]
-    if bn:
-        layers.append(b.norm("batch", width))
-    n_blocks = depth - 1 if bn else depth
-    for _ in range(n_blocks):
+def _sg_resnet(b, depth, width, in_dim, out_dim, beta, bias_std, method, *, bn: bool):
+    norm = "batch" if bn else None
+    layers: list[Layer] = [b.he(in_dim, width, 2.0 if bn else 1.0), *b.norm(norm, width)]
+    for _ in range(depth - 1 if bn else depth):
         bias = False if bias_std is None else b.rng.standard_normal(width) * bias_std
         w = b.dense(inits.gaussian(width, width, b.rng, 2.0), bias=bias)
-        branch = ([b.norm("batch", width)] if bn else []) + [ReLU(), w]
-        layers.append(Residual(branch, beta=beta))
-    layers.append(b.dense(inits.gaussian(width, out_dim, b.rng, 1.0), bias=False))
+        layers.append(Residual([*b.norm(norm, width), ReLU(), w], beta=beta))
+    layers.append(b.he(width, out_dim, 1.0))
     return layers
 
 
-def _sg_resnet_variant(b, depth, width, in_dim, out_dim, beta, two_weights: bool, post: bool):
+def _sg_resnet_variant(b, depth, width, in_dim, out_dim, beta, bias_std, method, *, two_weights: bool, post: bool):
     """Options of spec §2.3(c): two weight layers per block, or post-activation blocks (both with BN, He weights)."""
-    layers: list[Layer] = [b.dense(inits.gaussian(in_dim, width, b.rng, 2.0), bias=False), b.norm("batch", width)]
-    if post:
-        layers.append(ReLU())
+    layers: list[Layer] = [b.he(in_dim, width), *b.norm("batch", width)] + ([ReLU()] if post else [])
     for _ in range(depth - 1):
         if post:
-            branch = [b.dense(inits.gaussian(width, width, b.rng, 2.0), bias=False), b.norm("batch", width)]
-            layers += [Residual(branch, beta=beta), ReLU()]
+            layers += [Residual([b.he(width, width), *b.norm("batch", width)], beta=beta), ReLU()]
             continue
         branch = []
         for _ in range(2 if two_weights else 1):
-            branch += [b.norm("batch", width), ReLU(), b.dense(inits.gaussian(width, width, b.rng, 2.0), bias=False)]
+            branch += [*b.norm("batch", width), ReLU(), b.he(width, width)]
         layers.append(Residual(branch, beta=beta))
-    layers.append(b.dense(inits.gaussian(width, out_dim, b.rng, 1.0), bias=False))
+    layers.append(b.he(width, out_dim, 1.0))
     return layers
 
 
@@ -263,11 +253,10 @@ def _sg_highway(b, depth, width, in_dim, out_dim, beta, bias_std, method):
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"highway gate beta = b must lie in [0, 1] (a = sqrt(1 - b^2)), got {beta}")
     gate = numpy.sqrt(1.0 - beta * beta) * numpy.eye(width)
-    layers: list[Layer] = [b.dense(inits.gaussian(in_dim, width, b.rng, 1.0), bias=False)]
+    layers: list[Layer] = [b.he(in_dim, width, 1.0)]
     for _ in range(depth):
-        branch = [ReLU(), b.dense(inits.gaussian(width, width, b.rng, 2.0), bias=False)]
-        layers.append(Residual(branch, skip=b.dense(gate, bias=False), beta=beta))
-    layers.append(b.dense(inits.gaussian(width, out_dim, b.rng, 1.0), bias=False))
+        layers.append(Residual([ReLU(), b.he(width, width)], skip=b.dense(gate, bias=False), beta=beta))
+    layers.append(b.he(width, out_dim, 1.0))
     return layers
 
 
@@ -289,17 +278,18 @@ def _sg_prelu_ll(b, depth, width, in_dim, out_dim, beta, bias_std, method):
     return layers
 
 
+# each takes (builder, depth, width, in_dim, out_dim, beta, bias_std, orth_method)
 _SG_BUILDERS: dict[str, Callable[..., list[Layer]]] = {
     "one-layer": _sg_one_layer,
-    "fnn-bn": lambda b, L, w, i, o, beta, bs, m: _sg_fnn(b, L, w, i, o, bn=True, bias=False),
-    "fnn-no-bn-bias": lambda b, L, w, i, o, beta, bs, m: _sg_fnn(b, L, w, i, o, bn=False, bias=True),
-    "fnn-no-bn": lambda b, L, w, i, o, beta, bs, m: _sg_fnn(b, L, w, i, o, bn=False, bias=False),
-    "resnet-bn": lambda b, L, w, i, o, beta, bs, m: _sg_resnet(b, L, w, i, o, beta, bn=True, bias_std=bs),
-    "resnet-no-bn": lambda b, L, w, i, o, beta, bs, m: _sg_resnet(b, L, w, i, o, beta, bn=False, bias_std=bs),
+    "fnn-bn": functools.partial(_sg_fnn, bn=True, bias=False),
+    "fnn-no-bn-bias": functools.partial(_sg_fnn, bn=False, bias=True),
+    "fnn-no-bn": functools.partial(_sg_fnn, bn=False, bias=False),
+    "resnet-bn": functools.partial(_sg_resnet, bn=True),
+    "resnet-no-bn": functools.partial(_sg_resnet, bn=False),
     "crelu-ll": _sg_crelu_ll,
     "prelu-ll": _sg_prelu_ll,
-    "resnet-bn-2w": lambda b, L, w, i, o, beta, bs, m: _sg_resnet_variant(b, L, w, i, o, beta, True, False),
-    "resnet-bn-post": lambda b, L, w, i, o, beta, bs, m: _sg_resnet_variant(b, L, w, i, o, beta, False, True),
+    "resnet-bn-2w": functools.partial(_sg_resnet_variant, two_weights=True, post=False),
+    "resnet-bn-post": functools.partial(_sg_resnet_variant, two_weights=False, post=True),
     "highway": _sg_highway,
 }
 
