@@ -1,17 +1,10 @@
-"""Fused kernels for the hot path of the exact-Jacobian sweeps, dispatched by array type and a setting.
+"""Fused kernels for the hot paths of the exact-Jacobian sweeps and of training, dispatched by array type and a
+setting. Each function below states its formula; ``cpu``'s docstring says how each kernel computes it.
 
-Two operations on a chunk of probe signals ``v`` of shape ``(k, B, n)`` (k probes, B samples, n entries per
-sample) and an activation derivative ``d`` of shape ``(B, n)``:
-
-    scale_sq_norms(v, d, out=None) -> (v * d, n_in, n_out)   n_in[b] = sum_{i,j} v[i,b,j]^2, n_out likewise
-    sq_norms(v)                    -> n                       n[b] = sum_{i,j} v[i,b,j]^2  (float64, shape (B,))
-    scale(v, d)                    -> v                       v *= d in place
-
-and the batch-norm pullback with batch statistics, ``batch_standardize_vjp(g, y, sigma)``, and its forward pass,
-``batch_standardize(z, eps)`` (see ``cpu``). Two more serve a training step: the rectifier ``relu(z) -> (y, d)``
-and an optimiser's update ``subtract_scaled(p, u, a)`` (p -= a * u in place). These four are faster ways to
-compute a formula that lives in its layer or optimiser, not here: where no kernel takes the arrays they return
-None, and the caller computes its formula.
+The sweep's three (``scale_sq_norms``, ``sq_norms``, ``scale``) always return a result: the Numba kernel or the
+NumPy reference. The other four (batch norm's ``batch_standardize`` and ``batch_standardize_vjp``, ``relu``,
+``subtract_scaled``) are faster ways to compute a formula that lives in its layer or optimiser, not here: where
+no kernel takes the arrays they return None, and the caller computes its formula.
 
 Which implementation runs (the setting ``kernels``: ``nablax.settings(kernels=...)``, ``set_cpu_kernels``, or the
 environment variable ``NABLAX_KERNELS``; see ``nablax.performance``):

@@ -47,6 +47,7 @@ multi-threaded BLAS products measured no faster (its thread pool and the BLAS's 
 from __future__ import annotations
 
 import functools
+import types
 from typing import Any
 
 from ..backend import array_module, numba_module
@@ -218,14 +219,10 @@ def compiled() -> Any | None:
         for i in range(p.size):
             p[i] -= a * u[i]
 
-    class Kernels:
-        pass
-
-    ns = Kernels()
-    ns.scale_sq_norms, ns.sq_norms, ns.batch_standardize_vjp = scale_sq_norms, sq_norms, batch_standardize_vjp
-    ns.scale_sq_norms_fm, ns.sq_norms_fm, ns.scale_fm = scale_sq_norms_fm, sq_norms_fm, scale_fm
-    ns.batch_standardize, ns.relu, ns.subtract_scaled = batch_standardize, relu, subtract_scaled
-    return ns
+    return types.SimpleNamespace(
+        scale_sq_norms=scale_sq_norms, sq_norms=sq_norms, batch_standardize_vjp=batch_standardize_vjp,
+        scale_sq_norms_fm=scale_sq_norms_fm, sq_norms_fm=sq_norms_fm, scale_fm=scale_fm,
+        batch_standardize=batch_standardize, relu=relu, subtract_scaled=subtract_scaled)
 
 
 def layout(a: Array) -> str | None:
