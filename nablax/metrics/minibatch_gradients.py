@@ -30,6 +30,7 @@ import numpy
 from ..backend import array_module
 from ..layers.base import Mode
 from ..network import Network
+from .jacobian import bottom_position
 
 GRAD_TARGETS = ("first_layer_activations", "input", "first_layer_weights")
 BN_MODES = ("hold", "through")
@@ -44,7 +45,6 @@ def per_example_gradients(net: Network, x: Any, labels: Any = None, *, loss: Any
 
     Parameters
     ----------
-    net : Network
     x : array (M, *in_shape)
         The minibatch, on the network's backend.
     labels : array (M,) of integers, optional
@@ -76,7 +76,7 @@ def per_example_gradients(net: Network, x: Any, labels: Any = None, *, loss: Any
         if labels is None:
             raise ValueError("a loss needs the labels")
         dout = m * loss.grad(out, xp.asarray(labels))  # d l_m / d o_m: cross-entropy's softmax(o_m) - onehot(y_m)
-    first = first_weight_position(net)
+    first = bottom_position(net, "linear1")  # just after the first weight layer (the first conv or dense layer)
     if target == "input":
         g = tr.pullback(dout, src=0)
     else:
@@ -84,20 +84,6 @@ def per_example_gradients(net: Network, x: Any, labels: Any = None, *, loss: Any
         if target == "first_layer_weights":
             g = _per_example_param_grads(net.layers[first - 1], tr.values[first - 1], g)
     return net.backend.asnumpy(g.reshape(m, -1))
-
-
-def first_weight_position(net: Network) -> int:
-    """The position just after the first weight layer (the output of the first conv or dense layer).
-
-    Parameters
-    ----------
-    net : Network
-
-    Returns
-    -------
-    int
-    """
-    return next(p.index for p in net.positions() if p.n_lin >= 1)
 
 
 def _per_example_param_grads(layer: Any, x: Any, dy: Any) -> Any:
@@ -113,9 +99,10 @@ def _per_example_param_grads(layer: Any, x: Any, dy: Any) -> Any:
     return xp.stack(rows)
 
 
-def _centred(g: numpy.ndarray) -> numpy.ndarray:
+def _centred(g: numpy.ndarray, centred: bool = True) -> numpy.ndarray:
+    """g as float, less its mean row when ``centred``."""
     g = numpy.asarray(g, dtype=float)
-    return g - g.mean(axis=0, keepdims=True)
+    return g - g.mean(axis=0, keepdims=True) if centred else g
 
 
 def gram_image(g: numpy.ndarray, *, centred: bool = True, normalise: str = "mean_diag") -> numpy.ndarray:
@@ -136,7 +123,7 @@ def gram_image(g: numpy.ndarray, *, centred: bool = True, normalise: str = "mean
     """
     if normalise not in GRAM_NORMS:
         raise ValueError(f"normalise must be one of {GRAM_NORMS}, got {normalise!r}")
-    g = _centred(g) if centred else numpy.asarray(g, dtype=float)
+    g = _centred(g, centred)
     gram = g @ g.T
     diag = numpy.diag(gram).copy()
     if normalise == "mean_diag":
@@ -176,8 +163,7 @@ def effective_rank(g: numpy.ndarray, *, centred: bool = True) -> float:
     float
         Between 1 and min(M, D).
     """
-    g = _centred(g) if centred else numpy.asarray(g, dtype=float)
-    s = singular_values(g)
+    s = singular_values(_centred(g, centred))
     p = s / s.sum()
     p = p[p > 0]
     return float(numpy.exp(-(p * numpy.log(p)).sum()))
@@ -199,7 +185,6 @@ def relative_effective_rank(g: numpy.ndarray, *, reference: str = "gaussian", ce
     g : array (M, D)
     reference : str
         "gaussian" (default) or "M".
-    centred : bool
     seed : int
         The Gaussian reference's seed.
 
@@ -241,8 +226,6 @@ def kmeans_order(g: numpy.ndarray, k: int = 10, seed: int = 0, *, centred: bool 
     g : array (M, D)
     k : int
         Clusters.
-    seed : int
-    centred : bool
 
     Returns
     -------
@@ -251,7 +234,7 @@ def kmeans_order(g: numpy.ndarray, k: int = 10, seed: int = 0, *, centred: bool 
     """
     from sklearn.cluster import KMeans
 
-    g = _centred(g) if centred else numpy.asarray(g, dtype=float)
+    g = _centred(g, centred)
     km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(g)
     dist = numpy.linalg.norm(g - km.cluster_centers_[km.labels_], axis=1)
     return numpy.lexsort((dist, km.labels_))
