@@ -74,7 +74,6 @@ def select_positions(network: Network, which: str = "all") -> list[int]:
 
     Parameters
     ----------
-    network : Network
     which : str
         One of ``SELECTIONS``, above.
 
@@ -103,7 +102,6 @@ def reference_position(network: Network, reference: str = "last_block") -> int:
 
     Parameters
     ----------
-    network : Network
     reference : str
         One of ``REFERENCES`` (module docstring).
 
@@ -129,7 +127,6 @@ def bottom_position(network: Network, bottom: str = "linear1") -> int:
 
     Parameters
     ----------
-    network : Network
     bottom : str
         "linear1" (default) or "input".
 
@@ -153,7 +150,6 @@ def x_coordinates(network: Network, positions: Any, axis: str = "n_lin") -> nump
 
     Parameters
     ----------
-    network : Network
     positions : sequence of int (n,)
         Forward positions.
     axis : str

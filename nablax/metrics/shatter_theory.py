@@ -91,7 +91,6 @@ def theorem3_asymptotic(depth: int, beta: float) -> Moments:
     ----------
     depth : int
         L.
-    beta : float
 
     Returns
     -------
@@ -231,17 +230,14 @@ def _path_chunk(kind: str, L: int, N: int, beta: float, t: float, T: int, rng: n
 def path_model(kind: str, depth: int, width: int = 200, beta: float = 1.0, t: float | None = None,
                trials: int = 20_000, rng: Any = 0, method: str = "gram", chunk: int | None = None,
                backend: str = "numpy") -> MCMoments:
-    """Monte-Carlo C(i), C(i,j), R of the idealised path model (spec §4.8) with standard errors.
-
-    kind     "fnn" (L rectifier layers), "res" (L blocks, no BN), "res_bn" (L-1 blocks, BN modelled as a
-             division by s_l = sqrt(1 + beta^2 (l-1))), "highway" (L blocks, gates a^2 = 1-t, b^2 = t; t = 1/L default)
-    method   "gram" (exact in distribution, O(N) per layer; default) or "dense" (draws every N x N matrix)
-    Trials run in chunks (default 4096 for "gram", 16 for "dense"); compare with ``closed_form`` via ``z_scores``.
+    """Monte-Carlo C(i), C(i,j), R of the idealised path model (spec §4.8) with standard errors; compare with
+    ``closed_form`` via ``MCMoments.z_scores``.
 
     Parameters
     ----------
     kind : str
-        As above.
+        "fnn" (L rectifier layers), "res" (L blocks, no BN), "res_bn" (L-1 blocks, BN modelled as a division by
+        s_l = sqrt(1 + beta^2 (l-1))), "highway" (L blocks, gates a^2 = 1-t, b^2 = t; t = 1/L default).
     depth : int
         L.
     width : int
@@ -252,9 +248,9 @@ def path_model(kind: str, depth: int, width: int = 200, beta: float = 1.0, t: fl
         Independent draws of the model.
     rng : numpy.random.Generator or seed
     method : str
-        As above.
+        "gram" (exact in distribution, O(N) per layer; default) or "dense" (draws every N x N matrix).
     chunk : int, optional
-        Trials per chunk.
+        Trials per chunk (default 4096 for "gram", 16 for "dense").
     backend : str
         "numpy" or "cupy".
 
@@ -267,13 +263,13 @@ def path_model(kind: str, depth: int, width: int = 200, beta: float = 1.0, t: fl
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     rng = as_rng(rng)
     t = 1.0 / depth if t is None else t
-    xp = get_backend(backend).xp
+    be = get_backend(backend)
     chunk = chunk or (4096 if method == "gram" else 16)
     gi, gj = [], []
     for start in range(0, trials, chunk):
         a, b = _path_chunk(kind, int(depth), int(width), float(beta), float(t), min(chunk, trials - start), rng,
-                           method, xp)
-        gi.append(get_backend(backend).asnumpy(a))
-        gj.append(get_backend(backend).asnumpy(b))
+                           method, be.xp)
+        gi.append(be.asnumpy(a))
+        gj.append(be.asnumpy(b))
     gi, gj = numpy.concatenate(gi), numpy.concatenate(gj)
     return mc_moments(gi * gi, gj * gj, gi * gj)

@@ -69,10 +69,8 @@ def cut_positions(net: Network, block_end: str = "linear_output", include_output
 
     Parameters
     ----------
-    net : Network
     block_end : str
         "linear_output" (default) or "after_activation".
-    include_output : bool
 
     Returns
     -------
@@ -109,7 +107,6 @@ def taylor_outputs(net: Network, expansion_point: dict[str, Array], x: Array, cu
 
     Parameters
     ----------
-    net : Network
     expansion_point : dict of arrays
         θ(0), named as ``Network.named_params``.
     x : array (B, *in_shape)
