@@ -47,11 +47,7 @@ class Backend:
         return (get_backend, (self.name,))
 
 
-def _noop() -> None:
-    return None
-
-
-NUMPY = Backend("numpy", numpy, numpy.asarray, _noop)
+NUMPY = Backend("numpy", numpy, numpy.asarray, lambda: None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,11 +64,7 @@ def _cupy_backend() -> Backend:
         raise BackendUnavailable(f"backend='cupy': CuPy is installed but finds no CUDA device ({err})") from err
     if n < 1:  # pragma: no cover
         raise BackendUnavailable("backend='cupy': CuPy is installed but finds no CUDA device")
-
-    def sync() -> None:
-        cupy.cuda.Device().synchronize()
-
-    return Backend("cupy", cupy, cupy.asnumpy, sync)
+    return Backend("cupy", cupy, cupy.asnumpy, lambda: cupy.cuda.Device().synchronize())
 
 
 def get_backend(name: str | Backend = "numpy") -> Backend:
