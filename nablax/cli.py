@@ -67,6 +67,8 @@ def cmd_figures(args: argparse.Namespace) -> int:
             return 2
     out = Path(args.out)
     failed = []
+    # the figures multiply small matrices: extra BLAS threads only wait (a thread count set by the user stays)
+    env = {**{var: "1" for var in BLAS_THREAD_VARS}, **os.environ, "MPLBACKEND": "Agg"}
     bar = tqdm(scripts, desc="figures", unit="fig", file=sys.stderr)
     for script in bar:
         name = f"{script.parent.name}/{script.stem}"
@@ -78,9 +80,6 @@ def cmd_figures(args: argparse.Namespace) -> int:
         if args.cifar and name in DATA_FIGURES:
             cmd += ["--cifar", args.cifar]
         t0 = time.perf_counter()
-        env = {**os.environ, "MPLBACKEND": "Agg"}
-        for var in BLAS_THREAD_VARS:  # the figures multiply small matrices: extra BLAS threads only wait
-            env.setdefault(var, "1")
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         dt = time.perf_counter() - t0
         if res.returncode != 0:
@@ -139,9 +138,6 @@ def cmd_gsc(args: argparse.Namespace) -> int:
           f"seed {args.seed}; {args.batch} Gaussian-noise points; batch norm {args.bn_stats}; GSC batch-level, {how}; "
           f"reference position {g.hi} ({args.reference}); pre-activation std raw, sign diversity per neuron across "
           f"data, on the input of each nonlinearity in that row")
-    dom: dict[int, list[tuple[float, float]]] = {}
-    for p, sd, dv in zip(d.position, d.preact_std, d.sign_diversity):
-        dom.setdefault(int(p), []).append((sd, dv))
     pos = net.positions()
     n_layers = len(net.layers)
     ref = paper_index(g.hi, n_layers)
@@ -151,9 +147,7 @@ def cmd_gsc(args: argparse.Namespace) -> int:
     print(f"{'pos':>4} {'paper l':>7}  {'layer':10} {'n_lin':>5} {'GSC(p->ref)':>22}  {'preact std':>13} {'sign div':>13}")
     for i, p in enumerate(g.positions):
         gs = f"{g.value[i]:.5g}" + (f" +- {g.stderr[i]:.2g}" if g.method == "hutchinson" else "")
-        rows = dom.get(int(p), [])
-        sd = "/".join(f"{a:.3f}" for a, _ in rows)
-        dv = "/".join(f"{b:.3f}" for _, b in rows)
+        sd, dv = ("/".join(f"{v:.3f}" for v in values[d.position == p]) for values in (d.preact_std, d.sign_diversity))
         print(f"{p:4d} {paper_index(int(p), n_layers):7d}  {pos[p].kind:10} {pos[p].n_lin:5d} {gs:>22}  {sd:>13} {dv:>13}")
     if args.plot:
         import matplotlib
@@ -313,8 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("-v", "--verbose", action="store_true", help="show every line the figure scripts print")
     f.set_defaults(func=cmd_figures)
 
-    i = sub.add_parser("info", help="architectures, backends and the network file format")
-    i.set_defaults(func=cmd_info)
+    sub.add_parser("info", help="architectures, backends and the network file format").set_defaults(func=cmd_info)
 
     g = sub.add_parser("gsc", help="gradients explode: per-layer GSC, pre-activation std and sign diversity at init")
     g.add_argument("--arch", default="batch-ReLU", help="a gradients-explode name: ReLU, layer-ReLU, batch-ReLU, tanh, "
