@@ -362,7 +362,7 @@ def convnet(name: str, depth: int, width: int | None = None, in_shape: tuple[int
     if kind == "resnet" and depth % 2:
         raise ValueError(f"resnet depth counts the stem, two convs per block and the head: it is even, got {depth}")
     b = _Builder(seed, backend, dtype, eps, norm_affine)
-    k, pad = int(kernel_size), int(kernel_size) // 2
+    k = int(kernel_size)
     scheme = "orthogonal" if kind.startswith("crelu") else kernel_init
     gain = 1.0 if kind.startswith("crelu") else 2.0  # orthogonal gain: 1 for the (linear) LL nets, 2 for ReLU nets
 
