@@ -50,21 +50,18 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
     if args.cifar:
         if args.quick:
-            print("--quick runs on the embedded digits; leave out --cifar, or --quick", file=sys.stderr)
-            return 2
+            raise ValueError("--quick runs on the embedded digits; leave out --cifar, or --quick")
         from .data import DataUnavailable, load_cifar10
 
         try:  # once, before any figure starts
             load_cifar10(args.cifar, n_train=1)
         except DataUnavailable as err:
-            print(f"CIFAR-10 is not usable: {err}", file=sys.stderr)
-            return 2
+            raise DataUnavailable(f"CIFAR-10 is not usable: {err}") from None
     scripts = find_figure_scripts(Path(args.root) if args.root else None)
     if args.only:
         scripts = [s for s in scripts if any(o in f"{s.parent.name}/{s.stem}" for o in args.only)]
         if not scripts:
-            print(f"no figure script matches {args.only}", file=sys.stderr)
-            return 2
+            raise ValueError(f"no figure script matches {args.only}")
     out = Path(args.out)
     failed = []
     # the figures multiply small matrices: extra BLAS threads only wait (a thread count set by the user stays)

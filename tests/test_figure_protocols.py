@@ -151,6 +151,14 @@ def test_figures_command_checks_cifar_once(tmp_path, capsys):
     assert cli.main(["figures", "--cifar", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("CIFAR-10 is not usable") == 1 and "Traceback" not in err
+    assert err.startswith("nablax: error: CIFAR-10 is not usable")
+
+
+def test_figures_command_errors_are_one_prefixed_line(tmp_path, capsys):
+    for argv in (["figures", "--only", "no-such-figure"], ["figures", "--quick", "--cifar", str(tmp_path)]):
+        assert cli.main([*argv, "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("nablax: error: ") and err.count("\n") == 1, err
 
 
 def test_seeds_option_adds_seeds_and_reuses_finished_ones(tmp_path):
