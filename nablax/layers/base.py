@@ -106,6 +106,11 @@ class Layer:
         """``(vjp(dy), param_grads(dy))`` in one call (layers with inner layers do both in one pass)."""
         return self.vjp(cache, dy), self.param_grads(cache, dy)
 
+    # -- what metrics ask a layer -----------------------------------------------------------------------
+    def diagonal_derivative(self, cache: Cache) -> Array | None:
+        """phi'(z), the data's shape (B, *feat), where the vjp is ``dy * phi'(z)``; None for other layers."""
+        return None
+
     def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of one sample's output for one sample's input shape (no batch axis)."""
         return in_shape
