@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterable, Iterator
 
 from ..backend import array_module
 
@@ -107,6 +107,11 @@ class Layer:
         return self.vjp(cache, dy), self.param_grads(cache, dy)
 
     # -- what metrics ask a layer -----------------------------------------------------------------------
+    def children(self, cache: Cache | None = None) -> list[tuple[str, "Layer", Array, Cache]]:
+        """The layers inside this one as ``(name, layer, input value, cache)`` in the forward pass of ``cache``
+        (value and cache None without one); a leaf has none."""
+        return []
+
     def diagonal_derivative(self, cache: Cache) -> Array | None:
         """phi'(z), the data's shape (B, *feat), where the vjp is ``dy * phi'(z)``; None for other layers."""
         return None
@@ -199,14 +204,22 @@ def block_diagonal(j: Array) -> Array:
     return j[:, :, None, :] * eye[:, None, :, None]
 
 
-def iter_leaves(layers: list[Layer], values: list[Array], caches: list[Cache]) -> Iterator[tuple[Layer, Array, Cache]]:
-    """Every leaf layer in forward order with its input value and cache, descending into residual branches."""
-    for layer, x, cache in zip(layers, values[:-1], caches):
-        inner = getattr(layer, "inner_leaves", None)
-        if inner is not None:
-            yield from inner(cache)
+def iter_leaves(layers: list[Layer], values: list[Array] | None = None, caches: list[Cache] | None = None,
+                prefix: str = "") -> Iterator[tuple[str, Layer, Array, Cache]]:
+    """The walk of the layer tree: every leaf layer in forward order, descending into ``children`` (residual
+    blocks), as ``(prefix, layer, input value, cache)``; prefix is the one of its parameter names (``"3.branch.2."``),
+    value and cache are None without ``values`` and ``caches``."""
+    n = len(layers)
+    return _leaves(zip(map(str, range(n)), layers, values or [None] * n, caches or [None] * n), prefix)
+
+
+def _leaves(named: Iterable[tuple[str, Layer, Array, Cache]], prefix: str) -> Iterator[tuple[str, Layer, Array, Cache]]:
+    for name, layer, x, cache in named:
+        inner = layer.children(cache)
+        if inner:
+            yield from _leaves(inner, f"{prefix}{name}.")
         else:
-            yield layer, x, cache
+            yield f"{prefix}{name}.", layer, x, cache
 
 
 def sum_to_param(g: Array, shape: tuple[int, ...]) -> Array:

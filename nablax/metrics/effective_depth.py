@@ -54,9 +54,9 @@ import numpy
 from ..backend import array_module
 from ..kernels.blas import matmul
 from ..layers import Dense, Residual
-from ..layers.base import Array, Cache, Layer, Mode
+from ..layers.base import Array, Cache, Layer, Mode, iter_leaves
 from ..network import Network, Trace
-from .training import Step, TrainingCallback, named_leaves
+from .training import Step, TrainingCallback
 
 DEFAULT_EPS = 0.01
 EPS_GRID = (0.1, 0.03, 0.01, 0.003, 0.001, 1e-4)
@@ -67,12 +67,12 @@ BIAS_NAMES = ("b", "beta")  # parameters that shift, not scale: no path factor, 
 
 def parametrised_leaves(net: Network) -> list[str]:
     """Name prefixes of the leaf layers that have parameters, forward order; their number is D."""
-    return [pre for pre, layer in named_leaves(net.layers) if layer.params]
+    return [pre for pre, layer, _, _ in iter_leaves(net.layers) if layer.params]
 
 
 def counted_params(net: Network) -> list[str]:
     """The parameters whose λ-parts enter C: every parameter of a parametrised leaf except biases."""
-    return [f"{pre}{k}" for pre, layer in named_leaves(net.layers) for k in layer.params if k not in BIAS_NAMES]
+    return [f"{pre}{k}" for pre, layer, _, _ in iter_leaves(net.layers) for k in layer.params if k not in BIAS_NAMES]
 
 
 @dataclass
