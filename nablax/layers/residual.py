@@ -15,6 +15,7 @@ from .base import (
     forward_chain,
     jacobian_chain,
     jvp_chain,
+    lambda_split_chain,
     param_jvp_chain,
     vjp_chain,
 )
@@ -29,6 +30,8 @@ class Residual(Layer):
     jvp       dy = J_s dx + beta * J_F dx
     jacobian  J_s + beta * J_F              per sample (B, d, d); batch-level (B, d, B, d) when the branch couples samples
     grads     the branch's gradients scaled by beta, under ``branch.<j>.<name>``; the projection's under ``skip.<name>``
+    λ-split   G_in[λ] = S(G)[λ] + beta * F(G)[λ]  S, F the λ-splits through skip and branch (``lambda_split_step``);
+              (n, B, d) -> (n', B, d); an identity skip keeps λ (it is part of the initial function)
 
     ``beta`` is the branch scale of the shattered-gradients paper (beta-rescaling); 1 is the plain ResNet.
     """
@@ -136,6 +139,12 @@ class Residual(Layer):
         if self.skip is not None and skip_dp:
             t = t + self.skip.param_jvp(cache.skip, skip_dp)
         return t
+
+    def lambda_split_step(self, cache: Cache, x: Array, G: Array, prefix: str, split: Any) -> Array:
+        branch = lambda_split_chain(self.branch, cache.values, cache.caches, G if self.beta == 1.0 else self.beta * G,
+                                    prefix + "branch.", split)
+        skip = G if self.skip is None else self.skip.lambda_split_step(cache.skip, x, G, prefix + "skip.", split)
+        return split.padded_sum(skip, branch)
 
     def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.branch)
