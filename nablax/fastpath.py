@@ -25,7 +25,6 @@ from typing import Any, Callable, Iterator
 
 from . import kernels
 from .backend import array_module
-from .layers.activations import Elementwise, PReLU
 from .layers.base import Array, Cache, Layer, flat_size
 from .layers.linear import Dense
 from .performance import current
@@ -234,7 +233,7 @@ class Sweep:
 
 def diagonal_derivative(layer: Layer, cache: Cache) -> Array | None:
     """phi'(z) of shape (B, *feat) for a layer whose vjp is ``dy * phi'(z)`` (activations, PReLU), else None."""
-    return cache.d if isinstance(layer, (Elementwise, PReLU)) else None
+    return layer.diagonal_derivative(cache)
 
 
 def is_mlp_chain(tr: Any, src: int, dst: int) -> bool:

@@ -24,7 +24,6 @@ import numpy
 from . import fastpath, network_file
 from .backend import Backend, array_module, backend_of
 from .layers.base import Array, Cache, Layer, Mode, backward_chain, flat_size, forward_chain, iter_leaves
-from .layers.residual import Residual
 from .network_file import NetworkFileError, describe_file_format  # noqa: F401 (re-exported)
 from .performance import current
 
@@ -49,12 +48,6 @@ class Position:
     n_act: int
     block: int
     on_stream: bool
-
-
-def _n_act(layer: Layer) -> int:
-    if isinstance(layer, Residual):
-        return sum(_n_act(inner) for inner in layer.sublayers().values())
-    return int(layer.is_nonlinearity)
 
 
 class Network:
@@ -91,16 +84,15 @@ class Network:
         return sum(layer.n_linear for layer in self.layers)
 
     def positions(self) -> list[Position]:
-        has_blocks = any(isinstance(layer, Residual) for layer in self.layers)
+        is_block = [bool(layer.children()) for layer in self.layers] + [False]  # residual blocks
         out = [Position(0, "input", 0, 0, 0, True)]
         n_lin = n_act = block = 0
         for p, layer in enumerate(self.layers, start=1):
             n_lin += layer.n_linear
-            n_act += _n_act(layer)
-            is_block = isinstance(layer, Residual)
-            block += is_block
-            feeds_block = p < len(self.layers) and isinstance(self.layers[p], Residual)
-            out.append(Position(p, layer.kind, n_lin, n_act, block, is_block or feeds_block or not has_blocks))
+            n_act += sum(leaf.is_nonlinearity for _, leaf, _, _ in iter_leaves([layer]))
+            block += is_block[p - 1]
+            on_stream = is_block[p - 1] or is_block[p] or not any(is_block)
+            out.append(Position(p, layer.kind, n_lin, n_act, block, on_stream))
         return out
 
     def named_params(self) -> dict[str, Array]:
@@ -199,7 +191,7 @@ class Trace:
 
     def leaves(self) -> Iterator[tuple[Layer, Array, Cache]]:
         """Every leaf layer in forward order (inside residual blocks too) with its input and cache."""
-        return iter_leaves(self.network.layers, self.values, self.caches)
+        return ((layer, x, cache) for _, layer, x, cache in iter_leaves(self.network.layers, self.values, self.caches))
 
     def _pos(self, p: int | None, default: int) -> int:
         """The one rule for positions a caller passes: 0..P, anything else (negative ones too: no wrap-around)

@@ -85,9 +85,10 @@ def load(cls: type, path: str | Path, backend: str = "numpy") -> Any:
 
 def _layer_spec(layer: Layer, prefix: str, arrays: dict[str, numpy.ndarray], be: Backend) -> dict[str, Any]:
     spec: dict[str, Any] = {"kind": layer.kind, "config": layer.config()}
-    if isinstance(layer, Residual):
-        spec["branch"] = [_layer_spec(inner, f"{prefix}.branch.{j}", arrays, be) for j, inner in enumerate(layer.branch)]
-        spec["skip"] = None if layer.skip is None else _layer_spec(layer.skip, f"{prefix}.skip", arrays, be)
+    inner = {name: child for name, child, _, _ in layer.children()}
+    if inner:  # a residual block: its branch ("branch.<j>"), then its projection ("skip") or null
+        spec["branch"] = [_layer_spec(c, f"{prefix}.{name}", arrays, be) for name, c in inner.items() if name != "skip"]
+        spec["skip"] = _layer_spec(inner["skip"], f"{prefix}.skip", arrays, be) if "skip" in inner else None
         return spec
     own = {**layer.params, **layer.state}
     spec["arrays"] = sorted(own)

@@ -720,14 +720,14 @@ def edstep_shapes(trainer: Any) -> list[tuple[int, int, int, bool]]:
     cotangent at its output (from the plain split of one batch), bottom True for the first layer of the net."""
     from nablax.layers import Dense
     from nablax.metrics.effective_depth import lambda_split
-    from nablax.metrics.training import named_leaves
+    from nablax.layers.base import iter_leaves
 
     net = trainer.net
     x, y = trainer._xy(range(trainer.batch_size))
     tr = net.forward(x, train=True)
     parts = lambda_split(tr, trainer.loss.grad(tr.output, y), trainer.params0, fast=False).parts
     return [(int(parts[pre + "W"].shape[0]), *layer.W.shape, layer is net.layers[0])
-            for pre, layer in named_leaves(net.layers) if isinstance(layer, Dense)]
+            for pre, layer, _, _ in iter_leaves(net.layers) if isinstance(layer, Dense)]
 
 
 def edstep_flops(shapes: list[tuple[int, int, int, bool]], b: int) -> tuple[int, int]:

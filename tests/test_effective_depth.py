@@ -214,3 +214,59 @@ def test_fast_and_plain_effective_depth_accumulate_the_same_contributions(opt, k
         C[fast] = ed.contributions()
     assert C[True][1] > 0
     np.testing.assert_allclose(C[True], C[False], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("name, shape", [("prelu-ll", 5), ("conv-resnet-staged", (3, 8, 8))])
+def test_lambda_split_of_slopes_kernels_and_projections(name, shape, rng):
+    """PReLU slopes, convolution kernels and norm gains take the generic step (Back_θ(0) from a copy of the layer
+    at θ(0)), a block's strided projection its own layer's step: the parts sum to the gradient, the fast split
+    agrees with the plain one, and the network's parameters are left exactly as they were."""
+    net = nablax.build(name, depth=6, width=2, in_dim=shape, out_dim=4, seed=1, norm_affine=True)
+    p0 = net.copy_params()
+    net.set_params({k: v + 0.3 * rng.standard_normal(v.shape) for k, v in p0.items()})
+    moved = net.copy_params()
+    tr = net.forward(rng.standard_normal((3,) + net.in_shape))
+    g = LOSS.grad(tr.output, rng.integers(0, 4, 3))
+    dx, grads = tr.backward(g)
+    plain, fast = lambda_split(tr, g, p0, fast=False), lambda_split(tr, g, p0)
+    assert set(plain.parts) == set(fast.parts) == set(grads)
+    for k, grad in grads.items():
+        np.testing.assert_allclose(plain.parts[k].sum(axis=0), grad, rtol=0, atol=1e-13 * max(1.0, np.abs(grad).max()))
+        np.testing.assert_allclose(fast.parts[k], plain.parts[k], rtol=0, atol=1e-14 * np.abs(plain.parts[k]).max())
+        assert plain.parts[k].shape[0] > 1 or k.startswith(f"{len(net.layers) - 1}.")  # R moved every λ part
+    np.testing.assert_allclose(plain.dx.sum(axis=0), dx, rtol=0, atol=1e-13 * np.abs(dx).max())
+    assert all(np.array_equal(v, moved[k]) for k, v in net.named_params().items())
+
+
+def test_lambda_split_of_prelu_slopes_matches_brute_force_path_enumeration(rng):
+    """With slopes a = a(0) + Δa, PReLU's backward dy * (1[z >= 0] + a 1[z < 0]) is affine in a: every path picks
+    a(0) (λ kept) or Δa 1[z < 0] (λ + 1) at each PReLU, as it picks W(0) or R at each Dense layer."""
+    net, p0 = moved_net("prelu-ll", {}, rng)
+    x, y = batch(rng)
+    tr = net.forward(x)
+    g = LOSS.grad(tr.output, y)
+    split = lambda_split(tr, g, p0)
+
+    def back(j, s, moved):  # the pullback through layer j along one path
+        layer, cache = net.layers[j], tr.caches[j]
+        if layer.kind == "dense":
+            w0 = p0[f"{j}.W"]
+            return s @ (layer.W - w0 if moved else w0).T
+        if layer.kind == "prelu":
+            a0, neg = p0[f"{j}.a"], cache.z < 0
+            return s * ((layer.a - a0) * neg if moved else np.where(neg, a0, 1.0))
+        return layer.vjp(cache, s)
+
+    parametrised = [j for j, layer in enumerate(net.layers) if layer.params]
+    assert {net.layers[j].kind for j in parametrised} == {"dense", "prelu"}
+    for i in parametrised:
+        above = [j for j in parametrised if j > i]
+        brute = {k: np.zeros((len(above) + 1,) + v.shape) for k, v in net.layers[i].params.items()}
+        for choice in itertools.product([0, 1], repeat=len(above)):
+            pick, s = dict(zip(above, choice)), g
+            for j in range(len(net.layers) - 1, i, -1):
+                s = back(j, s, pick.get(j, 0))
+            for k, v in net.layers[i].param_grads(tr.caches[i], s).items():
+                brute[k][sum(choice)] += v
+        for k, want in brute.items():
+            np.testing.assert_allclose(split.parts[f"{i}.{k}"], want, rtol=1e-11, atol=1e-14)

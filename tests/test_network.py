@@ -6,6 +6,7 @@ import pytest
 import nablax
 from gradcheck import FD_RTOL, FD_STEP, central_difference, rel_err
 from nablax.layers import Dense, ReLU
+from nablax.layers.base import iter_leaves
 from nablax.losses import MeanSquaredError, SoftmaxCrossEntropy
 from nablax.network import Network, NetworkFileError
 
@@ -239,7 +240,23 @@ def test_positions_metadata():
 # --- save and load -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["batch-ReLU", "layer-tanh (ResNet)", "crelu-ll", "prelu-ll"])
+def test_one_walk_of_the_layer_tree(rng):
+    """``iter_leaves`` visits every leaf once, in forward order (a block's projection before its branch), with the
+    prefix of its parameter names and the input and cache it had in the forward pass."""
+    net = nablax.build("highway", depth=2, width=4, in_dim=3, seed=0)
+    tr = net.forward(rng.standard_normal((5, 3)))
+    walked = list(iter_leaves(net.layers, tr.values, tr.caches))
+    assert [pre for pre, *_ in walked] == ["0.", "1.skip.", "1.branch.0.", "1.branch.1.", "2.skip.", "2.branch.0.",
+                                           "2.branch.1.", "3."]
+    assert sorted(f"{pre}{k}" for pre, leaf, _, _ in walked for k in leaf.params) == sorted(net.named_params())
+    for _, leaf, x, cache in walked:  # the highway's leaves: Dense (cache.x) and ReLU (cache.z)
+        assert (cache.x if leaf.kind == "dense" else cache.z) is x
+    assert all(a is leaf and b is x for (a, b, _), (_, leaf, x, _) in zip(tr.leaves(), walked, strict=True))
+    bare = list(iter_leaves(net.layers))  # without a forward pass: no inputs, no caches
+    assert [pre for pre, *_ in bare] == [pre for pre, *_ in walked] and all(x is None is c for _, _, x, c in bare)
+
+
+@pytest.mark.parametrize("name", ["batch-ReLU", "layer-tanh (ResNet)", "crelu-ll", "prelu-ll", "highway"])
 def test_save_load_round_trip_is_bit_identical(name, tmp_path, rng):
     net = nablax.build(name, depth=3, width=6, seed=9, norm_affine=True)
     x = rng.standard_normal((4,) + net.in_shape)

@@ -33,23 +33,10 @@ def _diag_jacobian(d: Array) -> Array:
     return d[:, :, None] * xp.eye(d.shape[1], dtype=d.dtype)
 
 
-class Elementwise(Layer):
-    """y = phi(z) applied to every entry; shapes are preserved.
-
-    vjp       dz = dy * phi'(z)          (phi'(z) has the data shape; probe axes broadcast)
-    jvp       dy = dz * phi'(z)
-    jacobian  diag(phi'(z_b))            (B, n, n), n = entries per sample
-    """
+class _Diagonal(Layer):
+    """A layer with a diagonal Jacobian, diag(d): its forward pass keeps d (the data's shape) as ``cache.d``."""
 
     is_nonlinearity = True
-
-    def phi(self, z: Array) -> tuple[Array, Array]:
-        """(phi(z), phi'(z))."""
-        raise NotImplementedError
-
-    def forward(self, x: Array, mode: Mode = Mode()) -> tuple[Array, Cache]:
-        y, d = self.phi(x)
-        return y, Cache(z=x, d=d)
 
     def vjp(self, cache: Cache, dy: Array) -> Array:
         return dy * cache.d
@@ -58,6 +45,26 @@ class Elementwise(Layer):
 
     def jacobian(self, cache: Cache) -> Array:
         return _diag_jacobian(cache.d)
+
+    def diagonal_derivative(self, cache: Cache) -> Array:
+        return cache.d
+
+
+class Elementwise(_Diagonal):
+    """y = phi(z) applied to every entry; shapes are preserved.
+
+    vjp       dz = dy * phi'(z)          (phi'(z) has the data shape; probe axes broadcast)
+    jvp       dy = dz * phi'(z)
+    jacobian  diag(phi'(z_b))            (B, n, n), n = entries per sample
+    """
+
+    def phi(self, z: Array) -> tuple[Array, Array]:
+        """(phi(z), phi'(z))."""
+        raise NotImplementedError
+
+    def forward(self, x: Array, mode: Mode = Mode()) -> tuple[Array, Cache]:
+        y, d = self.phi(x)
+        return y, Cache(z=x, d=d)
 
 
 class Identity(Elementwise):
@@ -117,7 +124,7 @@ class SeLU(Elementwise):
         return y, d
 
 
-class PReLU(Layer):
+class PReLU(_Diagonal):
     """Parametric rectifier with a trainable slope per feature (He et al. 2015).
 
     forward   y = z for z >= 0,  a z for z < 0            z (B, n), a (n,)  [conv: z (B, C, H, W), a (C, 1, 1)]
@@ -130,7 +137,6 @@ class PReLU(Layer):
     """
 
     kind = "prelu"
-    is_nonlinearity = True
 
     def __init__(self, a: Array) -> None:
         self.a = a
@@ -143,14 +149,6 @@ class PReLU(Layer):
         neg = (x < 0).astype(x.dtype)
         d = 1.0 - neg + self.a * neg
         return x * d, Cache(z=x, neg=neg, d=d)
-
-    def vjp(self, cache: Cache, dy: Array) -> Array:
-        return dy * cache.d
-
-    jvp = vjp
-
-    def jacobian(self, cache: Cache) -> Array:
-        return _diag_jacobian(cache.d)
 
     def param_grads(self, cache: Cache, dy: Array) -> dict[str, Array]:
         return {"a": sum_to_param(dy * cache.z * cache.neg, self.a.shape)}

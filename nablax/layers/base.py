@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterable, Iterator
 
 from ..backend import array_module
 
@@ -105,6 +105,38 @@ class Layer:
     def backward(self, cache: Cache, dy: Array) -> tuple[Array, dict[str, Array]]:
         """``(vjp(dy), param_grads(dy))`` in one call (layers with inner layers do both in one pass)."""
         return self.vjp(cache, dy), self.param_grads(cache, dy)
+
+    # -- what metrics ask a layer -----------------------------------------------------------------------
+    def children(self, cache: Cache | None = None) -> list[tuple[str, "Layer", Array, Cache]]:
+        """The layers inside this one as ``(name, layer, input value, cache)`` in the forward pass of ``cache``
+        (value and cache None without one); a leaf has none."""
+        return []
+
+    def diagonal_derivative(self, cache: Cache) -> Array | None:
+        """phi'(z), the data's shape (B, *feat), where the vjp is ``dy * phi'(z)``; None for other layers."""
+        return None
+
+    def lambda_split_step(self, cache: Cache, x: Array, G: Array, prefix: str, split: Any) -> Array | None:
+        """This layer's step of the λ-split of the gradient around θ = θ(0) + R (``metrics.effective_depth``): from
+        G (n, B, *out), G[λ] the part of the output cotangent carried by paths with exactly λ factors R, it writes the
+        λ-parts Γ_θ (n', *θ.shape) of its parameter gradients into ``split.parts[prefix + name]`` and returns those of
+        the input cotangent, G' (n', B, *in); x (B, *in) is its input. ``split`` holds θ(0) (``params0``), the
+        ``mode``, and the sums over the λ axis. This default (norm gains, PReLU slopes, convolution kernels):
+
+            no parameters  G'[λ] = Back(G[λ])          the vjp at the current pass, all λ at once (probe axis)
+            parameters     Γ_θ[λ] = param_grads(G[λ])
+                           G'[λ]  = Back_θ(0)(G[λ]) + (Back_θ(t) - Back_θ(0))(G[λ-1])
+
+        the initial backward keeps λ, the change moves λ -> λ+1 (exact when Back is affine in θ). Back_θ(0) is the
+        vjp of a copy of the layer built at θ(0), run forward on x; the layer itself is left as it is.
+        """
+        if not self.params:
+            return self.vjp(cache, G)
+        for k, g in self.param_grads(cache, G).items():
+            split.parts[prefix + k] = g
+        initial = type(self)(**self.config(), **{k: split.params0[prefix + k] for k in self.params}, **self.state)
+        back0 = initial.vjp(initial.forward(x, split.mode)[1], G)
+        return split.shifted(back0, self.vjp(cache, G) - back0)
 
     def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of one sample's output for one sample's input shape (no batch axis)."""
@@ -194,14 +226,30 @@ def block_diagonal(j: Array) -> Array:
     return j[:, :, None, :] * eye[:, None, :, None]
 
 
-def iter_leaves(layers: list[Layer], values: list[Array], caches: list[Cache]) -> Iterator[tuple[Layer, Array, Cache]]:
-    """Every leaf layer in forward order with its input value and cache, descending into residual branches."""
-    for layer, x, cache in zip(layers, values[:-1], caches):
-        inner = getattr(layer, "inner_leaves", None)
-        if inner is not None:
-            yield from inner(cache)
+def lambda_split_chain(layers: list[Layer], values: list[Array], caches: list[Cache], G: Array, prefix: str,
+                       split: Any) -> Array | None:
+    """The λ-split pulled back through a sequence of layers: each one's ``lambda_split_step``, last to first."""
+    for i in reversed(range(len(layers))):
+        G = layers[i].lambda_split_step(caches[i], values[i], G, f"{prefix}{i}.", split)
+    return G
+
+
+def iter_leaves(layers: list[Layer], values: list[Array] | None = None, caches: list[Cache] | None = None,
+                prefix: str = "") -> Iterator[tuple[str, Layer, Array, Cache]]:
+    """The walk of the layer tree: every leaf layer in forward order, descending into ``children`` (residual
+    blocks), as ``(prefix, layer, input value, cache)``; prefix is the one of its parameter names (``"3.branch.2."``),
+    value and cache are None without ``values`` and ``caches``."""
+    n = len(layers)
+    return _leaves(zip(map(str, range(n)), layers, values or [None] * n, caches or [None] * n), prefix)
+
+
+def _leaves(named: Iterable[tuple[str, Layer, Array, Cache]], prefix: str) -> Iterator[tuple[str, Layer, Array, Cache]]:
+    for name, layer, x, cache in named:
+        inner = layer.children(cache)
+        if inner:
+            yield from _leaves(inner, f"{prefix}{name}.")
         else:
-            yield layer, x, cache
+            yield f"{prefix}{name}.", layer, x, cache
 
 
 def sum_to_param(g: Array, shape: tuple[int, ...]) -> Array:

@@ -29,6 +29,9 @@ class Dense(Layer):
     jacobian  J_b = W^T for every sample       (B, d_out, d_in)
     grads     dW = x^T dy,  db = 1^T dy        summed over the batch; leading probe axes are kept
     param_jvp dy = x dW + db
+    λ-split   around W = W(0) + R (``lambda_split_step``), G (n, B, d_out) -> G' (n + 1, B, d_in):
+              Γ_W[λ] = x^T G[λ]  (n, d_in, d_out);  γ_b[λ] = 1^T G[λ]  (n, d_out), a bias adds no factor;
+              G'[λ] = G[λ] W(0)^T + G[λ-1] R^T  (R moves λ -> λ+1)
 
     The Jacobian as a map is W^T, so its quadratic-mean norm is ||W||_F / sqrt(d_in) (spec §2.1).
     ``bias=False`` drops b.
@@ -88,6 +91,16 @@ class Dense(Layer):
         if self.b is not None and "b" in dparams:
             out = out + dparams["b"]
         return out
+
+    def lambda_split_step(self, cache: Cache, x: Array, G: Array, prefix: str, split: Any) -> Array | None:
+        if split.wants(prefix + "W"):
+            split.parts[prefix + "W"] = cache.x.T @ G  # (d_in, B) @ (n, B, d_out) -> (n, d_in, d_out)
+        if self.b is not None and split.wants(prefix + "b"):
+            split.parts[prefix + "b"] = G.sum(axis=-2)
+        if self is split.bottom:  # no one asked for the input cotangent
+            return None
+        W0 = split.params0[prefix + "W"]
+        return split.shifted_products(G, W0.T, (self.W - W0).T)
 
     def config(self) -> dict[str, Any]:
         return {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 from ..backend import array_module
 from .base import (
@@ -13,9 +13,9 @@ from .base import (
     backward_chain,
     block_diagonal,
     forward_chain,
-    iter_leaves,
     jacobian_chain,
     jvp_chain,
+    lambda_split_chain,
     param_jvp_chain,
     vjp_chain,
 )
@@ -30,6 +30,8 @@ class Residual(Layer):
     jvp       dy = J_s dx + beta * J_F dx
     jacobian  J_s + beta * J_F              per sample (B, d, d); batch-level (B, d, B, d) when the branch couples samples
     grads     the branch's gradients scaled by beta, under ``branch.<j>.<name>``; the projection's under ``skip.<name>``
+    λ-split   G_in[λ] = S(G)[λ] + beta * F(G)[λ]  S, F the λ-splits through skip and branch (``lambda_split_step``);
+              (n, B, d) -> (n', B, d); an identity skip keeps λ (it is part of the initial function)
 
     ``beta`` is the branch scale of the shattered-gradients paper (beta-rescaling); 1 is the plain ResNet.
     """
@@ -43,17 +45,19 @@ class Residual(Layer):
 
     @property
     def n_linear(self) -> int:  # type: ignore[override]
-        return sum(layer.n_linear for layer in self.branch) + (self.skip.n_linear if self.skip else 0)
+        return sum(layer.n_linear for _, layer, _, _ in self.children())
 
-    def sublayers(self) -> dict[str, Layer]:
-        """Inner layers by path prefix (``branch.<j>``, ``skip``)."""
-        named = {f"branch.{j}": layer for j, layer in enumerate(self.branch)}
-        if self.skip is not None:
-            named["skip"] = self.skip
-        return named
+    def children(self, cache: Cache | None = None) -> list[tuple[str, Layer, Array, Cache]]:
+        """The projection (``skip``, if any), then the branch's layers (``branch.<j>``), with inputs and caches."""
+        xs, cs = ([None] * len(self.branch),) * 2 if cache is None else (cache.values, cache.caches)
+        inner = [(f"branch.{j}", layer, x, c) for j, (layer, x, c) in enumerate(zip(self.branch, xs, cs))]
+        skip = [] if self.skip is None else [("skip", self.skip, xs[0], cache and cache.skip)]
+        return skip + inner
 
     def _collect(self, attr: str) -> dict[str, Array]:
-        return {f"{pre}.{k}": v for pre, layer in self.sublayers().items() for k, v in getattr(layer, attr).items()}
+        """Inner arrays by path: the branch's, then the projection's (the order of saved files and checkpoints)."""
+        inner = sorted(self.children(), key=lambda child: child[0] == "skip")
+        return {f"{name}.{k}": v for name, layer, _, _ in inner for k, v in getattr(layer, attr).items()}
 
     @property
     def params(self) -> dict[str, Array]:
@@ -136,11 +140,11 @@ class Residual(Layer):
             t = t + self.skip.param_jvp(cache.skip, skip_dp)
         return t
 
-    def inner_leaves(self, cache: Cache) -> Iterator[tuple[Layer, Array, Cache]]:
-        """The projection (if any), then the branch's leaf layers, each with its input and cache."""
-        if self.skip is not None:
-            yield self.skip, cache.values[0], cache.skip
-        yield from iter_leaves(self.branch, cache.values, cache.caches)
+    def lambda_split_step(self, cache: Cache, x: Array, G: Array, prefix: str, split: Any) -> Array:
+        branch = lambda_split_chain(self.branch, cache.values, cache.caches, G if self.beta == 1.0 else self.beta * G,
+                                    prefix + "branch.", split)
+        skip = G if self.skip is None else self.skip.lambda_split_step(cache.skip, x, G, prefix + "skip.", split)
+        return split.padded_sum(skip, branch)
 
     def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.branch)

@@ -151,7 +151,7 @@ def domain_metrics(trace: Trace, *, variant: str = "raw", ddof: int = 0, zero_po
     for p, (layer, cache) in enumerate(zip(net.layers, trace.caches), start=1):
         n_lin = positions[p - 1].n_lin
         block = positions[p].block if positions[p].kind == "residual" else 0
-        for leaf, z, _ in iter_leaves([layer], trace.values[p - 1: p + 1], [cache]):
+        for _, leaf, z, _ in iter_leaves([layer], [trace.values[p - 1]], [cache]):
             if leaf.is_nonlinearity:
                 rows.append((p, leaf.kind, n_lin, block, preact_std(z, variant, ddof), sign_diversity(z, zero_policy)))
             n_lin += leaf.n_linear

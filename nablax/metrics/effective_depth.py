@@ -4,19 +4,13 @@ The residual trick splits every parametrised layer into its initial function and
 weight is ``W_i(t) = W_i(0) + R_i(t)``. Backpropagating the error through ``W(0) + R`` at every linear layer
 splits each gradient by λ, the number of residual matrices R on the path from the error down to the layer:
 
-    G[λ]   the part of the cotangent carried by paths with exactly λ residual factors, shape (B, d)
-    Dense  Γ_i[λ] = A_{i-1}^T G[λ]                        λ-part of dE/dW_i           (d_{i-1}, d_i)
-           γ_i[λ] = 1^T G[λ]                              λ-part of dE/db_i (a bias adds no factor)
-           G'[λ]  = G[λ] W_i(0)^T + G[λ-1] R_i^T          the pass below: R moves λ -> λ+1
-    other  G'[λ]  = Back(G[λ])                            any unparametrised layer: its vjp at the CURRENT
-                                                          forward pass, linear in the cotangent, all λ at once
-                                                          through the layer's leading probe axis
-    block  G_in[λ] = G_out[λ] + β BranchBack(G_out)[λ]    residual block: the skip keeps λ (identity skip is
-                                                          part of the initial function)
-    gains  G'[λ]  = Back_θ(0)(G[λ]) + (Back_θ(t) - Back_θ(0))(G[λ-1])
-                                                          a layer with other parameters (norm gains, PReLU
-                                                          slopes): its initial backward keeps λ, the change
-                                                          moves λ -> λ+1 (exact when Back is affine in θ)
+    G[λ]   the part of the cotangent carried by paths with exactly λ residual factors, shape (n, B, d)
+
+Each layer states its own step of the split, with the math in its docstring (``lambda_split_step``, walked by
+``layers.base.lambda_split_chain``): a Dense layer's W(0) keeps λ and its R moves λ -> λ+1 (``Dense``); a layer
+without parameters pulls every λ back at once through its vjp at the CURRENT forward pass, and one with other
+parameters (norm gains, PReLU slopes) keeps λ through its initial backward and moves it through the change
+(``Layer``); a residual block's identity skip keeps λ, being part of the initial function (``Residual``).
 
 Invariant (Derived; tested): ``Σ_λ Γ_i[λ] = dE/dW_i`` exactly for every parameter. At θ(t) = θ(0) only λ = 0 is
 nonzero. λ ≤ (parametrised layers above layer i), so the largest λ is D - 1, D = the number of parametrised
@@ -53,10 +47,9 @@ import numpy
 
 from ..backend import array_module
 from ..kernels.blas import matmul
-from ..layers import Dense, Residual
-from ..layers.base import Array, Cache, Layer, Mode
+from ..layers.base import Array, Layer, Mode, iter_leaves, lambda_split_chain
 from ..network import Network, Trace
-from .training import Step, TrainingCallback, named_leaves
+from .training import Step, TrainingCallback
 
 DEFAULT_EPS = 0.01
 EPS_GRID = (0.1, 0.03, 0.01, 0.003, 0.001, 1e-4)
@@ -67,12 +60,12 @@ BIAS_NAMES = ("b", "beta")  # parameters that shift, not scale: no path factor, 
 
 def parametrised_leaves(net: Network) -> list[str]:
     """Name prefixes of the leaf layers that have parameters, forward order; their number is D."""
-    return [pre for pre, layer in named_leaves(net.layers) if layer.params]
+    return [pre for pre, layer, _, _ in iter_leaves(net.layers) if layer.params]
 
 
 def counted_params(net: Network) -> list[str]:
     """The parameters whose λ-parts enter C: every parameter of a parametrised leaf except biases."""
-    return [f"{pre}{k}" for pre, layer in named_leaves(net.layers) for k in layer.params if k not in BIAS_NAMES]
+    return [f"{pre}{k}" for pre, layer, _, _ in iter_leaves(net.layers) for k in layer.params if k not in BIAS_NAMES]
 
 
 @dataclass
@@ -85,115 +78,70 @@ class LambdaSplit:
     D: int
 
 
-def _pad_add(a: Array, b: Array) -> Array:
-    """a + b along the λ axis 0, the shorter one padded with zeros."""
-    if a.shape[0] < b.shape[0]:
-        a, b = b, a
-    out = a.copy()
-    out[: b.shape[0]] += b
-    return out
+class _Split:
+    """What each layer's ``lambda_split_step`` is handed: θ(0), the mode (statistics not updated), the parts found so
+    far, the parameters asked for (``keys``, None: all) and the ``bottom`` layer whose input cotangent no one wants
+    (None: every one), and the sums over the λ axis, as written here (the plain split, ``fast=False``)."""
+
+    def __init__(self, params0: dict[str, Array], mode: Mode, keys: set[str] | None = None,
+                 bottom: Layer | None = None) -> None:
+        self.params0, self.mode = params0, Mode(train=mode.train, hold_stats=mode.hold_stats)
+        self.keys, self.bottom, self.parts = keys, bottom, {}
+
+    def wants(self, name: str) -> bool:
+        return self.keys is None or name in self.keys
+
+    @staticmethod
+    def shifted(keep: Array, move: Array) -> Array:
+        """out[λ] = keep[λ] + move[λ-1]: the λ-components of a layer split into an initial and a residual part."""
+        out = array_module(keep).zeros((keep.shape[0] + 1,) + keep.shape[1:], dtype=keep.dtype)
+        out[:-1] = keep
+        out[1:] += move
+        return out
+
+    def shifted_products(self, G: Array, M0: Array, M1: Array) -> Array:
+        """out[λ] = G[λ] M0 + G[λ-1] M1."""
+        return self.shifted(G @ M0, G @ M1)
+
+    @staticmethod
+    def padded_sum(a: Array, b: Array) -> Array:
+        """a + b along the λ axis 0, the shorter one padded with zeros."""
+        if a.shape[0] < b.shape[0]:
+            a, b = b, a
+        out = a.copy()
+        out[: b.shape[0]] += b
+        return out
 
 
-def _shifted(keep: Array, move: Array) -> Array:
-    """out[λ] = keep[λ] + move[λ-1]: the λ-components of a layer split into an initial and a residual part."""
-    xp = array_module(keep)
-    out = xp.zeros((keep.shape[0] + 1,) + keep.shape[1:], dtype=keep.dtype)
-    out[:-1] = keep
-    out[1:] += move
-    return out
-
-
-class _Splitter:
-    """The plain λ-split (``lambda_split(..., fast=False)``): every parameter's parts and the input cotangent,
-    each formula of the module docstring as written."""
-
-    def __init__(self, params0: dict[str, Array], mode: Mode) -> None:
-        self.params0, self.mode = params0, mode
-        self.parts: dict[str, Array] = {}
-
-    def back(self, layers: list[Layer], values: list[Array], caches: list[Cache], prefix: str, G: Array) -> Array:
-        for i in reversed(range(len(layers))):
-            layer, cache, pre = layers[i], caches[i], f"{prefix}{i}."
-            if isinstance(layer, Residual):
-                G = self.residual(layer, cache, pre, G)
-            elif isinstance(layer, Dense):
-                G = self.dense(layer, cache, pre, G)
-            elif layer.params:
-                G = self.gains(layer, values[i], cache, pre, G)
-            else:
-                G = layer.vjp(cache, G)
-        return G
-
-    def residual(self, layer: Residual, cache: Cache, pre: str, G: Array) -> Array:
-        branch = self.back(layer.branch, cache.values, cache.caches, pre + "branch.", layer.beta * G)
-        skip = G if layer.skip is None else self.dense(layer.skip, cache.skip, pre + "skip.", G)
-        return _pad_add(skip, branch)
-
-    def dense(self, layer: Dense, cache: Cache, pre: str, G: Array) -> Array:
-        self.parts[pre + "W"] = cache.x.T @ G  # (d_in, B) @ (n, B, d_out) -> (n, d_in, d_out)
-        if layer.b is not None:
-            self.parts[pre + "b"] = G.sum(axis=-2)
-        W0 = self.params0[pre + "W"]
-        return _shifted(G @ W0.T, G @ (layer.W - W0).T)
-
-    def gains(self, layer: Layer, x: Array, cache: Cache, pre: str, G: Array) -> Array:
-        for k, g in layer.param_grads(cache, G).items():
-            self.parts[pre + k] = g
-        current = {k: v.copy() for k, v in layer.params.items()}
-        try:
-            for k, v in layer.params.items():
-                v[...] = self.params0[pre + k]
-            _, cache0 = layer.forward(x, Mode(train=self.mode.train, hold_stats=self.mode.hold_stats))
-            G0 = layer.vjp(cache0, G)
-        finally:
-            for k, v in layer.params.items():
-                v[...] = current[k]
-        return _shifted(G0, layer.vjp(cache, G) - G0)
-
-
-class _FastSplitter(_Splitter):
-    """The same λ-split with less work; it agrees with ``_Splitter`` to rounding (tested):
+class _FastSplit(_Split):
+    """The same λ-split with less work; it agrees with ``_Split`` to rounding (tested), and is the one given ``keys``
+    and a ``bottom``:
 
     - a Dense layer's λ-parts only for the parameters in ``keys`` (``EffectiveDepth``'s: no bias parts), and no
       input cotangent when ``bottom`` is the first layer, a Dense one: its two pullbacks, which carry the most λ
       of all (D of them), are skipped
     - a Dense layer's pullbacks G W(0)^T and G R^T are each ONE matrix product over all (λ, batch) rows, the first
       written straight into the (n + 1, B, d_in) result (rows λ = 0..n-1), the second added to its rows 1..n; the
-      plain ``_shifted`` also zero-fills and copies
-    - a residual block adds the skip's parts into the branch's (the longer one, a fresh array) in place, and does
-      not scale by beta = 1
+      plain ``shifted`` also zero-fills and copies
+    - a residual block adds the skip's parts into the branch's (the longer one, a fresh array) in place
     """
 
-    def __init__(self, params0: dict[str, Array], mode: Mode, keys: set[str] | None, bottom: Layer | None) -> None:
-        super().__init__(params0, mode)
-        self.keys, self.bottom = keys, bottom
+    def shifted_products(self, G: Array, M0: Array, M1: Array) -> Array:
+        n, B, d_out = G.shape
+        rows, d_in = G.reshape(n * B, d_out), M0.shape[1]
+        out = array_module(G).empty((n + 1, B, d_in), dtype=G.dtype)
+        matmul(rows, M0, out=out[:n].reshape(n * B, d_in))
+        out[n] = 0
+        out[1:] += matmul(rows, M1).reshape(n, B, d_in)
+        return out
 
-    def residual(self, layer: Residual, cache: Cache, pre: str, G: Array) -> Array:
-        branch = self.back(layer.branch, cache.values, cache.caches, pre + "branch.",
-                           G if layer.beta == 1.0 else layer.beta * G)
-        skip = G if layer.skip is None else self.dense(layer.skip, cache.skip, pre + "skip.", G)
-        longer, shorter = (branch, skip) if branch.shape[0] >= skip.shape[0] else (skip, branch)
-        xp = array_module(G)
-        if xp.may_share_memory(longer, G) or xp.may_share_memory(longer, shorter):  # not ours to add into
-            return _pad_add(skip, branch)
+    def padded_sum(self, a: Array, b: Array) -> Array:
+        longer, shorter = (b, a) if b.shape[0] >= a.shape[0] else (a, b)
+        xp = array_module(a)
+        if xp.may_share_memory(longer, shorter) or not longer.flags.owndata:  # not ours to add into
+            return super().padded_sum(a, b)
         longer[: shorter.shape[0]] += shorter
         return longer
-
-    def dense(self, layer: Dense, cache: Cache, pre: str, G: Array) -> Array | None:
-        if self.keys is None or pre + "W" in self.keys:
-            self.parts[pre + "W"] = cache.x.T @ G
-        if layer.b is not None and (self.keys is None or pre + "b" in self.keys):
-            self.parts[pre + "b"] = G.sum(axis=-2)
-        if layer is self.bottom:
-            return None
-        W0 = self.params0[pre + "W"]
-        n, B, d_out = G.shape
-        rows = G.reshape(n * B, d_out)
-        out = array_module(G).empty((n + 1, B, layer.d_in), dtype=G.dtype)
-        matmul(rows, W0.T, out=out[:n].reshape(n * B, layer.d_in))
-        out[n] = 0
-        out[1:] += matmul(rows, (layer.W - W0).T).reshape(n, B, layer.d_in)
-        return out
 
 
 def lambda_split(trace: Trace, dE_dout: Array, params0: dict[str, Array], *, keys: Any = None,
@@ -203,17 +151,13 @@ def lambda_split(trace: Trace, dE_dout: Array, params0: dict[str, Array], *, key
 
     ``keys`` (parameter names; default all): the Dense layers' parts of other parameters are not computed;
     ``input_grad=False`` leaves ``dx`` None where the first layer is a Dense one. Both only with ``fast``
-    (``_FastSplitter``, the default; the same numbers to rounding).
-    ``fast=False`` runs the plain ``_Splitter``, which always gives everything."""
+    (``_FastSplit``, the default; the same numbers to rounding).
+    ``fast=False`` runs the plain ``_Split``, which always gives everything."""
     net = trace.network
-    if fast:
-        first = net.layers[0]
-        bottom = first if not input_grad and isinstance(first, Dense) else None
-        splitter: _Splitter = _FastSplitter(params0, trace.mode, None if keys is None else set(keys), bottom)
-    else:
-        splitter = _Splitter(params0, trace.mode)
-    dx = splitter.back(net.layers, trace.values, trace.caches, "", dE_dout[None])
-    return LambdaSplit(splitter.parts, dx, len(parametrised_leaves(net)))
+    split = (_FastSplit(params0, trace.mode, None if keys is None else set(keys), None if input_grad else net.layers[0])
+             if fast else _Split(params0, trace.mode))
+    dx = lambda_split_chain(net.layers, trace.values, trace.caches, dE_dout[None], "", split)
+    return LambdaSplit(split.parts, dx, len(parametrised_leaves(net)))
 
 
 def effective_depth(C: Any, eps: float) -> int:

@@ -25,7 +25,6 @@ from typing import Any, Iterable
 import numpy
 
 from ..backend import array_module
-from ..layers import ReLU
 from ..network import Network, Trace
 
 GRIDS = ("linspace", "arange")
@@ -383,7 +382,7 @@ def activity(trace: Trace) -> Activity:
         Arrays (L,), one entry per ReLU layer in forward order.
     """
     be = trace.network.backend
-    pairs = [active_coactive(be.asnumpy(x > 0)) for layer, x, _ in trace.leaves() if isinstance(layer, ReLU)]
+    pairs = [active_coactive(be.asnumpy(x > 0)) for layer, x, _ in trace.leaves() if layer.kind == "relu"]
     if not pairs:
         raise ValueError("the network has no ReLU layer")
     act, co = zip(*pairs)

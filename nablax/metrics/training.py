@@ -17,13 +17,12 @@ and ``state_dict()`` / ``load_state_dict()`` for checkpoints (arrays and JSON-ab
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy
 
 from ..backend import array_module
-from ..layers import Dense, Residual
-from ..layers.base import Array, Layer
+from ..layers.base import Array, iter_leaves
 from ..network import Network, Trace
 
 
@@ -71,24 +70,9 @@ class TrainingCallback:
         pass
 
 
-# --- walking the layers by parameter name ---------------------------------------------------------------
-
-
-def named_leaves(layers: list[Layer], prefix: str = "") -> Iterator[tuple[str, Layer]]:
-    """Every leaf layer in forward order with the prefix of its parameter names (``"3.branch.2."``)."""
-    for i, layer in enumerate(layers):
-        pre = f"{prefix}{i}."
-        if isinstance(layer, Residual):
-            if layer.skip is not None:
-                yield f"{pre}skip.", layer.skip
-            yield from named_leaves(layer.branch, f"{pre}branch.")
-        else:
-            yield pre, layer
-
-
 def linear_keys(net: Network) -> list[str]:
     """Names of the weight matrices of the linear layers, in forward order (linear layer i = 1, 2, ...)."""
-    return [f"{pre}W" for pre, layer in named_leaves(net.layers) if isinstance(layer, Dense)]
+    return [f"{pre}W" for pre, layer, _, _ in iter_leaves(net.layers) if layer.kind == "dense"]
 
 
 def matrix_norm(a: Array, norm: str = "fro") -> float:
@@ -189,5 +173,5 @@ class UpdateSizes(TrainingCallback):
         self.count = int(state["count"])
 
 
-__all__ = ["Step", "TrainingCallback", "named_leaves", "linear_keys", "matrix_norm", "residual_opnorms",
+__all__ = ["Step", "TrainingCallback", "linear_keys", "matrix_norm", "residual_opnorms",
            "UpdateSizes"]
