@@ -107,6 +107,18 @@ def test_the_busy_process_stops_by_itself(tmp_path):
     assert not _running(pid)
 
 
+def test_bench_threads_runs_small():
+    """scripts/bench_threads.py at a tiny size: a row per job, case and number of busy cores, each policy's median
+    beside its ratio to one thread (the script exits non-zero if the policies disagree)."""
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_threads.py"), "--depth", "2", "--width", "4",
+                          "--batches", "40", "--archs", "ReLU", "--jobs", "sqnorms,jacobian", "--dtypes", "float64",
+                          "--repeats", "1"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split(" | ")[0][2:] + r.split(" | ")[3] for r in rows] == ["sqnorms0", "sqnorms1", "jacobian0", "jacobian1"]
+    assert all(float(v) > 0 for r in rows for v in r.rstrip(" |").split(" | ")[4:-1])
+
+
 @pytest.mark.parametrize("bad", [["--jobs", "9"], ["--engines", "fortran"]])
 def test_bench_rejects_unknown_jobs_and_engines(tmp_path, bad):
     cmd = [sys.executable, str(BENCH), "--size", "tiny", "--out", str(tmp_path), *bad]
