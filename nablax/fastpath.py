@@ -31,7 +31,7 @@ from .layers.linear import Dense
 from .performance import current
 
 SWEEP_CHUNK_BYTES = 1 << 20  # exact sweeps go in chunks of about 1 MiB of signal, which stay in cache (seed_chunks)
-MIN_CHUNKS_PER_THREAD = 4  # chunks go side by side when each thread gets at least this many (run_chunks)
+MIN_CHUNKS_PER_THREAD = 1  # workers side by side when each gets this many chunks (run_chunks; bench_threads.py)
 FEATURE_MAJOR_DTYPES = ("float64",)  # MLP sweeps keep their signals feature-major in these dtypes (Sweep) with
 FEATURE_MAJOR_DTYPES_CBLAS = ("float64", "float32")  # numpy.matmul (OpenBLAS), and in these with another BLAS
 
