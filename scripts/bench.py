@@ -25,7 +25,8 @@ Jobs (issue 7), each for float64 and float32:
 
 Every engine's float64 answer is compared with nablax-numpy's ("agree" = relative error); float32 answers are
 compared with the float64 ones. Timings: one warm-up call (compilation), then ``repeats`` rounds in which the
-engines take turns (interleaved), so a change of machine load hits all of them alike; the table gives the median,
+engines take turns (interleaved, in a new random order each round, since one engine's idle threads spin on for a
+while and slow the next), so a change of machine load hits all of them alike; the table gives the median,
 the spread (interquartile range) and the ratio to the fastest peer (torch or jax). FLOPs are the dense
 matrix-product FLOPs the peers spend (2 m n k per product); GFLOP/s is set beside the measured matrix-multiply
 peak of this machine for the job's own matrix shape. The load average is recorded with every case.
@@ -50,6 +51,7 @@ import gc
 import json
 import os
 import platform
+import random
 import subprocess
 import sys
 import time
@@ -937,17 +939,20 @@ def time_case(case: dict, engines: list[str], repeats: int, log: Callable[[str],
 
 
 def _time_runs(runs: dict[str, Callable], repeats: int) -> dict:
-    """``repeats`` rounds in which the engines take turns; wall and CPU time, load, and nablax's peak traced memory."""
+    """``repeats`` rounds in which the engines take turns, in a new (seeded) random order each round; wall and CPU
+    time, load, and nablax's peak traced memory."""
     samples: dict[str, list[float]] = {e: [] for e in runs}
     cpu: dict[str, list[float]] = {e: [] for e in runs}  # the process's CPU time: less sensitive to other load
     load = [os.getloadavg()[0]]
     gc.collect()
     gc.disable()  # as timeit does: no collector pauses inside a timed call
+    order, shuffle = list(runs), random.Random(0).shuffle
     try:
         for _ in range(repeats):
-            for e, run in runs.items():
+            shuffle(order)  # a new order each round: thread pools spin on after a call and slow what follows
+            for e in order:
                 c, t = time.process_time(), time.perf_counter()
-                run()
+                runs[e]()
                 samples[e].append(time.perf_counter() - t)
                 cpu[e].append(time.process_time() - c)
     finally:

@@ -5,7 +5,7 @@
                                     [--jobs sqnorms,jacobian] [--policies one,old,min1,min2,min4] [--busy 0,1]
                                     [--repeats 7] [--depth 50] [--width 100]
 
-Policies, switched in one process and timed in turns (interleaved; each round starts one policy later, since OpenBLAS's
+Policies, switched in one process and timed in turns (interleaved; each round in a new random order, since OpenBLAS's
 threads spin on for a while after a product and slow whatever runs next), on every core this process may use:
   one          everything on one thread: a BLAS limit of 1 and ``sweep_threads=1``
   old          the policy before part 5: chunks side by side on the BLAS's threads, one BLAS thread each, when each
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
                         tr = net.forward(x, train=False)
                         return tr.jacobian_sq_norms() if job == "sqnorms" else tr.jacobian()
 
-                    answers = {}
+                    answers, rng = {}, np.random.default_rng(0)
                     for n in names:  # warm-up (kernel compilation) and the answers
                         with policies[n]():
                             answers[n] = run()
@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> None:
                         times: dict[str, list[float]] = {n: [] for n in names}
                         with busy_cores(k, 600):
                             load = os.getloadavg()[0]
-                            for r in range(args.repeats):  # each round in another order: BLAS threads spin
-                                for n in names[r % len(names):] + names[:r % len(names)]:  # on after a product
+                            for _ in range(args.repeats):  # each round in another order: BLAS threads spin
+                                for n in rng.permutation(names):  # on after a product, and slow what follows
                                     with policies[n]():
                                         t = time.perf_counter()
                                         run()
