@@ -30,7 +30,7 @@ from .layers.linear import Dense
 from .performance import current
 
 SWEEP_CHUNK_BYTES = 1 << 20  # exact sweeps go in chunks of about 1 MiB of signal, which stay in cache (seed_chunks)
-MIN_CHUNKS_PER_THREAD = 4  # chunks go side by side when each thread gets at least this many (run_chunks)
+MIN_CHUNKS_PER_THREAD = 1  # workers side by side when each gets this many chunks (run_chunks; bench_threads.py)
 FEATURE_MAJOR_DTYPES = ("float64",)  # MLP sweeps keep their signals feature-major in these dtypes (Sweep) with
 FEATURE_MAJOR_DTYPES_CBLAS = ("float64", "float32")  # numpy.matmul (OpenBLAS), and in these with another BLAS
 
@@ -350,10 +350,9 @@ def sample_block(tr: Any, s0: int, s1: int, src: int, dst: int) -> Any:
 
 
 def sweep_threads() -> int:
-    """How many chunks of an exact sweep run at once on the CPU: the setting ``sweep_threads`` if not 0, else the
-    BLAS's current thread count (so ``OPENBLAS_NUM_THREADS=1`` or a ``threadpoolctl`` limit of 1 keeps sweeps
-    serial), at most the CPUs this process may use; each chunk then runs with one BLAS thread, and only when every
-    thread gets ``MIN_CHUNKS_PER_THREAD`` chunks (``run_chunks``; ``scripts/bench_sweep_options.py threads``)."""
+    """How many threads an exact sweep on the CPU uses, each with one BLAS thread (``run_chunks``): the setting
+    ``sweep_threads`` if not 0, else the BLAS's current thread count (so ``OPENBLAS_NUM_THREADS=1`` or a
+    ``threadpoolctl`` limit of 1 keeps sweeps serial), at most the CPUs this process may use."""
     wanted = current().sweep_threads
     if wanted:
         return wanted
@@ -376,20 +375,19 @@ def _threadpools(blas: str) -> Any:
 
 def run_chunks(work: Callable[[slice, Any], None], chunks: list[slice], threads: int,
                new_state: Callable[[], Any] = lambda: None) -> list[Any]:
-    """``work(rows, state)`` for every chunk. With ``threads`` > 1, and at least ``MIN_CHUNKS_PER_THREAD`` chunks
-    for each, the chunks are dealt into groups run side by side, each with its own ``new_state()`` (e.g. an
-    accumulator) and one BLAS thread (NumPy's matrix products and nablax's Numba kernels release the GIL);
-    otherwise one group, serially, and the BLAS keeps its own threads. Returns the groups' states."""
+    """``work(rows, state)`` for every chunk, always with one BLAS thread (on a shared machine BLAS threads wait
+    for a busy core at every small product: BENCHMARKS.md, "Threads on a shared machine"). On ``threads`` workers
+    side by side when each gets ``MIN_CHUNKS_PER_THREAD`` chunks, each taking the next chunk when done and keeping
+    its own ``new_state()`` (e.g. an accumulator; NumPy's products and nablax's Numba kernels release the GIL),
+    else serially in this thread. Returns the workers' states."""
     n = max(1, min(threads, len(chunks) // MIN_CHUNKS_PER_THREAD))
+    todo = iter(chunks)  # shared: next() on a list iterator is atomic under the GIL
 
-    def run_group(group: list[slice]) -> Any:
+    def worker(_: int) -> Any:
         state = new_state()
-        for rows in group:
+        for rows in todo:
             work(rows, state)
         return state
 
-    groups = [chunks[i::n] for i in range(n)]
-    if n == 1:
-        return [run_group(chunks)]
     with _threadpools(kernels.blas_library()).limit(limits=1, user_api="blas"), ThreadPoolExecutor(n) as pool:
-        return list(pool.map(run_group, groups))
+        return [worker(0)] if n == 1 else list(pool.map(worker, range(n)))  # (no thread starts for n == 1)

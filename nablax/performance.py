@@ -36,7 +36,7 @@ class Settings:
     fast: bool = True  # False: Trace's reference sweeps, the NumPy kernels and numpy.matmul; the rest then idle
     kernels: str = "auto"  # "numba", "numpy", or "auto": Numba from kernels.AUTO_MIN_ELEMENTS entries (nablax.kernels)
     blas: str = "numpy"  # the dense products: "numpy", "aocl" or a CBLAS library's path (kernels.blas), loaded when set
-    sweep_threads: int = 0  # chunks of a sweep side by side; 0: as many as the BLAS's threads (fastpath.sweep_threads)
+    sweep_threads: int = 0  # threads of a sweep, one BLAS thread each; 0: as many as the BLAS (fastpath.sweep_threads)
     numba_parallel: bool = False  # the Numba kernels compiled with parallel=True (read at their first compilation)
     malloc_tuning: bool = True  # False: backend.tune_allocator() (the command line's, the figure scripts') does nothing
     feature_major: str = "auto"  # MLP sweep signals: "auto" (float64; both dtypes with another BLAS), "on", "off"

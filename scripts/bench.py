@@ -3,7 +3,7 @@
 
     python scripts/bench.py [--quick | --size tiny|quick|full] [--jobs 1,2,...] [--dtypes float64,float32]
                             [--engines nablax-numpy,nablax-numba,nablax-aocl,nablax-cupy,torch,jax] [--repeats N]
-                            [--threads N] [--out DIR] [--baseline] [--resume]
+                            [--threads N] [--out DIR] [--baseline] [--resume] [--contended [--busy-seconds S]]
 
 Jobs (issue 7), each for float64 and float32:
   1 sqnorms   exact ||J_{out<-p}||_F^2 for every position p, per sample: 50-layer width-100 tanh and ReLU MLPs,
@@ -25,10 +25,18 @@ Jobs (issue 7), each for float64 and float32:
 
 Every engine's float64 answer is compared with nablax-numpy's ("agree" = relative error); float32 answers are
 compared with the float64 ones. Timings: one warm-up call (compilation), then ``repeats`` rounds in which the
-engines take turns (interleaved), so a change of machine load hits all of them alike; the table gives the median,
+engines take turns (interleaved, in a new random order each round, since one engine's idle threads spin on for a
+while and slow the next), so a change of machine load hits all of them alike; the table gives the median,
 the spread (interquartile range) and the ratio to the fastest peer (torch or jax). FLOPs are the dense
 matrix-product FLOPs the peers spend (2 m n k per product); GFLOP/s is set beside the measured matrix-multiply
 peak of this machine for the job's own matrix shape. The load average is recorded with every case.
+
+``--contended`` times every case twice from one warm-up: on the benchmark's cores as they are, and again while a
+busy process (``busy_cores``: a Python loop, pinned to the last of those cores, started by the benchmark and killed
+when the case's timing ends; it also stops by itself after ``--busy-seconds`` or when the benchmark dies) takes one
+of them, as another user's work or a second Dask worker would. It adds the engine nablax-1thread (Numba kernels,
+everything on one thread: a BLAS limit of 1 and ``sweep_threads=1``), so that the table "Threads" sets nablax's
+default thread policy beside one thread and beside JAX, quiet and contended.
 
 Output: DIR/BENCHMARKS.md (the generated tables go between the ``bench:begin``/``bench:end`` markers, text
 around them is kept) and DIR/BENCHMARKS.json (every sample). Defaults: DIR = the repository root for full runs,
@@ -38,18 +46,22 @@ runs/bench-<size> otherwise. ``--resume`` keeps the cases already in DIR/BENCHMA
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
 import platform
+import random
+import subprocess
 import sys
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINES = ("nablax-numpy", "nablax-numba", "nablax-aocl", "nablax-cupy", "torch", "torch-cuda", "jax")
+ONE_THREAD = "nablax-1thread"  # nablax-numba on one thread (--contended adds it; it is not in the default --engines)
 # nablax-numpy: NumPy reference kernels; nablax-numba: Numba kernels; nablax-aocl: Numba kernels and AMD's AOCL-BLAS
 # for the dense products (kernels.use_blas("aocl"), the .[aocl] extra); all three multiply on the CPU
 PEERS = ("torch", "jax")  # the CPU peers; on a GPU, nablax-cupy is set against torch-cuda
@@ -90,6 +102,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--baseline", action="store_true", help="add nablax-before: the sweep as it was before issue 7 "
                     "(jobs 1, 2), the plain λ-split (job 6)")
     ap.add_argument("--resume", action="store_true", help="skip cases already in DIR/BENCHMARKS.json")
+    ap.add_argument("--contended", action="store_true", help="time every case also with a busy process on one of "
+                    f"the benchmark's cores; adds {ONE_THREAD}")
+    ap.add_argument("--busy-seconds", type=float, default=600, help="the busy process stops by itself after this "
+                    "long (each case starts a new one)")
     args = ap.parse_args(argv)
     args.size = args.size or ("quick" if args.quick else "full")
     return args
@@ -119,6 +135,37 @@ def limit_threads(n: int) -> None:
         pass
 
 
+# the busy process of --contended: spins until its time is up or its parent (the benchmark) is gone
+BUSY = """import os, sys, time
+end, parent = time.monotonic() + float(sys.argv[1]), int(sys.argv[2])
+print("spinning", flush=True)
+while time.monotonic() < end and os.getppid() == parent:
+    sum(range(10000))
+"""
+
+
+@contextlib.contextmanager
+def busy_cores(k: int, seconds: float) -> Iterator[list[subprocess.Popen]]:
+    """k busy processes, each pinned to one of the last k cores this process may use, spinning for at most
+    ``seconds`` and only while this process lives (each checks for its parent every few hundred microseconds); they
+    are killed and reaped when the block ends, however it ends."""
+    procs: list[subprocess.Popen] = []
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    try:
+        for i in range(k):
+            procs.append(subprocess.Popen([sys.executable, "-I", "-c", BUSY, str(seconds), str(os.getpid())],
+                                          stdout=subprocess.PIPE, text=True))
+            if cpus:
+                os.sched_setaffinity(procs[-1].pid, {cpus[-1 - i % len(cpus)]})
+            procs[-1].stdout.readline()  # it spins
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+
+
 # --- engines ---------------------------------------------------------------------------------------------
 
 
@@ -128,12 +175,12 @@ def available_engines(wanted: list[str]) -> tuple[list[str], dict[str, str]]:
 
     ok, why = [], {}
     for e in wanted:
-        if e not in ENGINES and e != "nablax-before":
+        if e not in ENGINES and e not in ("nablax-before", ONE_THREAD):
             raise SystemExit(f"unknown engine {e!r}; choose from {ENGINES}")
         try:
             if e == "nablax-cupy" and not nablax.gpu_available():
                 raise ImportError("no CuPy with a CUDA device")
-            if e in ("nablax-numba", "nablax-aocl"):
+            if e in ("nablax-numba", "nablax-aocl", ONE_THREAD):
                 from nablax.backend import numba_available
 
                 if not numba_available():
@@ -853,8 +900,10 @@ def _square_peak(dtype: str, rate: Callable) -> float:
     return _SQUARE[dtype]
 
 
-def time_case(case: dict, engines: list[str], repeats: int, log: Callable[[str], None]) -> dict:
-    """Prepare every engine, warm up, check answers, then time the engines in turns."""
+def time_case(case: dict, engines: list[str], repeats: int, log: Callable[[str], None], busy: tuple[int, ...] = (0,),
+              busy_seconds: float = 600) -> list[dict]:
+    """Prepare every engine, warm up, check answers, then time the engines in turns: once for each number of busy
+    cores in ``busy`` (``busy_cores``). One result per entry of ``busy``."""
     import numpy as np
 
     runs, answers, errors, prep_s = {}, {}, {}, {}
@@ -877,16 +926,33 @@ def time_case(case: dict, engines: list[str], repeats: int, log: Callable[[str],
             agree[e] = None if ref is None else f"shape {a.shape} vs {ref.shape}"
             continue
         agree[e] = float(np.linalg.norm(a - ref) / max(np.linalg.norm(ref), 1e-300))
+    results = []
+    for k in busy:
+        with busy_cores(k, busy_seconds) as procs:
+            timed = _time_runs(runs, repeats)
+            if any(proc.poll() is not None for proc in procs):
+                log(f"    the busy process stopped before the timing ended (--busy-seconds {busy_seconds})")
+                timed["busy_ended_early"] = True
+        results.append(dict(timed, agree=agree, errors=errors, answers=answers, prep_s=prep_s, busy=k,
+                            busy_pids=[proc.pid for proc in procs]))
+    return results
+
+
+def _time_runs(runs: dict[str, Callable], repeats: int) -> dict:
+    """``repeats`` rounds in which the engines take turns, in a new (seeded) random order each round; wall and CPU
+    time, load, and nablax's peak traced memory."""
     samples: dict[str, list[float]] = {e: [] for e in runs}
     cpu: dict[str, list[float]] = {e: [] for e in runs}  # the process's CPU time: less sensitive to other load
     load = [os.getloadavg()[0]]
     gc.collect()
     gc.disable()  # as timeit does: no collector pauses inside a timed call
+    order, shuffle = list(runs), random.Random(0).shuffle
     try:
         for _ in range(repeats):
-            for e, run in runs.items():
+            shuffle(order)  # a new order each round: thread pools spin on after a call and slow what follows
+            for e in order:
                 c, t = time.process_time(), time.perf_counter()
-                run()
+                runs[e]()
                 samples[e].append(time.perf_counter() - t)
                 cpu[e].append(time.process_time() - c)
     finally:
@@ -899,8 +965,7 @@ def time_case(case: dict, engines: list[str], repeats: int, log: Callable[[str],
             runs[e]()
             mem[e] = tracemalloc.get_traced_memory()[1] / 2**20
             tracemalloc.stop()
-    return dict(samples=samples, cpu_samples=cpu, agree=agree, errors=errors, answers=answers, load=load, prep_s=prep_s,
-                peak_mib=mem)
+    return dict(samples=samples, cpu_samples=cpu, load=load, peak_mib=mem)
 
 
 def summarize(case: dict, res: dict, peaks: dict) -> list[dict]:
@@ -1002,8 +1067,9 @@ def markdown(data: dict) -> str:
                              f"{fmt_ms(m['nablax-numpy'])} | {fmt_ms(m['nablax-numba'])} | "
                              f"{m['nablax-before'] / m['nablax-numba']:.2f} |")
     lines += edstep_summary(data["cases"])
+    lines += threads_summary(data["cases"])
     notes = [f"- job {c['job']} {c['name']} {c['dtype']}: {c['note']} ({100 * c['nablax_flops'] / c['flops']:.0f}% "
-             "of the dense FLOPs)" for c in data["cases"] if c.get("note") and c.get("nablax_flops", c["flops"]) < c["flops"]]
+             "of the dense FLOPs)" for c in data["cases"] if c.get("note") and not c.get("busy") and c.get("nablax_flops", c["flops"]) < c["flops"]]
     if notes:
         lines += ["", "Structure used by nablax (GFLOP/s and % peak count the dense FLOPs, so they can exceed the peak):", ""]
         lines += notes
@@ -1036,6 +1102,28 @@ def edstep_summary(cases: list[dict]) -> list[str]:
             "which another process's load moves less (with one thread).", "",
             "| case | dtype | engine | median ms | floor ms | x floor | CPU x floor | target met | GFLOP/s | FLOPs | load |",
             "|---|---|---|---|---|---|---|---|---|---|---|", *rows]
+
+
+def threads_summary(cases: list[dict]) -> list[str]:
+    """nablax's default threads against one thread and against JAX, quiet and with busy cores (--contended)."""
+    rows = []
+    for c in cases:
+        m = {r["engine"]: r["median_s"] for r in c["rows"]}
+        nablax = next((e for e in ("nablax-numba", "nablax-numpy", "nablax-aocl") if e in m), None)
+        if ONE_THREAD not in m or nablax is None:
+            continue
+        jax = m.get("jax")
+        ratio = (lambda a, b: "-" if a is None or b is None else f"{a / b:.2f}")
+        rows.append(f"| {c['job']} {JOBS[c['job']]} | {c['name'].split(', ')[0]} | {c['dtype']} | {c.get('busy', 0)} | "
+                    f"{nablax} | {fmt_ms(m[nablax])} | {fmt_ms(m[ONE_THREAD])} | {'-' if jax is None else fmt_ms(jax)} | "
+                    f"{ratio(m[nablax], m[ONE_THREAD])} | {ratio(m[nablax], jax)} | {ratio(m[ONE_THREAD], jax)} | "
+                    f"{c['load'][0]:.1f}-{c['load'][1]:.1f} |")
+    if not rows:
+        return []
+    return ["", f"Threads: nablax's default thread policy against `{ONE_THREAD}` (everything on one thread) and against "
+            "JAX (its default threads), medians; busy: cores taken by the benchmark's own busy process (`--contended`).", "",
+            "| job | case | dtype | busy | nablax | default ms | one thread ms | jax ms | default / one thread | "
+            "default / jax | one thread / jax | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows]
 
 
 def write_outputs(out: Path, data: dict) -> tuple[Path, Path]:
@@ -1073,6 +1161,8 @@ def main(argv: list[str] | None = None) -> dict:
     wanted = [e for e in args.engines.split(",") if e]
     if args.baseline and "nablax-before" not in wanted:
         wanted.insert(1, "nablax-before")
+    if args.contended and ONE_THREAD not in wanted:
+        wanted.insert(next((i + 1 for i, e in enumerate(wanted) if e.startswith("nablax")), 0), ONE_THREAD)
     engines, skipped = available_engines(wanted)
     jobs = [int(j) for j in args.jobs.split(",")]
     if not set(jobs) <= set(JOBS):
@@ -1086,7 +1176,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.resume and (out / "BENCHMARKS.json").exists():
         old = json.loads((out / "BENCHMARKS.json").read_text())
         previous = {(c["job"], c["name"], c["dtype"]): c for c in old.get("cases", [])}
-    data = dict(machine=machine(), threads=threads, size=args.size, command="python scripts/bench.py " + " ".join(argv or sys.argv[1:]),
+    data = dict(machine=machine(), threads=threads, size=args.size, contended=args.contended, command="python scripts/bench.py " + " ".join(argv or sys.argv[1:]),
                 skipped_engines=skipped, engines=engines, peaks=dict(old.get("peaks", {})),
                 cases=list(previous.values()), written=time.strftime("%Y-%m-%d %H:%M"))
 
@@ -1109,8 +1199,8 @@ def main(argv: list[str] | None = None) -> dict:
             elif j == 6:
                 cases += job_edstep(size, dtype)
         for case in cases:
-            key = (case["job"], case["name"], case["dtype"])
-            if key in previous:
+            busy = (0, 1) if args.contended else (0,)
+            if all((case["job"], case_name(case["name"], k), case["dtype"]) in previous for k in busy):
                 continue
             peak_key = f"{dtype} {case['gemm']}" if case["gemm"] else f"{dtype} square"
             if peak_key not in data["peaks"]:
@@ -1121,22 +1211,26 @@ def main(argv: list[str] | None = None) -> dict:
             if case["job"] == 6:
                 case_engines.append(FLOOR)
             with kernels.use_cpu_kernels("auto"):
-                res = _time_with_kernels(case, case_engines, repeats, log)
+                results = _time_with_kernels(case, case_engines, repeats, log, busy, args.busy_seconds)
             if dtype == "float32":  # agreement against the float64 answer of nablax
                 ref64 = _float64_reference(case, size)
-                for e, a in res["answers"].items():
-                    res["agree"][e] = float(np.linalg.norm(a - ref64) / max(np.linalg.norm(ref64), 1e-300)) \
+                for e, a in results[0]["answers"].items():
+                    results[0]["agree"][e] = float(np.linalg.norm(a - ref64) / max(np.linalg.norm(ref64), 1e-300)) \
                         if a.shape == ref64.shape else f"shape {a.shape}"
-            rows = summarize(case, res, data["peaks"][peak_key])
-            for r in rows:
-                log(f"    {r['engine']:13s} {fmt_ms(r['median_s']):>8s} ms  (IQR {fmt_ms(r['iqr_s'])})  "
-                    f"x{(r['ratio_to_fastest_peer'] or float('nan')):.2f} peer  {r['gflops']:.1f} GFLOP/s  agree {r['agree']}")
-            data["cases"].append(dict(job=case["job"], name=case["name"], dtype=dtype, flops=case["flops"],
-                                      split_flops=case.get("split_flops"),
-                                      gemm=case["gemm"], peak_key=peak_key, rows=rows, errors=res["errors"],
-                                      load=res["load"], prep_s=res["prep_s"],
-                                      samples_s=res["samples"], note=case.get("note", ""),
-                                      nablax_flops=case.get("nablax_flops", case["flops"])))
+            for res in results:
+                rows = summarize(case, res, data["peaks"][peak_key])
+                if args.contended:
+                    log(f"  {res['busy']} core busy (load {res['load'][0]:.1f}-{res['load'][1]:.1f})")
+                for r in rows:
+                    log(f"    {r['engine']:14s} {fmt_ms(r['median_s']):>8s} ms  (IQR {fmt_ms(r['iqr_s'])})  "
+                        f"x{(r['ratio_to_fastest_peer'] or float('nan')):.2f} peer  {r['gflops']:.1f} GFLOP/s  agree {r['agree']}")
+                data["cases"].append(dict(job=case["job"], name=case_name(case["name"], res["busy"]), dtype=dtype,
+                                          flops=case["flops"], split_flops=case.get("split_flops"),
+                                          gemm=case["gemm"], peak_key=peak_key, rows=rows, errors=res["errors"],
+                                          load=res["load"], prep_s=res["prep_s"], busy=res["busy"],
+                                          busy_pids=res["busy_pids"], busy_ended_early=res.get("busy_ended_early", False),
+                                          samples_s=res["samples"], note=case.get("note", ""),
+                                          nablax_flops=case.get("nablax_flops", case["flops"])))
             data["cases"].sort(key=lambda c: (c["job"], c["dtype"] != "float64", c["name"]))
             md, js = write_outputs(out, data)  # results are written as they come
     md, js = write_outputs(out, data)
@@ -1144,9 +1238,17 @@ def main(argv: list[str] | None = None) -> dict:
     return data
 
 
-def _time_with_kernels(case: dict, engines: list[str], repeats: int, log: Callable) -> dict:
-    """Time the case with nablax-numpy forced to the NumPy reference kernels, nablax-numba to Numba, and
-    nablax-aocl to Numba with AOCL-BLAS."""
+def case_name(name: str, busy: int) -> str:
+    return f"{name}, {busy} core busy" if busy else name
+
+
+def _time_with_kernels(case: dict, engines: list[str], repeats: int, log: Callable, busy: tuple[int, ...] = (0,),
+                       busy_seconds: float = 600) -> list[dict]:
+    """Time the case with nablax-numpy forced to the NumPy reference kernels, nablax-numba to Numba, nablax-aocl
+    to Numba with AOCL-BLAS, and nablax-1thread to Numba on one thread (a BLAS limit of 1, ``sweep_threads=1``)."""
+    from threadpoolctl import ThreadpoolController
+
+    import nablax
     from nablax import kernels
 
     prepare = case["prepare"]
@@ -1154,18 +1256,25 @@ def _time_with_kernels(case: dict, engines: list[str], repeats: int, log: Callab
     def wrapped(engine: str):
         run, conv = prepare(engine)
         before = "numba" if case["job"] == 6 else "numpy"  # job 6's before differs in the λ-split only
-        mode = {"nablax-numpy": "numpy", "nablax-numba": "numba", "nablax-aocl": "numba", "nablax-before": before}.get(engine)
+        mode = {"nablax-numpy": "numpy", "nablax-numba": "numba", "nablax-aocl": "numba", "nablax-before": before,
+                ONE_THREAD: "numba"}.get(engine)
         if mode is None:
             return run, conv
         library = "aocl" if engine == "nablax-aocl" else "numpy"
+        pools = ThreadpoolController() if engine == ONE_THREAD else None  # (after prepare: its libraries are loaded)
 
         def run_with():
-            with kernels.use_cpu_kernels(mode), kernels.use_blas(library):
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(kernels.use_cpu_kernels(mode))
+                stack.enter_context(kernels.use_blas(library))
+                if pools is not None:  # one thread: the BLAS (and any OpenMP pool) and the sweeps
+                    stack.enter_context(pools.limit(limits=1))
+                    stack.enter_context(nablax.settings(sweep_threads=1))
                 return run()
 
         return run_with, conv
 
-    return time_case({**case, "prepare": wrapped}, engines, repeats, log)
+    return time_case({**case, "prepare": wrapped}, engines, repeats, log, busy, busy_seconds)
 
 
 def _float64_reference(case: dict, size: dict) -> Any:

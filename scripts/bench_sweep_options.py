@@ -8,9 +8,10 @@ layout   one core, one BLAS thread: the signal C-ordered (``nablax.settings(feat
          feature-major ("on": both dtypes here; nablax's default, "auto", is float64 only)
 blocks   one core: the whole batch in every probe chunk (``nablax.settings(sample_block_bytes=0)``) against
          blocks of samples whose activation derivatives stay in cache (the default, ``fastpath.sample_blocks``)
-threads  all cores this process may use: BLAS threads inside every product (``nablax.settings(sweep_threads=1)``)
-         against chunks side by side with one BLAS thread each (the default, ``fastpath.sweep_threads``, when each
-         thread gets at least ``fastpath.MIN_CHUNKS_PER_THREAD`` chunks)
+threads  all cores this process may use: the sweep on one thread (``nablax.settings(sweep_threads=1)``; until issue 16
+         part 5 that left the BLAS its threads inside every product) against chunks side by side with one BLAS thread
+         each (the default, ``fastpath.sweep_threads``, when each thread gets ``fastpath.MIN_CHUNKS_PER_THREAD``
+         chunks); ``scripts/bench_threads.py`` compares more policies, also with a busy core
 
 Jobs: ``Trace.jacobian_sq_norms()`` and ``Trace.jacobian()`` of 50-layer width-100 tanh and ReLU MLPs (as in
 ``scripts/bench.py`` job 1 and 2). Prints the median of ``--repeats`` rounds of each and their ratio (after / before).
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         "layout": (("C-ordered", "feature-major"), dict(feature_major="off"), dict(feature_major="on")),
         "blocks": (("whole batch", "sample blocks"), dict(sample_block_bytes=0),
                    dict(sample_block_bytes=default.sample_block_bytes)),
-        "threads": (("BLAS threads", "chunks side by side"), dict(sweep_threads=1), dict(sweep_threads=0)),
+        "threads": (("one sweep thread", "chunks side by side"), dict(sweep_threads=1), dict(sweep_threads=0)),
     }[args.option]
 
     def choose(is_after: bool) -> None:

@@ -4,6 +4,7 @@ the outputs (BENCHMARKS.md between its markers, BENCHMARKS.json) are written and
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,65 @@ def test_bench_resume_keeps_cases_and_the_text_around_the_table(tmp_path):
     assert "kept above" in text and "kept below" in text and text.count("<!-- bench:begin -->") == 1
     f32 = next(c for c in data["cases"] if c["dtype"] == "float32")
     assert f32["rows"][0]["agree"] < 1e-4  # float32 against the float64 answer
+
+
+def _running(pid: int) -> bool:
+    """Whether the process pid runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_bench_contended_times_each_case_quiet_and_busy_and_its_busy_process_is_gone(tmp_path):
+    """--contended: every case twice (0 and 1 core busy) with nablax-1thread beside the engines asked for; the
+    Threads table has a row for each; the busy process of each case is gone when the benchmark ends."""
+    _run(tmp_path, "--dtypes", "float64", "--jobs", "1", "--archs", "tanh", "--engines", "nablax-numba,jax",
+         "--contended", "--busy-seconds", "120")
+    data = json.loads((tmp_path / "BENCHMARKS.json").read_text())
+    assert data["contended"] and sorted(c["busy"] for c in data["cases"]) == [0, 1]
+    for c in data["cases"]:
+        assert not c["errors"] and not c["busy_ended_early"], c
+        assert {"nablax-numba", "nablax-1thread"} <= {r["engine"] for r in c["rows"]}
+        assert all(r["agree"] < 1e-10 for r in c["rows"])
+        assert len(c["busy_pids"]) == c["busy"]
+    pids = [pid for c in data["cases"] for pid in c["busy_pids"]]
+    assert pids and not any(_running(pid) for pid in pids)
+    md = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "Threads: nablax's default thread policy" in md
+    assert all(f"| 1 sqnorms | tanh L=2 w=6 B=4 | float64 | {k} | nablax-numba |" in md for k in (0, 1))
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_the_busy_process_stops_by_itself(tmp_path):
+    """Its time bound ends it, and so does the death of the benchmark that started it (no finally block runs)."""
+    sys.path.insert(0, str(BENCH.parent))
+    import bench
+
+    with bench.busy_cores(1, 0.5) as procs:
+        assert procs[0].wait(timeout=30) == 0
+    code = (f"import os, sys; sys.path.insert(0, {str(BENCH.parent)!r}); import bench; "
+            "procs = bench.busy_cores(1, 120).__enter__(); print(procs[0].pid, flush=True); os._exit(0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    pid = int(res.stdout)
+    deadline = time.monotonic() + 30
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(pid)
+
+
+def test_bench_threads_runs_small():
+    """scripts/bench_threads.py at a tiny size: a row per job, case and number of busy cores, each policy's median
+    beside its ratio to one thread (the script exits non-zero if the policies disagree)."""
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_threads.py"), "--depth", "2", "--width", "4",
+                          "--batches", "40", "--archs", "ReLU", "--jobs", "sqnorms,jacobian", "--dtypes", "float64",
+                          "--repeats", "1"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split(" | ")[0][2:] + r.split(" | ")[3] for r in rows] == ["sqnorms0", "sqnorms1", "jacobian0", "jacobian1"]
+    assert all(float(v) > 0 for r in rows for v in r.rstrip(" |").split(" | ")[4:-1])
 
 
 @pytest.mark.parametrize("bad", [["--jobs", "9"], ["--engines", "fortran"]])

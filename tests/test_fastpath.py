@@ -173,14 +173,30 @@ def test_chunks_on_several_threads_give_the_same_answers(rng):
                              trb.batch_jacobian_sq_norms(max_elements=60), trb.jacobian(max_elements=60))
     for serial, parallel in zip(runs[1], runs[2]):
         assert rel_err(parallel, serial) < 1e-13
-    groups = fastpath.run_chunks(lambda rows, seen: seen.append(rows), [slice(i, i + 1) for i in range(7)], 2, list)
-    assert len(groups) == 1 and len(groups[0]) == 7  # 7 chunks: fewer than MIN_CHUNKS_PER_THREAD for each of 2
-    groups = fastpath.run_chunks(lambda rows, seen: seen.append(rows), [slice(i, i + 1) for i in range(8)], 2, list)
-    assert [len(g) for g in groups] == [4, 4]
     with pytest.raises(ValueError, match="sweep_threads"):
         nablax.settings(sweep_threads="two")
     with nablax.settings(sweep_threads=0):
         assert 1 <= fastpath.sweep_threads() <= len(__import__("os").sched_getaffinity(0))
+
+
+def test_chunks_run_once_each_on_one_blas_thread():
+    """``run_chunks``: every chunk once; side by side only when each worker gets MIN_CHUNKS_PER_THREAD chunks, each
+    worker with its own state; serially or not, the BLAS has one thread inside the work and its own count after."""
+    from threadpoolctl import threadpool_limits
+
+    def blas_threads():  # of the BLAS that nablax multiplies with (others, e.g. SciPy's, may be loaded too)
+        return [p["num_threads"] for p in fastpath._threadpools(kernels.blas_library()).info() if p["user_api"] == "blas"]
+
+    def work(rows, seen):
+        seen.append((rows.start, blas_threads()))
+
+    with threadpool_limits(2, user_api="blas"):
+        for n_chunks in (1, 2 * fastpath.MIN_CHUNKS_PER_THREAD - 1, 2 * fastpath.MIN_CHUNKS_PER_THREAD, 13):
+            states = fastpath.run_chunks(work, [slice(i, i + 1) for i in range(n_chunks)], 2, list)
+            assert len(states) == (2 if n_chunks >= 2 * fastpath.MIN_CHUNKS_PER_THREAD else 1)
+            assert sorted(i for s in states for i, _ in s) == list(range(n_chunks))
+            assert all(threads == [1] * len(threads) for s in states for _, threads in s)
+            assert blas_threads() == [2] * len(blas_threads())
 
 
 def test_sample_blocks_give_the_same_answers(rng):
