@@ -13,7 +13,8 @@ architecture), from (measurements: BENCHMARKS.md, "What changed"):
     sample blocks  per-sample MLP sweeps of large batches a block of samples at a time (``sample_blocks``)
     threads        chunks side by side, one BLAS thread each (``run_chunks``, ``sweep_threads``)
 
-The one module outside ``layers/`` that reads layers' caches and weights (``cache.d``, ``Dense.W``) to skip work.
+The one module outside ``layers/`` that reads layers' weights (``Dense.W``) and derivatives
+(``diagonal_derivative``) to skip work.
 """
 
 from __future__ import annotations
