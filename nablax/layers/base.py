@@ -22,6 +22,7 @@ A layer whose output for one sample depends on other samples (batch norm with ba
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, ClassVar, Iterable, Iterator
@@ -178,12 +179,11 @@ def backward_chain(layers: list[Layer], caches: list[Cache], dy: Array,
     first layer's vjp (a training step never uses it) and returns None for the input cotangent."""
     grads = []
     for i, (layer, cache) in enumerate(zip(reversed(layers), reversed(caches))):
-        if not input_grad and i == len(layers) - 1:
-            grads.append(layer.param_grads(cache, dy))
-            dy = None
-        else:
+        if input_grad or i < len(layers) - 1:
             dy, g = layer.backward(cache, dy)
-            grads.append(g)
+        else:
+            dy, g = None, layer.param_grads(cache, dy)
+        grads.append(g)
     return dy, grads[::-1]
 
 
@@ -220,9 +220,7 @@ def jacobian_chain(layers: list[Layer], caches: list[Cache]) -> Array:
 
 def block_diagonal(j: Array) -> Array:
     """Per-sample Jacobians (B, m, n) as the batch-level Jacobian (B, m, B, n), zero between samples."""
-    xp = array_module(j)
-    b = j.shape[0]
-    eye = xp.eye(b, dtype=j.dtype)
+    eye = array_module(j).eye(j.shape[0], dtype=j.dtype)
     return j[:, :, None, :] * eye[:, None, :, None]
 
 
@@ -266,7 +264,4 @@ def sum_to_param(g: Array, shape: tuple[int, ...]) -> Array:
 
 
 def flat_size(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
+    return math.prod(int(s) for s in shape)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy
+
 from ..backend import array_module
-from .base import Array, Cache, Layer, Mode
+from .base import Array, Cache, Layer, Mode, flat_size
 
 DEFAULT_MAX_ELEMENTS = 1 << 24  # entries of one im2col buffer chunk (128 MiB in float64)
 
@@ -106,8 +108,7 @@ class Conv2d(Layer):
     def _conv(self, x: Array, K: Array) -> Array:
         """conv(x, K) without bias for x (N, C, H, W) -> (N, O, Ho, Wo), in chunks of the N axis."""
         xp = array_module(x)
-        n = x.shape[0]
-        o = K.shape[0]
+        n, o = x.shape[0], K.shape[0]
         _, ho, wo = self.out_shape(x.shape[1:])
         k2 = self._flat_kernel(K)
         y = xp.empty((n, ho, wo, o), dtype=x.dtype)  # channels last in memory; returned as an (N, O, Ho, Wo) view
@@ -176,21 +177,18 @@ class Conv2d(Layer):
 
     def jacobian(self, cache: Cache) -> Array:
         xp = array_module(self.K)
-        x = cache.x
-        c, h, w = x.shape[1:]
+        b, c, h, w = cache.x.shape
         o, _, kh, kw = self.K.shape
         _, ho, wo = self.out_shape((c, h, w))
-        s, p = self.stride, self.padding
         # index grids over (o, h, w, c, i, j): row (o, h, w), column (c, h s + i - p, w s + j - p)
-        O, Hh, Ww, C, I, J = xp.meshgrid(xp.arange(o), xp.arange(ho), xp.arange(wo), xp.arange(c), xp.arange(kh),
-                                         xp.arange(kw), indexing="ij")
-        r, q = Hh * s + I - p, Ww * s + J - p
+        O, Hh, Ww, C, I, J = xp.meshgrid(*(xp.arange(n) for n in (o, ho, wo, c, kh, kw)), indexing="ij")
+        r, q = Hh * self.stride + I - self.padding, Ww * self.stride + J - self.padding
         inside = (r >= 0) & (r < h) & (q >= 0) & (q < w)
         rows = ((O * ho + Hh) * wo + Ww)[inside]
         cols = ((C * h + r) * w + q)[inside]
         jac = xp.zeros((o * ho * wo, c * h * w), dtype=self.K.dtype)
         jac[rows, cols] = xp.broadcast_to(self.K[:, None, None], O.shape)[inside]  # each (row, col) appears once
-        return xp.broadcast_to(jac, (x.shape[0],) + jac.shape)
+        return xp.broadcast_to(jac, (b,) + jac.shape)
 
     def param_grads(self, cache: Cache, dy: Array) -> dict[str, Array]:
         lead = dy.shape[:-4]
@@ -223,7 +221,28 @@ class Conv2d(Layer):
         return f"Conv2d({c} -> {o}, {kh}x{kw}, stride {self.stride}, padding {self.padding}{bias})"
 
 
-class AvgPool2d(Layer):
+class _LinearMap(Layer):
+    """A layer without parameters that is linear in its input: forward and jvp are both ``_map`` (leading axes pass
+    through), and every sample's Jacobian is the matrix ``_matrix(in_shape)``, built on the host."""
+
+    in_ndim: int | None = 4  # forward's input must have this many axes (None: any)
+
+    def forward(self, x: Array, mode: Mode = Mode()) -> tuple[Array, Cache]:
+        if self.in_ndim is not None and x.ndim != self.in_ndim:
+            raise ValueError(f"{type(self).__name__} takes (B, C, H, W) data, got shape {x.shape}")
+        return self._map(x), Cache(x=x)
+
+    def jvp(self, cache: Cache, dx: Array) -> Array:
+        return self._map(dx)
+
+    def jacobian(self, cache: Cache) -> Array:
+        """``_matrix`` as (B, m, n) on the backend and in the dtype of the cached input."""
+        xp, x = array_module(cache.x), cache.x
+        jac = self._matrix(tuple(x.shape[1:]))
+        return xp.broadcast_to(xp.asarray(jac, dtype=x.dtype), (x.shape[0],) + jac.shape)
+
+
+class AvgPool2d(_LinearMap):
     """Average pooling over size x size windows with stride s (default s = size), no padding.
 
     forward   Y[..., c, h, w] = (1 / k^2) sum_{i,j < k} X[..., c, h s + i, w s + j]      Ho = (H - k) // s + 1
@@ -247,7 +266,7 @@ class AvgPool2d(Layer):
         c, h, w = in_shape
         return (c, conv_out_size(h, self.size, self.stride, 0), conv_out_size(w, self.size, self.stride, 0))
 
-    def _pool(self, x: Array) -> Array:
+    def _map(self, x: Array) -> Array:
         _, ho, wo = self.out_shape(x.shape[-3:])
         k, s = self.size, self.stride
         y = 0.0
@@ -256,40 +275,29 @@ class AvgPool2d(Layer):
                 y = y + x[..., _tap(i, ho, s), _tap(j, wo, s)]
         return y / (k * k)
 
-    def forward(self, x: Array, mode: Mode = Mode()) -> tuple[Array, Cache]:
-        if x.ndim != 4:
-            raise ValueError(f"AvgPool2d takes (B, C, H, W) data, got shape {x.shape}")
-        return self._pool(x), Cache(in_shape=tuple(x.shape[1:]), ref=x)
-
-    def jvp(self, cache: Cache, dx: Array) -> Array:
-        return self._pool(dx)
-
     def vjp(self, cache: Cache, dy: Array) -> Array:
         xp = array_module(dy)
         k, s = self.size, self.stride
         ho, wo = dy.shape[-2:]
-        dx = xp.zeros(dy.shape[:-3] + cache.in_shape, dtype=dy.dtype)
+        dx = xp.zeros(dy.shape[:-3] + cache.x.shape[1:], dtype=dy.dtype)
         g = dy / (k * k)
         for i in range(k):
             for j in range(k):
                 dx[..., _tap(i, ho, s), _tap(j, wo, s)] += g
         return dx
 
-    def jacobian(self, cache: Cache) -> Array:
-        import numpy  # index bookkeeping on the host; the result moves to the data's backend
-
-        c, h, w = cache.in_shape
-        _, ho, wo = self.out_shape(cache.in_shape)
+    def _matrix(self, in_shape: tuple[int, ...]) -> Array:
+        c, h, w = in_shape
+        _, ho, wo = self.out_shape(in_shape)
         k, s = self.size, self.stride
-        C, Hh, Ww, I, J = numpy.meshgrid(numpy.arange(c), numpy.arange(ho), numpy.arange(wo), numpy.arange(k),
-                                         numpy.arange(k), indexing="ij")
+        C, Hh, Ww, I, J = numpy.meshgrid(*(numpy.arange(n) for n in (c, ho, wo, k, k)), indexing="ij")
         jac = numpy.zeros((c * ho * wo, c * h * w))
         numpy.add.at(jac, (((C * ho + Hh) * wo + Ww).ravel(), ((C * h + Hh * s + I) * w + Ww * s + J).ravel()),
                      1.0 / (k * k))
-        return _broadcast_jacobian(jac, cache)
+        return jac
 
 
-class GlobalAvgPool(Layer):
+class GlobalAvgPool(_LinearMap):
     """Global average pooling: the mean of each channel over space.
 
     forward   y[..., c] = (1 / (H W)) sum_{h,w} X[..., c, h, w]             (B, C, H, W) -> (B, C)
@@ -303,28 +311,19 @@ class GlobalAvgPool(Layer):
     def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
         return (in_shape[0],)
 
-    def forward(self, x: Array, mode: Mode = Mode()) -> tuple[Array, Cache]:
-        if x.ndim != 4:
-            raise ValueError(f"GlobalAvgPool takes (B, C, H, W) data, got shape {x.shape}")
-        return x.mean(axis=(-2, -1)), Cache(in_shape=tuple(x.shape[1:]), ref=x)
-
-    def jvp(self, cache: Cache, dx: Array) -> Array:
-        return dx.mean(axis=(-2, -1))
+    def _map(self, x: Array) -> Array:
+        return x.mean(axis=(-2, -1))
 
     def vjp(self, cache: Cache, dy: Array) -> Array:
-        c, h, w = cache.in_shape
-        xp = array_module(dy)
-        return xp.broadcast_to((dy / (h * w))[..., None, None], dy.shape + (h, w)).copy()
+        h, w = cache.x.shape[-2:]
+        return array_module(dy).broadcast_to((dy / (h * w))[..., None, None], dy.shape + (h, w)).copy()
 
-    def jacobian(self, cache: Cache) -> Array:
-        import numpy
-
-        c, h, w = cache.in_shape
-        jac = numpy.kron(numpy.eye(c), numpy.full((1, h * w), 1.0 / (h * w)))
-        return _broadcast_jacobian(jac, cache)
+    def _matrix(self, in_shape: tuple[int, ...]) -> Array:
+        c, h, w = in_shape
+        return numpy.kron(numpy.eye(c), numpy.full((1, h * w), 1.0 / (h * w)))
 
 
-class Flatten(Layer):
+class Flatten(_LinearMap):
     """(B, C, H, W) -> (B, C H W) in channel-major order (the order every per-sample Jacobian uses).
 
     vjp / jvp reshape (leading axes pass through); jacobian the identity (B, C H W, C H W).
@@ -333,42 +332,26 @@ class Flatten(Layer):
     kind = "flatten"
 
     def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
-        n = 1
-        for s in in_shape:
-            n *= int(s)
-        return (n,)
+        return (flat_size(in_shape),)
 
-    def forward(self, x: Array, mode: Mode = Mode()) -> tuple[Array, Cache]:
-        if x.ndim != 4:
-            raise ValueError(f"Flatten takes (B, C, H, W) data, got shape {x.shape}")
-        return x.reshape(x.shape[0], -1), Cache(in_shape=tuple(x.shape[1:]), ref=x)
-
-    def jvp(self, cache: Cache, dx: Array) -> Array:
-        return dx.reshape(dx.shape[:-3] + (-1,))
+    def _map(self, x: Array) -> Array:
+        return x.reshape(x.shape[:-3] + (-1,))
 
     def vjp(self, cache: Cache, dy: Array) -> Array:
-        return dy.reshape(dy.shape[:-1] + cache.in_shape)
+        return dy.reshape(dy.shape[:-1] + cache.x.shape[1:])
 
-    def jacobian(self, cache: Cache) -> Array:
-        import numpy
-
-        d = self.out_shape(cache.in_shape)[0]
-        return _broadcast_jacobian(numpy.eye(d), cache)
+    def _matrix(self, in_shape: tuple[int, ...]) -> Array:
+        return numpy.eye(flat_size(in_shape))
 
 
-def _broadcast_jacobian(jac: Any, cache: Cache) -> Array:
-    """A host-built per-sample Jacobian as (B, m, n) on the backend and in the dtype of the cached input."""
-    xp = array_module(cache.ref)
-    return xp.broadcast_to(xp.asarray(jac, dtype=cache.ref.dtype), (cache.ref.shape[0],) + jac.shape)
-
-
-class Unflatten(Layer):
+class Unflatten(_LinearMap):
     """(B, D) -> (B, *shape), D = prod(shape): lets a convnet take flattened data (the inverse of Flatten).
 
     vjp / jvp reshape (leading axes pass through); jacobian the identity (B, D, D).
     """
 
     kind = "unflatten"
+    in_ndim = None
 
     def __init__(self, shape: tuple[int, ...] | list[int]) -> None:
         self.shape = tuple(int(s) for s in shape)
@@ -377,21 +360,15 @@ class Unflatten(Layer):
         return {"shape": list(self.shape)}
 
     def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
-        if Flatten().out_shape(self.shape) != tuple(in_shape):
-            n = Flatten().out_shape(self.shape)[0]
-            raise ValueError(f"Unflatten to {self.shape} needs {n} features, got {in_shape}")
+        if (flat_size(self.shape),) != tuple(in_shape):
+            raise ValueError(f"Unflatten to {self.shape} needs {flat_size(self.shape)} features, got {in_shape}")
         return self.shape
 
-    def forward(self, x: Array, mode: Mode = Mode()) -> tuple[Array, Cache]:
-        return x.reshape((x.shape[0],) + self.shape), Cache(ref=x)
-
-    def jvp(self, cache: Cache, dx: Array) -> Array:
-        return dx.reshape(dx.shape[:-1] + self.shape)
+    def _map(self, x: Array) -> Array:
+        return x.reshape(x.shape[:-1] + self.shape)
 
     def vjp(self, cache: Cache, dy: Array) -> Array:
         return dy.reshape(dy.shape[:-len(self.shape)] + (-1,))
 
-    def jacobian(self, cache: Cache) -> Array:
-        import numpy
-
-        return _broadcast_jacobian(numpy.eye(cache.ref.shape[1]), cache)
+    def _matrix(self, in_shape: tuple[int, ...]) -> Array:
+        return numpy.eye(in_shape[0])
