@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy
+
 from .. import kernels
 from ..backend import array_module
 from .activations import _diag_jacobian
@@ -80,15 +82,8 @@ class BatchNorm(_Normalization):
     kind = "batchnorm"
     couples_batch = True
 
-    def __init__(
-        self,
-        running_mean: Array,
-        running_var: Array,
-        gamma: Array | None = None,
-        beta: Array | None = None,
-        eps: float = 1e-5,
-        momentum: float = 0.1,
-    ) -> None:
+    def __init__(self, running_mean: Array, running_var: Array, gamma: Array | None = None, beta: Array | None = None,
+                 eps: float = 1e-5, momentum: float = 0.1) -> None:
         if (gamma is None) != (beta is None):
             raise ValueError("BatchNorm needs both gamma and beta, or neither")
         if bool((running_var < 0).any()):
@@ -101,8 +96,6 @@ class BatchNorm(_Normalization):
     @classmethod
     def create(cls, dim: int, *, conv: bool = False, affine: bool = False, eps: float = 1e-5,
                momentum: float = 0.1, xp: Any = None, dtype: Any = "float64") -> "BatchNorm":
-        import numpy  # the default array module when none is given
-
         xp = xp or numpy
         shape = (dim, 1, 1) if conv else (dim,)
         ones = xp.ones(shape, dtype=dtype)
@@ -146,14 +139,10 @@ class BatchNorm(_Normalization):
 
     def vjp(self, cache: Cache, dy: Array) -> Array:
         g = self._scale(dy)
-        if cache.coupled:
-            return self._coupled_vjp(g, cache)
-        return g / cache.sigma
+        return self._coupled_vjp(g, cache) if cache.coupled else g / cache.sigma
 
     def jvp(self, cache: Cache, dx: Array) -> Array:
-        if cache.coupled:
-            return self._scale(self._coupled_vjp(dx, cache))
-        return self._scale(dx / cache.sigma)
+        return self._scale(self._coupled_vjp(dx, cache) if cache.coupled else dx / cache.sigma)
 
     @staticmethod
     def _coupled_vjp(g: Array, cache: Cache) -> Array:
@@ -172,14 +161,10 @@ class BatchNorm(_Normalization):
         gain = cache.sigma if self.gamma is None else cache.sigma / self.gamma  # J scales by 1 / gain
         if not cache.coupled:
             return _diag_jacobian(xp.broadcast_to(1.0 / gain, y.shape))
-        if y.ndim == 2:
-            b, d = y.shape
-            yc = y.T  # (d, B)
-            k = (xp.eye(b, dtype=y.dtype) - 1.0 / b - yc[:, :, None] * yc[:, None, :] / b) / gain.reshape(d, 1, 1)
-            return xp.einsum("fab,fg->afbg", k, xp.eye(d, dtype=y.dtype))
-        b, c, h, w = y.shape
+        y4 = y if y.ndim == 4 else y[:, :, None, None]  # dense data as (B, d, 1, 1)
+        b, c, h, w = y4.shape
         n = b * h * w
-        yc = y.transpose(1, 0, 2, 3).reshape(c, n)
+        yc = y4.transpose(1, 0, 2, 3).reshape(c, n)
         k = (xp.eye(n, dtype=y.dtype) - 1.0 / n - yc[:, :, None] * yc[:, None, :] / n) / gain.reshape(c, 1, 1)
         k = k.reshape(c, b, h, w, b, h, w)
         j = xp.einsum("cbhwBHW,cC->bchwBCHW", k, xp.eye(c, dtype=y.dtype))
