@@ -5,20 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import array_module
-from .base import (
-    Array,
-    Cache,
-    Layer,
-    Mode,
-    backward_chain,
-    block_diagonal,
-    forward_chain,
-    jacobian_chain,
-    jvp_chain,
-    lambda_split_chain,
-    param_jvp_chain,
-    vjp_chain,
-)
+from .base import (Array, Cache, Layer, Mode, backward_chain, block_diagonal, forward_chain, jacobian_chain, jvp_chain,
+                   lambda_split_chain, param_jvp_chain, vjp_chain)
 from .linear import Dense
 
 
@@ -78,10 +66,7 @@ class Residual(Layer):
 
     def forward(self, x: Array, mode: Mode = Mode()) -> tuple[Array, Cache]:
         values, caches = forward_chain(self.branch, x, mode)
-        if self.skip is None:
-            s, skip_cache = x, None
-        else:
-            s, skip_cache = self.skip.forward(x, mode)
+        s, skip_cache = (x, None) if self.skip is None else self.skip.forward(x, mode)
         if s.shape != values[-1].shape:
             raise ValueError(f"Residual: skip output {s.shape} and branch output {values[-1].shape} differ")
         return s + self.beta * values[-1], Cache(values=values, caches=caches, skip=skip_cache,
@@ -105,10 +90,9 @@ class Residual(Layer):
         return skip + self.beta * jvp_chain(self.branch, cache.caches, dx)
 
     def jacobian(self, cache: Cache) -> Array:
-        xp = array_module(cache.values[0])
         x = cache.values[0]
         if self.skip is None:
-            d = x.reshape(x.shape[0], -1).shape[1]
+            xp, d = array_module(x), x[0].size
             skip = xp.broadcast_to(xp.eye(d, dtype=x.dtype), (x.shape[0], d, d))
         else:
             skip = self.skip.jacobian(cache.skip)
@@ -120,11 +104,8 @@ class Residual(Layer):
     def backward(self, cache: Cache, dy: Array) -> tuple[Array, dict[str, Array]]:
         dx_branch, branch_grads = backward_chain(self.branch, cache.caches, dy)
         grads = {f"branch.{j}.{k}": self.beta * v for j, g in enumerate(branch_grads) for k, v in g.items()}
-        if self.skip is None:
-            dx_skip = dy
-        else:
-            dx_skip, g = self.skip.backward(cache.skip, dy)
-            grads.update({f"skip.{k}": v for k, v in g.items()})
+        dx_skip, g = (dy, {}) if self.skip is None else self.skip.backward(cache.skip, dy)
+        grads.update({f"skip.{k}": v for k, v in g.items()})
         return dx_skip + self.beta * dx_branch, grads
 
     def param_grads(self, cache: Cache, dy: Array) -> dict[str, Array]:
