@@ -120,8 +120,7 @@ class SeLU(Elementwise):
         pos = z > 0
         e = xp.exp(xp.minimum(z, 0.0))
         y = xp.where(pos, SELU_LAMBDA * z, SELU_LAMBDA * SELU_ALPHA * (e - 1.0))
-        d = xp.where(pos, SELU_LAMBDA, SELU_LAMBDA * SELU_ALPHA * e).astype(z.dtype)
-        return y, d
+        return y, xp.where(pos, SELU_LAMBDA, SELU_LAMBDA * SELU_ALPHA * e).astype(z.dtype)
 
 
 class PReLU(_Diagonal):
@@ -191,16 +190,12 @@ class CReLU(Layer):
         return xp.concatenate([y_pos, y_neg], axis=self.axis), Cache(pos=pos, neg=neg)
 
     def vjp(self, cache: Cache, dy: Array) -> Array:
-        xp = array_module(dy)
-        d_pos, d_neg = xp.split(dy, 2, axis=self.axis)
+        d_pos, d_neg = array_module(dy).split(dy, 2, axis=self.axis)
         return d_pos * cache.pos - d_neg * cache.neg
 
     def jvp(self, cache: Cache, dx: Array) -> Array:
         return array_module(dx).concatenate([dx * cache.pos, -dx * cache.neg], axis=self.axis)
 
     def jacobian(self, cache: Cache) -> Array:
-        xp = array_module(cache.pos)
-        top = _diag_jacobian(cache.pos)
-        bottom = -_diag_jacobian(cache.neg)
         # (C, H, W) flattens channel-major, so the channel halves are contiguous blocks as well
-        return xp.concatenate([top, bottom], axis=1)
+        return array_module(cache.pos).concatenate([_diag_jacobian(cache.pos), -_diag_jacobian(cache.neg)], axis=1)

@@ -102,8 +102,5 @@ class Dense(Layer):
         W0 = split.params0[prefix + "W"]
         return split.shifted_products(G, W0.T, (self.W - W0).T)
 
-    def config(self) -> dict[str, Any]:
-        return {}
-
     def __repr__(self) -> str:
         return f"Dense({self.d_in} -> {self.d_out}{'' if self.b is not None else ', no bias'})"
