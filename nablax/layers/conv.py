@@ -96,9 +96,8 @@ class Conv2d(Layer):
         xpad = xp.zeros((n, h + 2 * p, w + 2 * p, c), dtype=x.dtype)
         xpad[:, p:p + h, p:p + w, :] = x.transpose(0, 2, 3, 1)
         cols = xp.empty((n, ho, wo, kh, kw, c), dtype=x.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                cols[:, :, :, i, j, :] = xpad[:, _tap(i, ho, s), _tap(j, wo, s), :]
+        for i, j in numpy.ndindex(kh, kw):
+            cols[:, :, :, i, j, :] = xpad[:, _tap(i, ho, s), _tap(j, wo, s), :]
         return cols.reshape(n * ho * wo, kh * kw * c)
 
     def _flat_kernel(self, K: Array) -> Array:
@@ -129,9 +128,8 @@ class Conv2d(Layer):
         for rows in _chunks(n, ho * wo * k2.shape[1], self.max_elements):
             m = rows.stop - rows.start
             dcols = (dy[rows].transpose(0, 2, 3, 1).reshape(m * ho * wo, o) @ k2).reshape(m, ho, wo, kh, kw, c)
-            for i in range(kh):
-                for j in range(kw):
-                    dxpad[rows, _tap(i, ho, s), _tap(j, wo, s), :] += dcols[:, :, :, i, j, :]
+            for i, j in numpy.ndindex(kh, kw):
+                dxpad[rows, _tap(i, ho, s), _tap(j, wo, s), :] += dcols[:, :, :, i, j, :]
         return dxpad[:, p:p + h, p:p + w, :].transpose(0, 3, 1, 2)
 
     def _kernel_grad(self, x: Array, dy: Array, per_sample: bool = False) -> Array:
@@ -172,8 +170,7 @@ class Conv2d(Layer):
         return self._apply(dx, lambda t: self._conv(t, self.K))
 
     def vjp(self, cache: Cache, dy: Array) -> Array:
-        hw = cache.x.shape[-2:]
-        return self._apply(dy, lambda t: self._conv_transpose(t, hw))
+        return self._apply(dy, lambda t: self._conv_transpose(t, cache.x.shape[-2:]))
 
     def jacobian(self, cache: Cache) -> Array:
         xp = array_module(self.K)
@@ -270,9 +267,8 @@ class AvgPool2d(_LinearMap):
         _, ho, wo = self.out_shape(x.shape[-3:])
         k, s = self.size, self.stride
         y = 0.0
-        for i in range(k):
-            for j in range(k):
-                y = y + x[..., _tap(i, ho, s), _tap(j, wo, s)]
+        for i, j in numpy.ndindex(k, k):
+            y = y + x[..., _tap(i, ho, s), _tap(j, wo, s)]
         return y / (k * k)
 
     def vjp(self, cache: Cache, dy: Array) -> Array:
@@ -281,9 +277,8 @@ class AvgPool2d(_LinearMap):
         ho, wo = dy.shape[-2:]
         dx = xp.zeros(dy.shape[:-3] + cache.x.shape[1:], dtype=dy.dtype)
         g = dy / (k * k)
-        for i in range(k):
-            for j in range(k):
-                dx[..., _tap(i, ho, s), _tap(j, wo, s)] += g
+        for i, j in numpy.ndindex(k, k):
+            dx[..., _tap(i, ho, s), _tap(j, wo, s)] += g
         return dx
 
     def _matrix(self, in_shape: tuple[int, ...]) -> Array:
