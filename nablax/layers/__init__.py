@@ -7,8 +7,6 @@ from .linear import Dense
 from .norm import BatchNorm, LayerNorm
 from .residual import Residual
 
-__all__ = [
-    "LAYER_KINDS", "Cache", "Layer", "Mode", "Dense", "Identity", "ReLU", "Tanh", "SeLU", "Sigmoid", "CReLU",
-    "PReLU", "Elementwise", "BatchNorm", "LayerNorm", "Residual", "SELU_LAMBDA", "SELU_ALPHA",
-    "Conv2d", "AvgPool2d", "GlobalAvgPool", "Flatten", "Unflatten",
-]
+__all__ = ["LAYER_KINDS", "Cache", "Layer", "Mode", "Dense", "Identity", "ReLU", "Tanh", "SeLU", "Sigmoid", "CReLU",
+           "PReLU", "Elementwise", "BatchNorm", "LayerNorm", "Residual", "SELU_LAMBDA", "SELU_ALPHA",
+           "Conv2d", "AvgPool2d", "GlobalAvgPool", "Flatten", "Unflatten"]

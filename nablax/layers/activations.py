@@ -81,9 +81,7 @@ class ReLU(Elementwise):
     """phi(z) = max(z, 0), phi'(z) = 1[z > 0] (the derivative at exactly 0 is taken as 0)."""
 
     kind = "relu"
-
-    def phi(self, z: Array) -> tuple[Array, Array]:
-        return _relu(z)
+    phi = staticmethod(_relu)
 
 
 class Tanh(Elementwise):

@@ -8,7 +8,7 @@ Every layer is a map ``y = f(x; params)`` on a batch. It provides, by hand:
     jacobian(cache)         -> J                  exact, per sample (B, d_out, d_in), or batch-level
                                                   (B, d_out, B, d_in) when the layer couples samples
     param_grads(cache, dy)  -> {name: dE/dparam}  for a cotangent dy of shape (B, d_out)
-    param_jvp(cache, dp)    -> dy                 output tangent for a parameter tangent {name: dparam}
+    param_jvp(cache, dp)    -> dy                 output tangent for a parameter tangent {name: dparam} (missing: 0)
 
 Shapes. Dense data is ``(B, d)``; convolutional data ``(B, C, H, W)``. ``vjp`` and ``jvp`` accept any number
 of extra *leading probe axes*: a cotangent of shape ``(P, B, d_out)`` pulls back P signals in one call. This
@@ -100,7 +100,6 @@ class Layer:
         return {}
 
     def param_jvp(self, cache: Cache, dparams: dict[str, Array]) -> Array:
-        """Output tangent caused by the parameter tangent ``dparams`` (missing names count as zero)."""
         return None
 
     def backward(self, cache: Cache, dy: Array) -> tuple[Array, dict[str, Array]]:
