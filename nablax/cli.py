@@ -1,15 +1,8 @@
 """nablax: hand-written gradients of deep networks, and the measurements of two papers on them.
 
-    nablax figures [--quick] [--out DIR] [--only NAME ...]   regenerate the paper figures (paper_figures/)
-    nablax info                                              architectures, backends, file format
-    nablax gsc ...                                           per-layer GSC, pre-activation std, sign diversity
-    nablax shatter ...                                       shattered-gradients measurements on the 1-D grid
-    nablax train ... --out DIR [--resume]                    train with per-epoch metrics and checkpoints
-    nablax sweep CONFIG [--executor local|dask]              a grid of training runs, finished ones skipped
-
-Each subcommand lives in a ``cmd_<name>`` function below; long-running ones show a progress bar. An error the
-user can act on (``USER_ERRORS``: a bad argument, missing data or file, a missing optional dependency) ends the
-command with one line on stderr and exit status 2; ``--debug`` (or ``NABLAX_DEBUG=1``) shows its traceback instead.
+The commands (``nablax --help``; README, Command line) each live in a ``cmd_<name>`` function below; long-running
+ones show a progress bar. An error the user can act on (``USER_ERRORS``: a bad argument, missing data or file, a
+missing optional dependency) ends the command with one line on stderr and exit status 2 (``main``).
 """
 
 from __future__ import annotations

@@ -171,11 +171,9 @@ def _is_a(value: Any, tp: Any) -> bool:
         return value is None or _is_a(value, _optional(tp))
     if typing.get_origin(tp) is list:
         return isinstance(value, (list, tuple)) and all(_is_a(v, typing.get_args(tp)[0]) for v in value)
-    if tp is float:
-        return isinstance(value, (int, float, numpy.integer, numpy.floating)) and not isinstance(value, bool) \
-            and math.isfinite(value)
-    if tp is int:
-        return isinstance(value, (int, numpy.integer)) and not isinstance(value, bool)
+    numbers = {int: (int, numpy.integer), float: (int, float, numpy.integer, numpy.floating)}
+    if tp in numbers:  # a bool is an int to Python, not to a training option
+        return isinstance(value, numbers[tp]) and not isinstance(value, bool) and (tp is int or math.isfinite(value))
     return isinstance(value, tp)
 
 
