@@ -1,15 +1,8 @@
 """nablax: hand-written gradients of deep networks, and the measurements of two papers on them.
 
-    nablax figures [--quick] [--out DIR] [--only NAME ...]   regenerate the paper figures (paper_figures/)
-    nablax info                                              architectures, backends, file format
-    nablax gsc ...                                           per-layer GSC, pre-activation std, sign diversity
-    nablax shatter ...                                       shattered-gradients measurements on the 1-D grid
-    nablax train ... --out DIR [--resume]                    train with per-epoch metrics and checkpoints
-    nablax sweep CONFIG [--executor local|dask]              a grid of training runs, finished ones skipped
-
-Each subcommand lives in a ``cmd_<name>`` function below; long-running ones show a progress bar. An error the
-user can act on (``USER_ERRORS``: a bad argument, missing data or file, a missing optional dependency) ends the
-command with one line on stderr and exit status 2; ``--debug`` (or ``NABLAX_DEBUG=1``) shows its traceback instead.
+The commands (``nablax --help``; README, Command line) each live in a ``cmd_<name>`` function below; long-running
+ones show a progress bar. An error the user can act on (``USER_ERRORS``: a bad argument, missing data or file, a
+missing optional dependency) ends the command with one line on stderr and exit status 2 (``main``).
 """
 
 from __future__ import annotations
@@ -22,9 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .backend import BLAS_THREAD_VARS, BackendUnavailable, tune_allocator
-from .data import DataUnavailable
+import numpy
+
+from . import __version__, build, kernels
+from .architectures import ARCHITECTURES, TAKES
+from .backend import BLAS_THREAD_VARS, BackendUnavailable, gpu_available, numba_available, tune_allocator
+from .data import DataUnavailable, load_cifar10
+from .network import describe_file_format
+from .performance import current
 
 USER_ERRORS = (ValueError, OSError, ImportError, DataUnavailable, BackendUnavailable)
 DEBUG_ENV = "NABLAX_DEBUG"
@@ -51,8 +49,6 @@ def cmd_figures(args: argparse.Namespace) -> int:
     if args.cifar:
         if args.quick:
             raise ValueError("--quick runs on the embedded digits; leave out --cifar, or --quick")
-        from .data import DataUnavailable, load_cifar10
-
         try:  # once, before any figure starts
             load_cifar10(args.cifar, n_train=1)
         except DataUnavailable as err:
@@ -91,12 +87,6 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from . import kernels
-    from .architectures import ARCHITECTURES
-    from .backend import gpu_available, numba_available
-    from .network import describe_file_format
-    from .performance import current
-
     print(f"nablax {__version__}")
     print(f"backends: numpy (always), numba kernels: {'yes' if numba_available() else 'no'}, "
           f"cupy GPU: {'yes' if gpu_available() else 'no'}")
@@ -110,10 +100,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_gsc(args: argparse.Namespace) -> int:
     """Per-position GSC to the reference position, with the pre-activation std and sign diversity of every
     nonlinearity, for a gradients-explode architecture at initialisation on Gaussian noise."""
-    import numpy
     from tqdm import tqdm
 
-    from . import build
     from .metrics.domain import domain_metrics
     from .metrics.gsc import gsc_to
     from .metrics.jacobian import paper_index
@@ -147,12 +135,10 @@ def cmd_gsc(args: argparse.Namespace) -> int:
         sd, dv = ("/".join(f"{v:.3f}" for v in values[d.position == p]) for values in (d.preact_std, d.sign_diversity))
         print(f"{p:4d} {paper_index(int(p), n_layers):7d}  {pos[p].kind:10} {pos[p].n_lin:5d} {gs:>22}  {sd:>13} {dv:>13}")
     if args.plot:
-        import matplotlib
+        from matplotlib.figure import Figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+        fig = Figure(figsize=(15, 4), layout="tight")
+        ax = fig.subplots(1, 3)
         ax[0].semilogy([pos[p].n_lin for p in g.positions], g.value, "-")
         ax[0].set(title=f"{args.arch}: GSC(l, {ref}) to the paper's layer {ref} (position {g.hi})",
                   xlabel="linear layers from the input", ylabel="GSC")
@@ -161,7 +147,6 @@ def cmd_gsc(args: argparse.Namespace) -> int:
                   ylim=(0, 1.1 * max(1.0, float(numpy.max(d.preact_std)))))
         ax[2].plot(d.index, d.sign_diversity, "o-", ms=3)
         ax[2].set(title="sign diversity", xlabel="nonlinearity layer", ylabel="sign diversity", ylim=(0, 0.52))
-        fig.tight_layout()
         fig.savefig(args.plot, dpi=110)
         print(f"wrote {args.plot}")
     return _finite(g.value, "some GSCs")
@@ -169,8 +154,6 @@ def cmd_gsc(args: argparse.Namespace) -> int:
 
 def _finite(values: Any, what: str) -> int:
     """Exit status 0 when every value is finite, else 1 with a line on stderr that says so."""
-    import numpy
-
     if numpy.isfinite(values).all():
         return 0
     print(f"nablax: {what} are NaN or infinite (see the table above)", file=sys.stderr)
@@ -179,8 +162,6 @@ def _finite(values: Any, what: str) -> int:
 
 def cmd_shatter(args: argparse.Namespace) -> int:
     """df/dx of a shattered-gradients net on the 1-D grid: ACF at a few lags, co-activity per ReLU layer, a plot."""
-    from . import build
-    from .architectures import TAKES
     from .metrics import shatter as sh
 
     given = {k: getattr(args, k) for k in TAKES if getattr(args, k) is not None}
@@ -212,12 +193,10 @@ def cmd_shatter(args: argparse.Namespace) -> int:
         act = None
         print(f"activity: {err}")
     if args.plot:
-        import matplotlib
+        from matplotlib.figure import Figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(1, 4, figsize=(16, 3.6))
+        fig = Figure(figsize=(16, 3.6), layout="tight")
+        ax = fig.subplots(1, 4)
         ax[0].plot(g, lw=0.8)
         ax[0].set(title=f"{args.arch} ({args.depth})", xlabel="grid index", ylabel="df/dx")
         if r is not None:
@@ -230,7 +209,6 @@ def cmd_shatter(args: argparse.Namespace) -> int:
             ax[3].plot(act.layers, act.coactive, "s-", label="co-active")
             ax[3].legend()
         ax[3].set(title="ReLU activity on the grid", xlabel="layer", ylim=(0, 1))
-        fig.tight_layout()
         fig.savefig(args.plot, dpi=110)
         print(f"wrote {args.plot}")
     return _finite(g, "some values of df/dx")
@@ -290,7 +268,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nablax", description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action="version", version=f"nablax {__version__}")
-    p.add_argument("--debug", action="store_true", help=f"show the traceback of an error (also: {DEBUG_ENV}=1)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     f = sub.add_parser("figures", help="regenerate the paper figures into a folder")
@@ -373,9 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--processes", action="store_true", help="LocalCluster workers as processes (default threads)")
     w.add_argument("--out", help="sweep folder (default: the file's \"out\", else runs/)")
     w.set_defaults(func=cmd_sweep)
-    for command in sub.choices.values():  # --debug after the command too; SUPPRESS keeps one given before it
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                             help=f"show the traceback of an error (also: {DEBUG_ENV}=1)")
+    for parser in (p, *sub.choices.values()):  # --debug before or after the command; SUPPRESS keeps one given before
+        parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                            help=f"show the traceback of an error (also: {DEBUG_ENV}=1)")
     return p
 
 
@@ -390,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as err:
-        if args.debug or os.environ.get(DEBUG_ENV, "0") not in ("", "0"):
+        if getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "0") not in ("", "0"):
             raise
         message = " ".join(str(err).split()) or type(err).__name__
     print(f"nablax: error: {message}", file=sys.stderr)  # after the except block: its progress bars are closed

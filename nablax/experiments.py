@@ -12,17 +12,12 @@ Each run lives in ``out/<key>/`` where ``key = TrainConfig.key()`` hashes the co
 runs that finished (``result.json`` exists) without submitting them, and resumes the ones that were interrupted
 from their last checkpoint. ``out/index.json`` maps every key to its configuration and status.
 
-Executors have one method, ``map(fn, items)`` (results in the order of ``items``), and ``close()``:
-    LocalExecutor   in-process (the default)
-    DaskExecutor    ``dask.distributed``: a ``LocalCluster`` (``n_workers``, threads or ``processes``) or the
-                    scheduler at ``scheduler``; the workers must have nablax installed and see ``out`` (and the
-                    CIFAR-10 archive) at the same paths. Dask is optional (``pip install -e .[sweep]``) and imported
-                    only here, when asked for.
+Executors have one method, ``map(fn, items)`` (results in the order of ``items``), and ``close()``: the
+``LocalExecutor`` (the default) runs in-process, the ``DaskExecutor`` on a Dask cluster (optional:
+``pip install -e .[sweep]``; imported only here, when asked for).
 
-A sweep file (``nablax sweep CONFIG``) is JSON, or TOML when it ends in ``.toml``::
-
-    {"out": "runs/grid", "base": {"data": "digits", "depth": 10, "epochs": 5},
-     "grid": {"arch": ["batch-ReLU", "layer-tanh"], "lr": [0.003, 0.01], "seed": [0, 1]}}
+A sweep file (``nablax sweep CONFIG``; ``examples/sweep.json``) is JSON, or TOML when it ends in ``.toml``, of the
+shape ``SWEEP_SHAPE``: ``base`` holds the options every run shares, ``grid`` the ones to vary.
 """
 
 from __future__ import annotations
@@ -30,12 +25,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
 from .records import write_atomic
-from .train import TrainConfig, run
+from .train import TrainConfig, progress_bar, run
 
 
 def require_distributed() -> Any:
@@ -48,26 +43,22 @@ def require_distributed() -> Any:
     return distributed
 
 
-def _bar(desc: str, progress: bool, unit: str = "run", **kw: Any) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(desc=desc, unit=unit, file=sys.stderr, disable=not progress, **kw)
-
-
 class LocalExecutor:
     """Runs every item in this process, one after another."""
 
     name = "local"
 
     def map(self, fn: Callable[[Any], Any], items: list[Any], progress: bool = True) -> list[Any]:
-        return [fn(item) for item in _bar("sweep", progress, iterable=items)]
+        return [fn(item) for item in progress_bar("sweep", progress, "run", iterable=items)]
 
     def close(self) -> None:
         pass
 
 
 class DaskExecutor:
-    """Runs items as Dask futures on a LocalCluster (default) or on the scheduler at ``scheduler``."""
+    """Runs items as Dask futures on a LocalCluster (``n_workers``, threads or ``processes``; the default) or on the
+    scheduler at ``scheduler``, whose workers must have nablax installed and see ``out`` (and the CIFAR-10 archive)
+    at the same paths."""
 
     name = "dask"
 
@@ -87,7 +78,7 @@ class DaskExecutor:
         futures = self.client.map(fn, items, pure=False)
         index = {f.key: i for i, f in enumerate(futures)}
         out: list[Any] = [None] * len(items)
-        bar = _bar("sweep (dask)", progress, total=len(items))
+        bar = progress_bar("sweep (dask)", progress, "run", total=len(items))
         for fut in distributed.as_completed(futures):
             out[index[fut.key]] = fut.result()
             bar.update(1)
@@ -118,9 +109,7 @@ def make_executor(kind: str = "local", scheduler: str | None = None, **kw: Any) 
 
 def expand_grid(base: dict[str, Any], grid: dict[str, list[Any]]) -> list[TrainConfig]:
     """Every combination of the ``grid`` values on top of ``base`` (the first grid axis varies slowest)."""
-    names = list(grid)
-    return [TrainConfig.from_dict({**base, **dict(zip(names, values))})
-            for values in itertools.product(*(grid[n] for n in names))]
+    return [TrainConfig.from_dict({**base, **dict(zip(grid, values))}) for values in itertools.product(*grid.values())]
 
 
 def run_config(task: tuple[dict[str, Any], str]) -> dict[str, Any]:
@@ -140,14 +129,9 @@ def run_sweep(configs: list[TrainConfig | dict[str, Any]], out: str | Path, *, e
     out.mkdir(parents=True, exist_ok=True)
     configs = [c if isinstance(c, TrainConfig) else TrainConfig.from_dict(c) for c in configs]
     keys = [c.key() for c in configs]
-    results: list[dict[str, Any] | None] = [None] * len(configs)
-    todo = []
-    for i, key in enumerate(keys):
-        done = out / key / "result.json"
-        if done.exists():
-            results[i] = {**json.loads(done.read_text()), "skipped": True}
-        else:
-            todo.append(i)
+    done = [out / key / "result.json" for key in keys]
+    results = [{**json.loads(d.read_text()), "skipped": True} if d.exists() else None for d in done]
+    todo = [i for i, r in enumerate(results) if r is None]
     _write_index(out, configs, keys, results)
     if todo:
         own = isinstance(executor, str)
@@ -171,21 +155,15 @@ class _EpochWatcher:
     seconds it counts the lines of each run's ``metrics.jsonl`` (one per epoch, after epoch 0)."""
 
     def __init__(self, runs: list[tuple[Path, int]], every: float = 5.0) -> None:
-        import threading
-
         self.runs, self.every = runs, every
-        self.bar = _bar("epochs", True, "epoch", total=sum(e for _, e in runs))
+        self.bar = progress_bar("epochs", True, "epoch", total=sum(e for _, e in runs))
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
     def _count(self) -> int:
-        n = 0
-        for folder, epochs in self.runs:
-            path = folder / "metrics.jsonl"
-            if path.exists():
-                n += min(epochs, max(0, len(path.read_bytes().splitlines()) - 1))
-        return n
+        paths = [(folder / "metrics.jsonl", epochs) for folder, epochs in self.runs]
+        return sum(min(epochs, max(0, len(p.read_bytes().splitlines()) - 1)) for p, epochs in paths if p.exists())
 
     def _loop(self) -> None:
         while not self.done.wait(self.every):

@@ -18,28 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 from .backend import BLAS_THREAD_VARS, tune_allocator
 from .records import config_key, jsonable, write_atomic
 
-SCALES = ("quick", "digits", "cifar")
-
 
 def figure_args(description: str, argv: list[str] | None = None, default_out: str = "figures", *,
                 data: bool = False, sweep: bool = False, extra: Callable[[argparse.ArgumentParser], None] | None = None
                 ) -> argparse.Namespace:
-    """The command line every figure script shares, in one parser (so ``--help`` lists every option):
-
-        --quick --out --seed --backend            every script
-        --cifar PATH                              scripts that train or read images (``data=True``)
-        --executor --scheduler --workers --seeds  scripts whose runs go through the experiment runner (``sweep=True``)
-
-    ``extra(parser)`` adds a script's own options. The result has ``scale``: "quick" (``--quick``), "cifar"
-    (``--cifar PATH``) or "digits" (the papers' architectures on the embedded digits: the default). It also tunes
-    the C allocator (``backend.tune_allocator``), as the ``nablax`` command does.
-    """
+    """The command line every figure script shares, in one parser (so ``--help`` lists every option): ``data=True``
+    adds ``--cifar PATH`` (scripts that train or read images), ``sweep=True`` the experiment runner's options and
+    ``extra(parser)`` a script's own. The result has ``scale``: "quick" (``--quick``), "cifar" (``--cifar PATH``) or
+    "digits" (the papers' architectures on the embedded digits: the default). It also tunes the C allocator
+    (``backend.tune_allocator``), as the ``nablax`` command does."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="a small run that finishes in well under a minute")
     p.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
@@ -123,13 +117,10 @@ def blas_threads(quick: bool) -> Any:
 
 
 def sweep_executor(args: argparse.Namespace) -> Any:
-    """The experiment runner's executor (``nablax.experiments``) for a figure's
-    ``--executor/--scheduler/--workers``: "local", or a Dask cluster (a LocalCluster of ``--workers``
-    single-threaded processes, or the scheduler given)."""
+    """The experiment runner's executor (``nablax.experiments``) for a figure's ``--executor/--scheduler/--workers``:
+    "local", or a Dask cluster (a LocalCluster of ``--workers`` single-threaded processes, or the scheduler given)."""
     if args.executor == "local":
         return "local"
-    import os
-
     from .experiments import DaskExecutor
 
     for var in BLAS_THREAD_VARS:  # one BLAS thread per worker process

@@ -10,13 +10,10 @@ the callbacks (``metrics.training.TrainingCallback``) before and after it.
 
 Per epoch (epoch 0 is the network at θ(0)), written to ``metrics.jsonl`` (one JSON object per epoch) and
 ``arrays.npz`` (per-epoch arrays stacked along axis 0):
-    train_error, train_loss   the whole training set, evaluation batches of the training batch size, batch
-                              statistics (spec §9)
-    gsc                       GSC(L, 0) from ``gsc.bottom`` to the error layer on a fixed training subset of
-                              ``eval_batch`` points, one backward pass (``metrics.gsc.gsc_to_error``): per example
-                              and aggregated by ``gsc_aggregation`` (default the geometric mean; per-example
-                              gradients hold batch statistics constant), or batch-level; the array
-                              ``gsc_positions`` holds GSC(p, 0) at every position
+    train_error, train_loss   over the whole training set (``Trainer.evaluate``; spec §9)
+    gsc                       GSC(L, 0) from ``gsc.bottom`` to the error layer on a fixed subset of ``eval_batch``
+                              training points (``Trainer.gsc``); the array ``gsc_positions`` holds GSC(p, 0) at
+                              every position
     relative_update, bound    per linear layer, averaged over the epoch's steps (``metrics.training.UpdateSizes``)
     residual_opnorm(_rel)     ||W_i(t) - W_i(0)||_2 (and / ||W_i(0)||_2) per linear layer (spec §2.10)
     effective_depth           at the threshold ``ed_eps`` and swept over ``ed_eps_grid``; the array
@@ -47,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy
+from tqdm import tqdm
 
 from .architectures import ARCHITECTURES, build
 from .data import Dataset, batch_slices, load_dataset
@@ -65,12 +63,11 @@ NOT_IN_KEY = ("cifar", "cifar_md5")  # where the data lives (and its expected ch
 
 @dataclass
 class TrainConfig:
-    """Everything that determines a run. Defaults are the spec §9 project protocol (MLPs of 50 blocks of width 100
-    plus an output layer, plain SGD, batch 256, step size /3 on plateaus, at most 500 epochs; the paper's own
-    settings are unknown), on the embedded digits unless ``data="cifar10"``. ``head`` (ResNets: a final norm ->
-    nonlinearity before the output, spec §8.2) defaults to present; ``beta`` scales residual branches (1: the plain
-    ResNet). ``cifar`` is the path of the CIFAR-10 archive and ``cifar_md5`` its expected MD5 (default: the
-    published one; only for test archives); neither is part of the run's key."""
+    """Everything that determines a run. Defaults are the spec §9 project protocol (the paper's own settings are
+    unknown). ``head`` (ResNets: a final norm -> nonlinearity before the output, spec §8.2) defaults to present;
+    ``beta`` scales residual branches (1: the plain ResNet). ``cifar`` is the path of the CIFAR-10 archive and
+    ``cifar_md5`` its expected MD5 (default: the published one; only for test archives); neither is part of the
+    run's key."""
 
     arch: str = "batch-tanh"
     data: str = "digits"
@@ -174,11 +171,9 @@ def _is_a(value: Any, tp: Any) -> bool:
         return value is None or _is_a(value, _optional(tp))
     if typing.get_origin(tp) is list:
         return isinstance(value, (list, tuple)) and all(_is_a(v, typing.get_args(tp)[0]) for v in value)
-    if tp is float:
-        return isinstance(value, (int, float, numpy.integer, numpy.floating)) and not isinstance(value, bool) \
-            and math.isfinite(value)
-    if tp is int:
-        return isinstance(value, (int, numpy.integer)) and not isinstance(value, bool)
+    numbers = {int: (int, numpy.integer), float: (int, float, numpy.integer, numpy.floating)}
+    if tp in numbers:  # a bool is an int to Python, not to a training option
+        return isinstance(value, numbers[tp]) and not isinstance(value, bool) and (tp is int or math.isfinite(value))
     return isinstance(value, tp)
 
 
@@ -221,6 +216,11 @@ def dataset_for(config: TrainConfig) -> Dataset:
     return _dataset(config.data, config.cifar, config.cifar_md5, config.n_train, config.seed, config.dtype)
 
 
+def progress_bar(desc: str, show: bool, unit: str, **kw: Any) -> Any:
+    """A tqdm bar on stderr (``show=False``: a silent one)."""
+    return tqdm(desc=desc, unit=unit, file=sys.stderr, disable=not show, **kw)
+
+
 def default_callbacks(config: TrainConfig) -> list[TrainingCallback]:
     cbs: list[TrainingCallback] = [UpdateSizes(config.update_norm, config.bound_scale)]
     if config.measure_effective_depth:
@@ -238,13 +238,11 @@ class Trainer:
         self.data = data if data is not None else dataset_for(c)
         if self.data.y_train is None:
             raise ValueError(f"data set {self.data.name!r} has no labels to train on")
-        resnet = c.arch.endswith("(ResNet)")
         self.net = build(c.arch, depth=c.depth, width=c.width, in_dim=self.data.in_dim, out_dim=self.data.n_classes,
                          init=c.init, seed=c.seed, dtype=c.dtype, backend=c.backend, norm_affine=c.norm_affine, beta=c.beta,
-                         **({"head": c.head} if resnet else {}))
+                         **({"head": c.head} if c.arch.endswith("(ResNet)") else {}))
         self.params0 = self.net.copy_params()
-        kw = {"momentum": c.momentum} if c.optimizer == "sgd" else {}
-        self.opt = make_optimizer(c.optimizer, c.lr, **kw)
+        self.opt = make_optimizer(c.optimizer, c.lr, **({"momentum": c.momentum} if c.optimizer == "sgd" else {}))
         self.rng = numpy.random.default_rng([c.seed, 1])  # minibatch order; the weights used stream [seed]
         self.loss = SoftmaxCrossEntropy()
         self.callbacks = default_callbacks(c) if callbacks is None else list(callbacks)
@@ -293,11 +291,7 @@ class Trainer:
         return [perm[i:i + bs] for i in range(0, stop, bs) if len(perm[i:i + bs]) > 1]
 
     def train_epoch(self) -> None:
-        from tqdm import tqdm
-
-        batches = self._batches()
-        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}", unit="step", leave=False, file=sys.stderr,
-                   disable=not self.progress)
+        bar = progress_bar(f"epoch {self.epoch + 1}", self.progress, "step", iterable=self._batches(), leave=False)
         for idx in bar:
             e = self.train_step(*self._xy(idx))
             bar.set_postfix(loss=f"{e:.4f}", refresh=False)
@@ -305,12 +299,9 @@ class Trainer:
     def fit(self, epochs: int | None = None, stop_after: int | None = None) -> dict[str, Any] | None:
         """Train up to ``epochs`` (default: the config's). ``stop_after`` stops once that many epochs are done
         (as if the process were killed after that checkpoint). Returns the result when the run finished."""
-        from tqdm import tqdm
-
         epochs = self.config.epochs if epochs is None else epochs
         self._start()
-        bar = tqdm(total=epochs, initial=self.epoch, desc=self.config.arch, unit="epoch", file=sys.stderr,
-                   disable=not self.progress)
+        bar = progress_bar(self.config.arch, self.progress, "epoch", total=epochs, initial=self.epoch)
         while self.epoch < epochs and self.status == "running":
             if stop_after is not None and self.epoch >= stop_after:
                 bar.close()
@@ -360,9 +351,10 @@ class Trainer:
         return wrong / n, total / n
 
     def gsc(self) -> numpy.ndarray:
-        """GSC(p, 0) for every position p on the fixed evaluation subset (NaN where undefined: a non-finite error,
-        or every error exactly 0); per example (batch statistics held constant, examples with an error of exactly 0
-        left out) unless ``gsc_aggregation="batch"``."""
+        """GSC(p, 0) for every position p on the fixed evaluation subset, by one backward pass
+        (``metrics.gsc.gsc_to_error``; NaN where undefined: a non-finite error, or every error exactly 0): per
+        example, aggregated by ``gsc_aggregation`` (default the geometric mean; batch statistics held constant,
+        examples with an error of exactly 0 left out), or batch-level when ``gsc_aggregation="batch"``."""
         x, y = self._xy(self.eval_idx)
         agg = self.config.gsc_aggregation
         tr = self.net.forward(x, train=True, hold_stats=agg != "batch")
@@ -373,11 +365,9 @@ class Trainer:
         return gsc_to_error(tr, len(y) * self.loss.grad(tr.output, y), errors, aggregation=agg).value
 
     def _end_epoch(self, lr: float | None) -> dict[str, Any]:
-        from tqdm import tqdm
-
         n_batches = len(batch_slices(self.data.n_train, self.batch_size))
-        bar = tqdm(total=n_batches + 2 + len(self.callbacks), desc=f"epoch {self.epoch} measurements", unit="step",
-                   leave=False, file=sys.stderr, disable=not self.progress)
+        bar = progress_bar(f"epoch {self.epoch} measurements", self.progress, "step",
+                           total=n_batches + 2 + len(self.callbacks), leave=False)
         bar.set_postfix_str("training error", refresh=False)
         err, loss = self.evaluate(bar=bar)
         if not math.isfinite(loss):
@@ -418,18 +408,16 @@ class Trainer:
 
     def finish(self) -> dict[str, Any]:
         """Taylor experiment, final network and ``result.json``."""
+        c = self.config
         if self.status == "running":
             self.status = "done"
-        result: dict[str, Any] = {"key": self.config.key(), "config": self.config.to_dict(), "status": self.status,
-                                  "epochs": self.epoch, "steps": self.steps, "final": self.history[-1]}
-        if self.config.taylor and self.status == "done":
-            c = self.config
-            xp = self.net.backend.xp
-            t = taylor_errors(self.net, self.params0, xp.asarray(self.data.x_train), xp.asarray(self.data.y_train),
-                              loss=self.loss, batch_size=self.batch_size, block_end=c.taylor_block_end,
-                              bn_stats=c.taylor_bn_stats, top_bn=c.taylor_top_bn)
-            result["taylor"] = {"r": t.r, "k": t.k, "error": t.error, "loss": t.loss,
-                                "error_original": t.error_original, "settings": t.settings}
+        result: dict[str, Any] = {"key": c.key(), "config": c.to_dict(), "status": self.status, "epochs": self.epoch,
+                                  "steps": self.steps, "final": self.history[-1]}
+        if c.taylor and self.status == "done":
+            t = taylor_errors(self.net, self.params0, *self._xy(slice(None)), loss=self.loss,
+                              batch_size=self.batch_size, block_end=c.taylor_block_end, bn_stats=c.taylor_bn_stats,
+                              top_bn=c.taylor_top_bn)
+            result["taylor"] = {k: getattr(t, k) for k in ("r", "k", "error", "loss", "error_original", "settings")}
         ed = next((cb for cb in self.callbacks if isinstance(cb, EffectiveDepth)), None)
         if ed is not None:
             result["effective_depth_settings"] = ed.settings()
