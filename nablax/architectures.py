@@ -152,8 +152,7 @@ def _ge_mlp(b: _Builder, norm: str | None, act: str, depth: int, width: int, in_
     if init == "looks_linear":
         weights = inits.orthogonal_state(in_dim, width, depth, out_dim, b.rng, method)
     else:
-        dims = [in_dim] + [width] * depth
-        weights = [_ge_weight(b, dims[i], dims[i + 1], act, init, method) for i in range(depth)]
+        weights = [_ge_weight(b, d, width, act, init, method) for d in [in_dim] + [width] * (depth - 1)]
         if out_dim is not None:
             weights.append(_ge_weight(b, width, out_dim, "linear", init, method))
     layers: list[Layer] = []

@@ -45,13 +45,9 @@ CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_FOLDER = "cifar-10-batches-py"
 # published per-file checksums of the extracted archive (as listed by torchvision's CIFAR10 dataset)
 CIFAR10_FILE_MD5 = {
-    "data_batch_1": "c99cafc152244af753f735de768cd75f",
-    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
-    "data_batch_4": "634d18415352ddfa80567beed471001a",
-    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
-    "test_batch": "40351d587109b95175f43aff81a1287e",
-}
+    "data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e"}
 CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR10_TEST = ["test_batch"]
 DATA_SOURCES = ("digits", "cifar10", "gaussian", "grid")
@@ -97,8 +93,7 @@ class Dataset:
 
 def standardize_features(x_train: numpy.ndarray, *others: numpy.ndarray | None) -> list[numpy.ndarray | None]:
     """Each feature standardised with the training set's mean and (population) std; returns train and others."""
-    mean = x_train.mean(axis=0)
-    std = x_train.std(axis=0)
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
     std = numpy.where(std > 0, std, 1.0)
     return [None if a is None else (a - mean) / std for a in (x_train, *others)]
 
