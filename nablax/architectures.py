@@ -323,8 +323,9 @@ def _stage_plan(n: int, stages: int, c: int) -> list[tuple[int, int, int]]:
     for s in range(stages):
         for j in range(n // stages + (s < n % stages)):
             down = s > 0 and j == 0
-            plan.append((c, 2 * c if down else c, 2 if down else 1))
-            c = plan[-1][1]
+            c_out = 2 * c if down else c
+            plan.append((c, c_out, 2 if down else 1))
+            c = c_out
     return plan
 
 
@@ -362,9 +363,9 @@ def convnet(name: str, depth: int, width: int | None = None, in_shape: tuple[int
 
     def conv(c_out: int, c_in: int, stride: int = 1, size: int = k, on_crelu: bool = False) -> Conv2d:
         """A conv without bias; ``on_crelu``: its input is CReLU output (2 c_in channels, mirrored in crelu-ll)."""
-        halves = [_conv_kernel(b, c_out, c_in, size, scheme, conv_orth, gain, orth_method)
-                  for _ in range(2 if on_crelu and kind == "crelu-unmirrored" else 1)]
-        kernel = numpy.concatenate(halves, axis=1)
+        drawn = [_conv_kernel(b, c_out, c_in, size, scheme, conv_orth, gain, orth_method)  # unmirrored: two halves
+                 for _ in range(2 if on_crelu and kind == "crelu-unmirrored" else 1)]
+        kernel = numpy.concatenate(drawn, axis=1)
         if on_crelu and kind == "crelu-ll":
             kernel = inits.looks_linear_kernel(kernel)
         return Conv2d(b.array(kernel), None, stride, size // 2)
