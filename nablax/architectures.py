@@ -90,19 +90,15 @@ class _Builder:
 
 
 def _parse_ge(name: str) -> tuple[str | None, str, bool]:
-    """(norm kind, nonlinearity, is_resnet) for a gradients-explode name."""
+    """(norm kind, nonlinearity, is_resnet) for a gradients-explode name; any other name is unknown."""
     resnet = name.endswith(" (ResNet)")
     base = name[: -len(" (ResNet)")] if resnet else name
     if base == "SeLU wide":
         return None, "SeLU", resnet
     norm, _, act = base.rpartition("-")
     if norm not in NORMS or act not in NONLINEARITIES:
-        raise KeyError(name)
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
     return NORMS[norm], act, resnet
-
-
-def _unknown(name: str) -> ValueError:
-    return ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
 
 
 def build(name: str, depth: int = 50, width: int | None = None, in_dim: int | None = None, out_dim: int | None = None,
@@ -131,10 +127,7 @@ def build(name: str, depth: int = 50, width: int | None = None, in_dim: int | No
         out_dim = 1 if out_dim is None else out_dim
         layers = _SG_BUILDERS[name](b, depth, width, in_dim, out_dim, beta, bias_std, orth_method)
     else:
-        try:
-            norm, act, resnet = _parse_ge(name)
-        except KeyError:
-            raise _unknown(name) from None
+        norm, act, resnet = _parse_ge(name)
         width = (SELU_WIDE_WIDTH if name.startswith("SeLU wide") else 100) if width is None else width
         in_dim = width if in_dim is None else in_dim
         if init == "looks_linear" and act != "ReLU":
@@ -159,8 +152,7 @@ def _ge_mlp(b: _Builder, norm: str | None, act: str, depth: int, width: int, in_
     if init == "looks_linear":
         weights = inits.orthogonal_state(in_dim, width, depth, out_dim, b.rng, method)
     else:
-        dims = [in_dim] + [width] * depth
-        weights = [_ge_weight(b, dims[i], dims[i + 1], act, init, method) for i in range(depth)]
+        weights = [_ge_weight(b, d, width, act, init, method) for d in [in_dim] + [width] * (depth - 1)]
         if out_dim is not None:
             weights.append(_ge_weight(b, width, out_dim, "linear", init, method))
     layers: list[Layer] = []
@@ -210,15 +202,13 @@ def _sg_one_layer(b, depth, width, in_dim, out_dim, beta, bias_std, method):
 
 def _sg_fnn(b, depth, width, in_dim, out_dim, beta, bias_std, method, *, bn: bool, bias: bool):
     layers: list[Layer] = []
-    d = in_dim
-    for _ in range(depth):
+    for d in [in_dim] + [width] * (depth - 1):
         if bias:  # the no-BN ablation: Glorot weights, biases N(0, 1/N)
             w = b.rng.standard_normal((d, width)) * numpy.sqrt(2.0 / (d + width))
             layers.append(b.dense(w, b.rng.standard_normal(width) * numpy.sqrt(1.0 / width)))
         else:
             layers.append(b.he(d, width))
         layers += [*b.norm("batch" if bn else None, width), ReLU()]
-        d = width
     layers.append(b.he(width, out_dim, 1.0))
     return layers
 
@@ -270,10 +260,8 @@ def _sg_crelu_ll(b, depth, width, in_dim, out_dim, beta, bias_std, method):
 
 def _sg_prelu_ll(b, depth, width, in_dim, out_dim, beta, bias_std, method):
     layers: list[Layer] = []
-    d = in_dim
-    for _ in range(depth):
+    for d in [in_dim] + [width] * (depth - 1):
         layers += [b.dense(inits.orthogonal(d, width, b.rng, 1.0, method)), PReLU(b.array(numpy.ones(width)))]
-        d = width
     layers.append(b.dense(inits.orthogonal(width, out_dim, b.rng, 1.0, method)))
     return layers
 
@@ -296,8 +284,7 @@ _SG_BUILDERS: dict[str, Callable[..., list[Layer]]] = {
 
 # === convnets (shattered-gradients spec §6.5, §7, §8) =====================================================
 #
-# Names (image input, ``in_dim`` = the image shape (C, H, W), default (3, 32, 32), or a number of features for flat
-# data, see ``_build_convnet``; ``out_dim`` = classes, default 10):
+# Names (image input (C, H, W), default (3, 32, 32), or flat: ``_build_convnet``; ``out_dim`` = classes, default 10):
 #   §7, one stage of constant width (default 64), 3x3 convs, stride 1, "same" padding:
 #     "conv-fnn"               [conv -> BN -> ReLU] x (depth - 1), global average pool, Dense
 #     "conv-resnet"            stem conv, (depth - 2) / 2 pre-activation blocks
@@ -311,8 +298,7 @@ _SG_BUILDERS: dict[str, Callable[..., list[Layer]]] = {
 # Depth counts weight layers as He et al. (2016) do: the convs of the main path plus the linear head (so "2" is
 # one conv and a Dense, and the §8 depths 14, 26, 50, 98, 198 are 6n + 2 with n blocks per stage); projection
 # skips are not counted. This counting and every layout detail are project choices (spec §7 "Open").
-# The paper's convnet resnets use beta = 0.1: pass it (build's default beta is 1). ``convnet()`` exposes every
-# option (stages, kernel construction, BN on/off, kernel size).
+# The paper's convnet resnets use beta = 0.1: pass it (build's default beta is 1).
 
 _CONV_KINDS = {"conv-fnn": ("relu", 1), "conv-resnet": ("resnet", 1), "conv-crelu-ll": ("crelu-ll", 3),
                "conv-crelu-unmirrored": ("crelu-unmirrored", 3), "conv-relu": ("relu", 3),
@@ -330,8 +316,17 @@ def _conv_kernel(b: _Builder, c_out: int, c_in: int, k: int, scheme: str, conv_o
     return inits.flat_orthogonal(c_out, c_in, k, b.rng, gain, method)
 
 
-def _stage_counts(n: int, stages: int) -> list[int]:
-    return [n // stages + (i < n % stages) for i in range(stages)]
+def _stage_plan(n: int, stages: int, c: int) -> list[tuple[int, int, int]]:
+    """(c_in, c_out, stride) of n units spread evenly over ``stages`` stages that start at width c; the first unit
+    of each later stage doubles the width with stride 2."""
+    plan = []
+    for s in range(stages):
+        for j in range(n // stages + (s < n % stages)):
+            down = s > 0 and j == 0
+            c_out = 2 * c if down else c
+            plan.append((c, c_out, 2 if down else 1))
+            c = c_out
+    return plan
 
 
 def convnet(name: str, depth: int, width: int | None = None, in_shape: tuple[int, int, int] | None = None,
@@ -368,13 +363,11 @@ def convnet(name: str, depth: int, width: int | None = None, in_shape: tuple[int
 
     def conv(c_out: int, c_in: int, stride: int = 1, size: int = k, on_crelu: bool = False) -> Conv2d:
         """A conv without bias; ``on_crelu``: its input is CReLU output (2 c_in channels, mirrored in crelu-ll)."""
+        drawn = [_conv_kernel(b, c_out, c_in, size, scheme, conv_orth, gain, orth_method)  # unmirrored: two halves
+                 for _ in range(2 if on_crelu and kind == "crelu-unmirrored" else 1)]
+        kernel = numpy.concatenate(drawn, axis=1)
         if on_crelu and kind == "crelu-ll":
-            kernel = inits.looks_linear_kernel(_conv_kernel(b, c_out, c_in, size, scheme, conv_orth, gain, orth_method))
-        elif on_crelu:
-            halves = [_conv_kernel(b, c_out, c_in, size, scheme, conv_orth, gain, orth_method) for _ in range(2)]
-            kernel = numpy.concatenate(halves, axis=1)
-        else:
-            kernel = _conv_kernel(b, c_out, c_in, size, scheme, conv_orth, gain, orth_method)
+            kernel = inits.looks_linear_kernel(kernel)
         return Conv2d(b.array(kernel), None, stride, size // 2)
 
     def norm(c: int) -> list[Layer]:
@@ -385,24 +378,14 @@ def convnet(name: str, depth: int, width: int | None = None, in_shape: tuple[int
     layers: list[Layer] = [conv(width, in_shape[0])]
     c = width
     if kind == "resnet":
-        for s, n_blocks in enumerate(_stage_counts((depth - 2) // 2, stages)):
-            for j in range(n_blocks):
-                down = s > 0 and j == 0
-                c_out = 2 * c if down else c
-                branch = (norm(c) + [ReLU(), conv(c_out, c, 2 if down else 1)]
-                          + norm(c_out) + [ReLU(), conv(c_out, c_out)])
-                skip = conv(c_out, c, 2, size=1) if down else None
-                layers.append(Residual(branch, skip=skip, beta=beta))
-                c = c_out
+        for c_in, c, stride in _stage_plan((depth - 2) // 2, stages, width):
+            branch = norm(c_in) + [ReLU(), conv(c, c_in, stride)] + norm(c) + [ReLU(), conv(c, c)]
+            layers.append(Residual(branch, skip=conv(c, c_in, 2, size=1) if stride == 2 else None, beta=beta))
         layers += norm(c) + [ReLU()]
     else:
         layers += norm(c) + [act()]
-        for s, n_convs in enumerate(_stage_counts(depth - 2, stages)):
-            for j in range(n_convs):
-                down = s > 0 and j == 0
-                c_out = 2 * c if down else c
-                layers += [conv(c_out, c, 2 if down else 1, on_crelu=crelu)] + norm(c_out) + [act()]
-                c = c_out
+        for c_in, c, stride in _stage_plan(depth - 2, stages, width):
+            layers += [conv(c, c_in, stride, on_crelu=crelu)] + norm(c) + [act()]
     layers.append(GlobalAvgPool())
     if kind == "crelu-ll":
         w = inits.looks_linear(inits.orthogonal(c, n_classes, b.rng, 1.0, orth_method))

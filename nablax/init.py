@@ -1,13 +1,7 @@
-"""Weight initialisations. Every function takes an explicit ``numpy.random.Generator`` and returns NumPy arrays
-in the row convention of ``Dense`` (W has shape (d_in, d_out), y = x W), unless it says otherwise.
-
-    gaussian           W_ij ~ N(0, gain / d_in)                    gain 2 for ReLU nets (He), 1 otherwise
-    orthogonal         W^T has orthonormal rows (d_out <= d_in) or columns (d_out > d_in), times sqrt(gain)
-    looks_linear       the CReLU mirror [W; -W] of a base matrix, so that W_LL^T [relu(z); relu(-z)] = W^T z
-    orthogonal_state   the orthogonal initial state of ReLU nets (gradients-explode spec §7): every weight is a
-                       mirrored orthogonal matrix and the network is the linear map A U_D ... U_2 V at initialisation
-    delta_orthogonal   a conv kernel whose centre tap is orthogonal and whose other taps are 0
-    looks_linear_kernel  the CReLU channel mirror concat([K, -K], in_channels) of a conv kernel K
+"""Weight initialisations: Gaussian, orthogonal, looks-linear (CReLU mirrors), the orthogonal initial state of ReLU
+nets, and conv kernels (delta- and flat-orthogonal, looks-linear). Every function takes an explicit
+``numpy.random.Generator`` and returns NumPy arrays in the row convention of ``Dense`` (W has shape (d_in, d_out),
+y = x W), unless it says otherwise.
 """
 
 from __future__ import annotations
@@ -23,7 +17,7 @@ def as_rng(seed: int | numpy.random.Generator | None) -> numpy.random.Generator:
 
 
 def gaussian(d_in: int, d_out: int, rng: numpy.random.Generator, gain: float = 1.0) -> numpy.ndarray:
-    """W (d_in, d_out) with i.i.d. N(0, gain / d_in) entries (fan-in variance)."""
+    """W (d_in, d_out) with i.i.d. N(0, gain / d_in) entries (fan-in variance; gain 2 for ReLU nets (He), else 1)."""
     return rng.standard_normal((d_in, d_out)) * numpy.sqrt(gain / d_in)
 
 
@@ -52,15 +46,13 @@ def orthogonal(d_in: int, d_out: int, rng: numpy.random.Generator, gain: float =
 
 def looks_linear(base: numpy.ndarray) -> numpy.ndarray:
     """Row-convention LL weight for a CReLU input: base (n, m) acting on z in R^n gives (2n, m) = [base; -base].
-
-    Then ``CReLU(z) @ W_LL = relu(z) @ base - relu(-z) @ base = z @ base`` exactly.
-    """
+    Then ``CReLU(z) @ W_LL = relu(z) @ base - relu(-z) @ base = z @ base`` exactly."""
     return numpy.concatenate([base, -base], axis=0)
 
 
 def orthogonal_state(d0: int, width: int, depth: int, d_out: int | None, rng: numpy.random.Generator,
                      method: str = "qr") -> list[numpy.ndarray]:
-    """Weights (row convention) of the orthogonal initial state for a ReLU MLP of even ``width`` = 2m.
+    """Weights of the orthogonal initial state (gradients-explode spec §7) of a ReLU MLP of even ``width`` = 2m.
 
     Column convention, as in the spec: first layer [V; -V] (2m x d0) with V a partial isometry; hidden layers
     [[U, -U], [-U, U]] with U orthogonal m x m; output [A, -A] with A (d_out x m) having orthonormal rows.

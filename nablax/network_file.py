@@ -27,11 +27,9 @@ def save(net: Any, path: str | Path) -> Path:
     specs = [_layer_spec(layer, f"layers.{i}", arrays, net.backend) for i, layer in enumerate(net.layers)]
     header = {"name": net.name, "in_shape": list(net.in_shape), "dtype": str(net.dtype),
               "meta": net.meta, "layers": specs}
-    arrays["__format__"] = numpy.array(FILE_FORMAT)
-    arrays["__version__"] = numpy.array(FILE_VERSION)
-    arrays["__network__"] = numpy.array(json.dumps(header))
     with open(path, "wb") as fh:
-        numpy.savez(fh, **arrays)
+        numpy.savez(fh, **arrays, __format__=numpy.array(FILE_FORMAT), __version__=numpy.array(FILE_VERSION),
+                    __network__=numpy.array(json.dumps(header)))
     return path
 
 

@@ -5,13 +5,12 @@
     Adam      m <- b1 m + (1 - b1) g;     s <- b2 s + (1 - b2) g^2
               p <- p - lr (m / (1 - b1^t)) / (sqrt(s / (1 - b2^t)) + eps)
 
-Each rule's ``direction`` is its step before the learning rate, and its ``linearised_update`` says how a step
-splits when the gradient is a sum of parts g = Σ_λ Γ[λ] (the λ-split of effective depth, spec §5): the parts
-U[λ] of the step it has just taken, with Σ_λ U[λ] = the step. Exact for SGD with or without momentum (the rule is
-linear in g); for RMSprop and Adam linear in g with the preconditioner sqrt(s) held at its value after the step.
-``step`` applies p -= lr * direction (in one pass through ``kernels.subtract_scaled`` where Numba takes p: no
-temporary for lr * direction; for plain SGD the direction is g itself). ``state_dict()`` / ``load_state_dict()``
-copy the buffers out and in so training can be checkpointed and resumed exactly.
+Each rule's ``direction`` is its step before the learning rate, and its ``linearised_update`` splits the step it
+has just taken, Σ_λ U[λ], when the gradient is a sum of parts g = Σ_λ Γ[λ] (the λ-split of effective depth, spec
+§5). Exact for SGD with or without momentum (the rule is linear in g); for RMSprop and Adam linear in g with the
+preconditioner sqrt(s) held at its value after the step. ``step`` applies p -= lr * direction (in one pass through
+``kernels.subtract_scaled`` where Numba takes p: no temporary for lr * direction). ``state_dict()`` /
+``load_state_dict()`` copy the buffers out and in so training can be checkpointed and resumed exactly.
 """
 
 from __future__ import annotations
