@@ -14,8 +14,7 @@ x-coordinates (spec §1.3; ``Network.positions()`` holds them per position):
     n_lin(p)   linear layers among layers 1..p   (compositional depth; GSC panels plot gsc(p, output) at n_lin(p))
     n_act(p)   nonlinearity layers among 1..p    (the index j of the last nonlinearity reached)
 Positions that share n_lin stack at the same x (after a linear layer, after its norm, after its nonlinearity),
-which is the staircase of the paper's Fig. 1A batch-ReLU curve (Reconstruction). ``select_positions`` gives
-the plot options: all positions (default), block ends, right after linear layers, the residual stream.
+which is the staircase of the paper's Fig. 1A batch-ReLU curve (Reconstruction).
 
 Reference and bottom positions (spec §13, both Open):
     gsc.reference   "last_block" (default): output of the last block, i.e. after the last nonlinearity
@@ -31,6 +30,7 @@ from typing import Any
 import numpy
 
 from ..network import Network, Position
+from . import check_choice
 
 SELECTIONS = ("all", "block_ends", "after_linear", "stream")
 REFERENCES = ("last_block", "last_linear", "output")
@@ -40,12 +40,10 @@ BOTTOMS = ("linear1", "input")
 def paper_index(p: int, n_layers: int) -> int:
     """Forward position p  <->  paper layer index l = P + 1 - p (P = ``n_layers``; its own inverse).
 
-    p = 0 (input) is l = P + 1, p = P (output) is l = 1, p = P + 1 (the error) is l = 0.
-
     Parameters
     ----------
     p : int
-        A forward position in 0..P + 1 (or a paper index l: the map is its own inverse).
+        A forward position in 0..P + 1 (or a paper index l).
     n_layers : int
         P, the network's top-level layer count.
 
@@ -66,22 +64,19 @@ def _grew(positions: list[Position], attr: str) -> list[int]:
 def select_positions(network: Network, which: str = "all") -> list[int]:
     """Forward positions to plot (spec §1.3), always including the input (position 0).
 
-    "all"           every position (default)
-    "block_ends"    after each nonlinearity (MLP blocks; for ResNets the blocks, which contain them)
-    "after_linear"  right after each layer that contains a linear layer
-    "stream"        the residual stream: the input, each block's input and each block's output
-                    (a network without residual blocks: every position)
-
     Parameters
     ----------
     which : str
-        One of ``SELECTIONS``, above.
+        "all" (default): every position;  "block_ends": after each nonlinearity (MLP blocks; for ResNets the blocks,
+        which contain them);  "after_linear": right after each layer that contains a linear layer;  "stream": the
+        residual stream: the input, each block's input and output (without residual blocks: every position).
 
     Returns
     -------
     list of int
         Forward positions, ascending.
     """
+    check_choice("which", which, SELECTIONS)
     pos = network.positions()
     if which == "all":
         return [q.index for q in pos]
@@ -89,12 +84,8 @@ def select_positions(network: Network, which: str = "all") -> list[int]:
         return [0] + _grew(pos, "n_act")
     if which == "after_linear":
         return [0] + _grew(pos, "n_lin")
-    if which == "stream":
-        blocks = [q.index for q in pos if q.kind == "residual"]
-        if not blocks:
-            return [q.index for q in pos]
-        return sorted({0} | set(blocks) | {p - 1 for p in blocks})
-    raise ValueError(f"which must be one of {SELECTIONS}, got {which!r}")
+    blocks = [q.index for q in pos if q.kind == "residual"]  # "stream"
+    return sorted({0} | set(blocks) | {p - 1 for p in blocks}) if blocks else [q.index for q in pos]
 
 
 def reference_position(network: Network, reference: str = "last_block") -> int:
@@ -110,11 +101,10 @@ def reference_position(network: Network, reference: str = "last_block") -> int:
     int
         A forward position.
     """
+    check_choice("reference", reference, REFERENCES)
     pos = network.positions()
     if reference == "output":
         return len(pos) - 1
-    if reference not in REFERENCES:
-        raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
     grew = _grew(pos, "n_act" if reference == "last_block" else "n_lin")
     if not grew:
         what = "nonlinearity" if reference == "last_block" else "linear layer"
@@ -135,10 +125,9 @@ def bottom_position(network: Network, bottom: str = "linear1") -> int:
     int
         A forward position.
     """
+    check_choice("bottom", bottom, BOTTOMS)
     if bottom == "input":
         return 0
-    if bottom != "linear1":
-        raise ValueError(f"bottom must be one of {BOTTOMS}, got {bottom!r}")
     grew = _grew(network.positions(), "n_lin")
     if not grew:
         raise ValueError("the network has no linear layer")

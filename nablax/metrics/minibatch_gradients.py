@@ -30,6 +30,7 @@ import numpy
 from ..backend import array_module
 from ..layers.base import Mode
 from ..network import Network
+from . import check_choice
 from .jacobian import bottom_position
 
 GRAD_TARGETS = ("first_layer_activations", "input", "first_layer_weights")
@@ -60,12 +61,10 @@ def per_example_gradients(net: Network, x: Any, labels: Any = None, *, loss: Any
     g : numpy.ndarray (M, D)
         Row m is g_m, flattened.
     """
-    if target not in GRAD_TARGETS:
-        raise ValueError(f"target must be one of {GRAD_TARGETS}, got {target!r}")
+    check_choice("target", target, GRAD_TARGETS)
     if isinstance(loss, str) and loss != "logit":
         raise ValueError(f"loss must be a loss object or 'logit', got {loss!r}")
-    if bn not in BN_MODES:
-        raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
+    check_choice("bn", bn, BN_MODES)
     tr = net.forward(x, train=True, hold_stats=(bn == "hold"))
     xp, out = tr.xp, tr.output
     m = out.shape[0]
@@ -112,17 +111,14 @@ def gram_image(g: numpy.ndarray, *, centred: bool = True, normalise: str = "mean
     ----------
     g : array (M, D)
         Per-example gradients (``per_example_gradients``).
-    centred : bool
-        Subtract the mean row first (default).
-    normalise : str
-        "mean_diag" (default) or "cosine".
+    centred, normalise : bool, str
+        Subtract the mean row first (default); "mean_diag" (default) or "cosine".
 
     Returns
     -------
     numpy.ndarray (M, M)
     """
-    if normalise not in GRAM_NORMS:
-        raise ValueError(f"normalise must be one of {GRAM_NORMS}, got {normalise!r}")
+    check_choice("normalise", normalise, GRAM_NORMS)
     g = _centred(g, centred)
     gram = g @ g.T
     diag = numpy.diag(gram).copy()
@@ -178,22 +174,18 @@ def relative_effective_rank(g: numpy.ndarray, *, reference: str = "gaussian", ce
                             seed: int = 0) -> float:
     """erank(g) / erank(i.i.d. N(0, 1) matrix of g's shape, centred alike) (about 1 for white noise), or erank / M.
 
-    The Gaussian reference is one draw with ``seed``; its erank concentrates tightly around its mean.
-
     Parameters
     ----------
     g : array (M, D)
-    reference : str
-        "gaussian" (default) or "M".
-    seed : int
-        The Gaussian reference's seed.
+    reference, seed : str, int
+        "gaussian" (default) or "M"; the seed of the Gaussian reference, one draw (its erank concentrates tightly
+        around its mean).
 
     Returns
     -------
     float
     """
-    if reference not in ERANK_REFERENCES:
-        raise ValueError(f"reference must be one of {ERANK_REFERENCES}, got {reference!r}")
+    check_choice("reference", reference, ERANK_REFERENCES)
     er = effective_rank(g, centred=centred)
     if reference == "M":
         return er / g.shape[0]

@@ -38,6 +38,7 @@ import numpy
 from ..data import batch_slices
 from ..layers.base import Array, Mode, forward_chain, param_jvp_chain
 from ..network import Network
+from . import check_choice
 
 BLOCK_ENDS = ("linear_output", "after_activation")
 BN_STATS = ("batch_differentiated", "batch_constant")
@@ -77,17 +78,12 @@ def cut_positions(net: Network, block_end: str = "linear_output", include_output
     list of int
         Forward positions, ascending.
     """
-    if block_end not in BLOCK_ENDS:
-        raise ValueError(f"block_end must be one of {BLOCK_ENDS}, got {block_end!r}")
+    check_choice("block_end", block_end, BLOCK_ENDS)
     linear = [i for i, layer in enumerate(net.layers) if layer.n_linear > 0]
-    if block_end == "linear_output":
-        cuts = [i + 1 for i in linear]
-    else:
-        cuts = linear[1:] + [len(net.layers)]
+    cuts = [i + 1 for i in linear] if block_end == "linear_output" else linear[1:] + [len(net.layers)]
     if not include_output:
-        total = net.n_linear
         pos = net.positions()
-        cuts = [p for p in cuts if pos[p].n_lin < total]
+        cuts = [p for p in cuts if pos[p].n_lin < net.n_linear]
     return cuts
 
 
@@ -120,10 +116,8 @@ def taylor_outputs(net: Network, expansion_point: dict[str, Array], x: Array, cu
     dict of int to array (B, d_out)
         The output for each cut position.
     """
-    if bn_stats not in BN_STATS:
-        raise ValueError(f"bn_stats must be one of {BN_STATS}, got {bn_stats!r}")
-    if top_bn not in TOP_BN:
-        raise ValueError(f"top_bn must be one of {TOP_BN}, got {top_bn!r}")
+    check_choice("bn_stats", bn_stats, BN_STATS)
+    check_choice("top_bn", top_bn, TOP_BN)
     if not cuts:
         return {}
     theta = net.copy_params()
