@@ -21,8 +21,8 @@ Across a ResNet (Reconstruction): if the stream energy grows linearly, k_b^2 ~ b
 prod_b sqrt( (b + r_b^2) / (b + 1) ), polynomial in depth (``DilutionResult.telescoped``).
 
 All three Jacobian norms and the cross term come from ONE set of cotangent seeds pulled back through the skip
-and the branch separately: identity seeds (exact) or Gaussian probes (Hutchinson, with standard errors), as
-``gsc.gsc_to`` chooses (``method="auto"``: exact unless the branch couples samples and B * d > exact_limit).
+and the branch separately: identity seeds (exact) or Gaussian probes (Hutchinson, with standard errors), chosen as
+in ``gsc.gsc_to``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import numpy
 
 from ..backend import backend_of
 from ..network import DEFAULT_MAX_ELEMENTS, Trace
+from . import check_choice
 from .gsc import DEFAULT_EXACT_LIMIT, METHODS, gsc_to
 
 
@@ -43,12 +44,8 @@ def pythagorean_gsc(k: float, r: float, gsc_skip: float = 1.0) -> float:
 
     Parameters
     ----------
-    k : float
-        The block's k-dilution ||S||_F / ||R||_F.
-    r : float
-        GSC of the residual function, GSC_rho.
-    gsc_skip : float
-        GSC of the skip, GSC_s (1 for an identity skip).
+    k, r, gsc_skip : float
+        The block's k-dilution ||S||_F / ||R||_F, GSC_rho, and GSC_s (1 for an identity skip).
 
     Returns
     -------
@@ -139,21 +136,16 @@ def block_dilution(trace: Trace, p: int, *, method: str = "auto", n_probes: int 
         A forward pass of a batch X (B, d).
     p : int
         The forward position of the block's output (its input is p - 1).
-    method : str
-        "auto" (default), "exact" or "hutchinson", as ``gsc.gsc_to`` chooses.
+    method, rng, exact_limit
+        As in ``gsc.gsc_to`` ("auto": exact unless the block couples samples and B * d > exact_limit).
     n_probes : int
         Gaussian probes for "hutchinson".
-    rng : numpy.random.Generator or seed, optional
-        The probes' source.
-    exact_limit : int
-        Seeds (B * d) above which "auto" estimates the norms of a block that couples samples.
 
     Returns
     -------
     BlockDilution
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_choice("method", method, METHODS)
     layer = trace.network.layers[p - 1]
     if not hasattr(layer, "vjp_parts"):
         raise ValueError(f"position {p} is the output of a {layer.kind} layer, not of a residual block")
@@ -191,14 +183,13 @@ def block_dilution(trace: Trace, p: int, *, method: str = "auto", n_probes: int 
 
 
 def dilution(trace: Trace, **kw: Any) -> DilutionResult:
-    """``block_dilution`` for every residual block of the network, in forward order, and the end-to-end checks.
+    """``block_dilution`` for every residual block of the network, in forward order, and the end-to-end checks;
+    ``**kw`` as in ``block_dilution`` (the method's keywords also reach the end-to-end ``gsc.gsc_to``).
 
     Parameters
     ----------
     trace : Trace
         A forward pass through a network with residual blocks.
-    **kw
-        As in ``block_dilution`` (the method's keywords also reach the end-to-end ``gsc.gsc_to``).
 
     Returns
     -------
