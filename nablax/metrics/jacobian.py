@@ -38,19 +38,8 @@ BOTTOMS = ("linear1", "input")
 
 
 def paper_index(p: int, n_layers: int) -> int:
-    """Forward position p  <->  paper layer index l = P + 1 - p (P = ``n_layers``; its own inverse).
-
-    Parameters
-    ----------
-    p : int
-        A forward position in 0..P + 1 (or a paper index l).
-    n_layers : int
-        P, the network's top-level layer count.
-
-    Returns
-    -------
-    int
-    """
+    """Forward position p in 0..P + 1  <->  paper layer index l = P + 1 - p, with P = ``n_layers`` the network's
+    top-level layer count; the map is its own inverse (p may be a paper index l)."""
     if not 0 <= p <= n_layers + 1:
         raise IndexError(f"position {p} is outside 0..{n_layers + 1} (P + 1 is the error layer)")
     return n_layers + 1 - p
@@ -62,19 +51,13 @@ def _grew(positions: list[Position], attr: str) -> list[int]:
 
 
 def select_positions(network: Network, which: str = "all") -> list[int]:
-    """Forward positions to plot (spec §1.3), always including the input (position 0).
+    """Forward positions to plot (spec §1.3), ascending, always including the input (position 0):
 
-    Parameters
-    ----------
-    which : str
-        "all" (default): every position;  "block_ends": after each nonlinearity (MLP blocks; for ResNets the blocks,
-        which contain them);  "after_linear": right after each layer that contains a linear layer;  "stream": the
-        residual stream: the input, each block's input and output (without residual blocks: every position).
-
-    Returns
-    -------
-    list of int
-        Forward positions, ascending.
+    "all"           every position (default)
+    "block_ends"    after each nonlinearity (MLP blocks; for ResNets the blocks, which contain them)
+    "after_linear"  right after each layer that contains a linear layer
+    "stream"        the residual stream: the input, each block's input and each block's output
+                    (a network without residual blocks: every position)
     """
     check_choice("which", which, SELECTIONS)
     pos = network.positions()
@@ -89,18 +72,8 @@ def select_positions(network: Network, which: str = "all") -> list[int]:
 
 
 def reference_position(network: Network, reference: str = "last_block") -> int:
-    """The position GSCs are measured to in the random-initialisation figures (option ``gsc.reference``).
-
-    Parameters
-    ----------
-    reference : str
-        One of ``REFERENCES`` (module docstring).
-
-    Returns
-    -------
-    int
-        A forward position.
-    """
+    """The forward position GSCs are measured to in the random-initialisation figures (option ``gsc.reference``:
+    one of ``REFERENCES``, module docstring)."""
     check_choice("reference", reference, REFERENCES)
     pos = network.positions()
     if reference == "output":
@@ -113,18 +86,8 @@ def reference_position(network: Network, reference: str = "last_block") -> int:
 
 
 def bottom_position(network: Network, bottom: str = "linear1") -> int:
-    """The lower end of GSC(L, 0) (option ``gsc.bottom``): the output of linear layer 1, or the input.
-
-    Parameters
-    ----------
-    bottom : str
-        "linear1" (default) or "input".
-
-    Returns
-    -------
-    int
-        A forward position.
-    """
+    """The forward position of the lower end of GSC(L, 0) (option ``gsc.bottom``): the output of linear layer 1
+    (``"linear1"``, default) or the input (``"input"``, 0)."""
     check_choice("bottom", bottom, BOTTOMS)
     if bottom == "input":
         return 0
@@ -135,19 +98,8 @@ def bottom_position(network: Network, bottom: str = "linear1") -> int:
 
 
 def x_coordinates(network: Network, positions: Any, axis: str = "n_lin") -> numpy.ndarray:
-    """The x-coordinate of each forward position.
-
-    Parameters
-    ----------
-    positions : sequence of int (n,)
-        Forward positions.
-    axis : str
-        ``"n_lin"`` (compositional depth), ``"n_act"``, or ``"paper"`` (the backward-counted index l = P + 1 - p).
-
-    Returns
-    -------
-    numpy.ndarray (n,) of int
-    """
+    """The x-coordinate of each of the n forward ``positions``, an int array (n,): ``axis`` "n_lin" (compositional
+    depth, default), "n_act", or "paper" (the backward-counted index l = P + 1 - p)."""
     pos = network.positions()
     if axis == "paper":
         return numpy.array([paper_index(int(p), len(network.layers)) for p in positions])

@@ -42,22 +42,10 @@ class UndefinedACF(ValueError):
 # --- the grid and the derivative on it -----------------------------------------------------------------------
 def grid(m: int = GRID_SIZE, kind: str = "linspace", net: Network | None = None, lo: float = -2.0,
          hi: float = 2.0) -> Any:
-    """M 1-D inputs on [lo, hi] as a batch (M, 1), on ``net``'s backend and dtype (spec §2.2; spacing Open).
+    """M = ``m`` 1-D inputs on [lo, hi] as a batch (M, 1) on ``net``'s backend and dtype (default: NumPy, float64).
 
-    Parameters
-    ----------
-    m : int
-        M, the number of points.
-    kind : str
-        "linspace" (default): lo to hi inclusive;  "arange": lo, lo + (hi-lo)/M, ..., hi - (hi-lo)/M (the public
-        replication's grid; it contains x = 0 exactly).
-    net : Network, optional
-        Whose backend and dtype the grid takes (default: NumPy, float64).
-    lo, hi : float
-
-    Returns
-    -------
-    array (M, 1)
+    Spacing (spec §2.2, Open): ``kind="linspace"`` (default) from lo to hi inclusive;  ``"arange"``: lo,
+    lo + (hi-lo)/M, ..., hi - (hi-lo)/M (the public replication's grid; it contains x = 0 exactly).
     """
     check_choice("grid kind", kind, GRIDS)
     xp, dtype = (net.backend.xp, net.dtype) if net is not None else (numpy, numpy.float64)
@@ -188,27 +176,14 @@ def acf(g: Any, max_lag: int | None = None, estimator: str = "sample", rtol: flo
                            "as for a linear or looks-linear network")
     spec = xp.fft.rfft(gc, n=2 * m, axis=-1)
     cov = xp.fft.irfft(spec * spec.conj(), n=2 * m, axis=-1)[..., :m]  # sum_t gc_t gc_{t+k}, k = 0..M-1
-    r = cov / ss
     n_lags = m if estimator == "sample" else m - m // 2
     max_lag = n_lags - 1 if max_lag is None else min(int(max_lag), n_lags - 1)
-    return r[..., : max_lag + 1]
+    return (cov / ss)[..., : max_lag + 1]
 
 
 def lags(n: int, x: Any = None, units: str = "integer") -> Any:
-    """The lag axis for an ACF of n values.
-
-    Parameters
-    ----------
-    n : int
-    x : array (M, 1) or (M,), optional
-        The grid, for ``units="x"``.
-    units : str
-        "integer" (0..n-1, default) or "x" (k * dx, dx the spacing of ``x``).
-
-    Returns
-    -------
-    numpy.ndarray (n,)
-    """
+    """The lag axis (n,) for an ACF of n values: 0..n-1 (``units="integer"``, default) or k * dx (``units="x"``,
+    dx the spacing of the grid ``x``, (M, 1) or (M,))."""
     k = numpy.arange(n)
     if units == "integer":
         return k
@@ -220,35 +195,13 @@ def lags(n: int, x: Any = None, units: str = "integer") -> Any:
 
 def brown_noise(rng: numpy.random.Generator, m: int = GRID_SIZE, width: int = WIDTH,
                 size: tuple[int, ...] = ()) -> numpy.ndarray:
-    """B(t) = sum_{s<=t} W_s, W_s ~ N(0, 1/width), t = 1..m (spec §3.4; Reconstruction).
-
-    Parameters
-    ----------
-    rng : numpy.random.Generator
-    m, width : int
-        Steps, and 1 / the variance of a step.
-    size : tuple of int
-        Leading shape: independent walks.
-
-    Returns
-    -------
-    numpy.ndarray (*size, m)
-    """
+    """B(t) = sum_{s<=t} W_s, W_s ~ N(0, 1/width), t = 1..m (spec §3.4; Reconstruction): an array (*size, m) of
+    independent walks, drawn from ``rng``."""
     return numpy.cumsum(rng.standard_normal(size + (m,)) * math.sqrt(1.0 / width), axis=-1)
 
 
 def white_noise(rng: numpy.random.Generator, m: int = GRID_SIZE, size: tuple[int, ...] = ()) -> numpy.ndarray:
-    """W_k ~ N(0, 1), k = 1..m (spec §3.4).
-
-    Parameters
-    ----------
-    rng, m, size
-        As in ``brown_noise``.
-
-    Returns
-    -------
-    numpy.ndarray (*size, m)
-    """
+    """W_k ~ N(0, 1), k = 1..m (spec §3.4): an array (*size, m) drawn from ``rng``."""
     return rng.standard_normal(size + (m,))
 
 
@@ -271,8 +224,7 @@ def gradient_moments(grads: Any) -> tuple[float, float]:
     flat = grads.reshape(m, -1)
     diag = float((flat * flat).sum())
     total = flat.sum(axis=0)
-    off = (float((total * total).sum()) - diag) / (m * (m - 1))
-    return diag / m, off
+    return diag / m, (float((total * total).sum()) - diag) / (m * (m - 1))
 
 
 def gradient_correlation(nets: Iterable[Network], x: Any, bn_mode: str = "constant_stats") -> "MCMoments":
@@ -395,9 +347,8 @@ def looks_linear_check(net: Network, x: Any = None) -> LooksLinearCheck:
     slope = float(g.mean())
     width = net.shapes[1]  # the first layer's output: the width of the linear chain (CReLU outputs are twice as wide)
     hidden = [p for p, s in enumerate(net.shapes) if 0 < p < len(net.shapes) - 1 and s == width]
-    src, dst = hidden[0], hidden[-1]
     one = net.forward(x[:1], hold_stats=True)
-    jac = be.asnumpy(one.jacobian(src, dst))[0]  # (width, width)
+    jac = be.asnumpy(one.jacobian(hidden[0], hidden[-1]))[0]  # (width, width)
     orth = float(numpy.abs(jac.T @ jac - numpy.eye(jac.shape[1])).max())
     norms = numpy.array([float(numpy.linalg.norm(be.asnumpy(tr.values[p]))) for p in hidden])
     return LooksLinearCheck(float(g.std()), slope, float(numpy.abs(f - slope * xs).max() / numpy.abs(f).max()),

@@ -82,7 +82,6 @@ def matrix_norm(a: Array, norm: str = "fro") -> float:
     ----------
     a : array (m, n)
     norm : str
-        "fro" (default) or "spectral".
 
     Returns
     -------
@@ -121,10 +120,8 @@ def residual_opnorms(net: Network, params0: dict[str, Array], keys: list[str] | 
 
 
 class UpdateSizes(TrainingCallback):
-    """Relative update size and the "bound" per linear layer, each averaged over the steps of an epoch.
-
-    Records per epoch the arrays ``relative_update`` and ``bound`` (one value per linear layer, forward order).
-    """
+    """Relative update size and the "bound" per linear layer, averaged over the steps of an epoch: the epoch's
+    arrays ``relative_update`` and ``bound`` (one value per linear layer, forward order)."""
 
     name = "update_sizes"
 
