@@ -40,32 +40,14 @@ from .gsc import DEFAULT_EXACT_LIMIT, METHODS, gsc_to
 
 
 def pythagorean_gsc(k: float, r: float, gsc_skip: float = 1.0) -> float:
-    """sqrt( (k^2 GSC_s^2 + r^2) / (k^2 + 1) ): the block GSC the Pythagorean conditions predict.
-
-    Parameters
-    ----------
-    k, r, gsc_skip : float
-        The block's k-dilution ||S||_F / ||R||_F, GSC_rho, and GSC_s (1 for an identity skip).
-
-    Returns
-    -------
-    float
-    """
+    """sqrt( (k^2 GSC_s^2 + r^2) / (k^2 + 1) ): the block GSC the Pythagorean conditions predict, from the block's
+    k-dilution k = ||S||_F / ||R||_F, r = GSC_rho and GSC_s = ``gsc_skip`` (1 for an identity skip)."""
     return math.sqrt((k * k * gsc_skip * gsc_skip + r * r) / (k * k + 1.0))
 
 
 def telescoped_gsc(r: Any) -> float:
-    """prod_b sqrt( (b + r_b^2) / (b + 1) ), b = 1..B: the end-to-end GSC of B blocks with k_b^2 = b (spec §4).
-
-    Parameters
-    ----------
-    r : array (B,)
-        GSC_rho of each block, in forward order.
-
-    Returns
-    -------
-    float
-    """
+    """prod_b sqrt( (b + r_b^2) / (b + 1) ), b = 1..B: the end-to-end GSC of B blocks with k_b^2 = b (spec §4), from
+    r (B,), GSC_rho of each block in forward order."""
     r = numpy.asarray(r, dtype=float)
     b = numpy.arange(1, len(r) + 1)
     return float(numpy.prod(numpy.sqrt((b + r * r) / (b + 1.0))))

@@ -128,7 +128,7 @@ def gsc_to(trace: Trace, hi: int | str | None = None, lo: int = 0, *, aggregatio
         return GSCResult(positions, val, numpy.zeros_like(val), hi, "exact", aggregation, squared,
                          n_layers=len(trace.network.layers))
 
-    seeds = b * trace.values[hi][0].size if trace.couples_batch else trace.values[hi][0].size
+    seeds = trace.values[hi].size  # B * d_hi identity seeds for the exact norm of a coupled pass
     use_exact = method == "exact" or (method == "auto" and (not trace.couples_batch or seeds <= exact_limit))
     if use_exact:
         jac = be.asnumpy(trace.batch_jacobian_sq_norms(hi, lo))
@@ -271,21 +271,9 @@ def gsc_bottom_to_error(trace: Trace, dE_dout: Any, errors: Any, *, bottom: str 
 
 
 def relative_sensitivity_check(trace: Trace, lo: int, hi: int, rng: Any) -> float:
-    """The GSC's meaning, measured: the relative change of F_hi per relative change of F_lo in a random direction,
-    to first order (a pushforward). Its mean-square over directions is GSC^2; used in tests.
-
-    Parameters
-    ----------
-    lo, hi : int
-        The positions perturbed and observed.
-    rng : numpy.random.Generator
-        The direction's source.
-
-    Returns
-    -------
-    float
-        ||J u|| / ||F_hi|| for a random u with ||u|| = ||F_lo||.
-    """
+    """The GSC's meaning, measured: ||J u|| / ||F_hi|| for a random u (from ``rng``) with ||u|| = ||F_lo||, the
+    relative change of F_hi per relative change of F_lo, to first order (a pushforward from lo to hi). Its
+    mean-square over directions is GSC^2; used in tests."""
     xp = trace.xp
     u = xp.asarray(rng.standard_normal(trace.values[lo].shape), dtype=trace.values[lo].dtype)
     u *= math.sqrt(float((trace.values[lo] ** 2).sum()) / float((u * u).sum()))

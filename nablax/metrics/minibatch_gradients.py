@@ -129,18 +129,9 @@ def gram_image(g: numpy.ndarray, *, centred: bool = True, normalise: str = "mean
 
 
 def singular_values(g: numpy.ndarray) -> numpy.ndarray:
-    """Singular values of an (M, D) matrix from the eigenvalues of the smaller Gram matrix (g g^T or g^T g): the
-    same numbers as an SVD up to rounding (eigenvalues below rounding are clipped to 0), much faster when D >> M.
-
-    Parameters
-    ----------
-    g : array (M, D)
-
-    Returns
-    -------
-    numpy.ndarray (min(M, D),)
-        Descending.
-    """
+    """The singular values (min(M, D),), descending, of an (M, D) matrix from the eigenvalues of the smaller Gram
+    matrix (g g^T or g^T g): the same numbers as an SVD up to rounding (eigenvalues below rounding are clipped to 0),
+    much faster when D >> M."""
     gram = g @ g.T if g.shape[0] <= g.shape[1] else g.T @ g
     return numpy.sqrt(numpy.clip(numpy.linalg.eigvalsh(gram), 0.0, None))[::-1]
 
@@ -210,20 +201,8 @@ def gradient_norm_ratio(g: numpy.ndarray) -> float:
 
 
 def kmeans_order(g: numpy.ndarray, k: int = 10, seed: int = 0, *, centred: bool = True) -> numpy.ndarray:
-    """A permutation of the M rows: k-means (k clusters, fixed seed) on the (centred) rows, sorted by cluster
-    label and, within a cluster, by distance to its centroid (spec §7 "Ordering").
-
-    Parameters
-    ----------
-    g : array (M, D)
-    k : int
-        Clusters.
-
-    Returns
-    -------
-    numpy.ndarray (M,) of int
-        The row order.
-    """
+    """A permutation (M,) of the rows of g (M, D): k-means (``k`` clusters, fixed ``seed``) on the (``centred``)
+    rows, sorted by cluster label and, within a cluster, by distance to its centroid (spec §7 "Ordering")."""
     from sklearn.cluster import KMeans
 
     g = _centred(g, centred)

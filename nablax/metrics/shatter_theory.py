@@ -80,18 +80,8 @@ def closed_form(kind: str, depth: int, beta: float = 1.0, t: float | None = None
 
 
 def theorem3_asymptotic(depth: int, beta: float) -> Moments:
-    """Theorem 3 as the paper states it: C(i) = beta^2 (L-1) + 1 (exact), C(i,j) ~ beta sqrt(L),
-    R ~ 1/(beta sqrt(L)).
-
-    Parameters
-    ----------
-    depth : int
-        L.
-
-    Returns
-    -------
-    Moments
-    """
+    """Theorem 3 as the paper states it, as ``Moments`` at depth L: C(i) = beta^2 (L-1) + 1 (exact),
+    C(i,j) ~ beta sqrt(L), R ~ 1/(beta sqrt(L))."""
     root = beta * math.sqrt(depth)
     return Moments(beta**2 * (depth - 1) + 1, root, 1.0 / root)
 
@@ -134,17 +124,7 @@ class MCMoments:
 
 
 def mc_moments(a: Any, b: Any, c: Any) -> MCMoments:
-    """Estimates from i.i.d. samples a = g_i^2, b = g_j^2, c = g_i g_j.
-
-    Parameters
-    ----------
-    a, b, c : array (n,)
-        n >= 2 samples each.
-
-    Returns
-    -------
-    MCMoments
-    """
+    """``MCMoments`` from n >= 2 i.i.d. samples a = g_i^2, b = g_j^2, c = g_i g_j, each an array (n,)."""
     a, b, c = (numpy.asarray(v, dtype=float) for v in (a, b, c))
     n = a.size
     if n < 2:

@@ -76,17 +76,8 @@ def linear_keys(net: Network) -> list[str]:
 
 
 def matrix_norm(a: Array, norm: str = "fro") -> float:
-    """Frobenius (``"fro"``) or spectral (``"spectral"``, the largest singular value) norm of a matrix.
-
-    Parameters
-    ----------
-    a : array (m, n)
-    norm : str
-
-    Returns
-    -------
-    float
-    """
+    """The Frobenius (``norm="fro"``, default) or spectral (``"spectral"``, the largest singular value) norm of a
+    matrix a (m, n), as a float."""
     xp = array_module(a)
     if norm == "fro":
         return float(xp.sqrt((a * a).sum()))
