@@ -18,9 +18,6 @@ normalised net, the output of the normalisation layer), per neuron u across the 
 
 Operational signals of a collapsing domain (spec §2.9, Reconstruction): the raw pre-activation std decays with
 depth (tanh becomes pseudo-linear), or the sign diversity decays (ReLU units become identity or zero).
-
-Every nonlinearity counts, including those inside residual branches (the leaves of the trace). Convolutional
-data (N, C, H, W) is flattened: every (channel, pixel) entry is a neuron.
 """
 
 from __future__ import annotations
@@ -52,7 +49,7 @@ def preact_std(z: Any, variant: str = "raw", ddof: int = 0) -> float:
     Parameters
     ----------
     z : array (N, ...)
-        Pre-activations of N points; every other entry is a neuron.
+        Pre-activations of N points; every other entry is a neuron (a conv map's (channel, pixel) entries too).
     variant, ddof : str, int
         "raw" (default) or "normalised"; 0 (population variance, default) or 1 (sample variance).
 

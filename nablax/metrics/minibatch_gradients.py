@@ -76,12 +76,9 @@ def per_example_gradients(net: Network, x: Any, labels: Any = None, *, loss: Any
             raise ValueError("a loss needs the labels")
         dout = m * loss.grad(out, xp.asarray(labels))  # d l_m / d o_m: cross-entropy's softmax(o_m) - onehot(y_m)
     first = bottom_position(net, "linear1")  # just after the first weight layer (the first conv or dense layer)
-    if target == "input":
-        g = tr.pullback(dout, src=0)
-    else:
-        g = tr.pullback(dout, src=first)
-        if target == "first_layer_weights":
-            g = _per_example_param_grads(net.layers[first - 1], tr.values[first - 1], g)
+    g = tr.pullback(dout, src=0 if target == "input" else first)
+    if target == "first_layer_weights":
+        g = _per_example_param_grads(net.layers[first - 1], tr.values[first - 1], g)
     return net.backend.asnumpy(g.reshape(m, -1))
 
 

@@ -109,13 +109,10 @@ def grid_gradient(net: Network, x: Any = None, bn_mode: str = "constant_stats", 
     if bn_mode == "through_stats":
         return input_gradients(net, x, bn_mode)[:, 0]
     tr = net.forward(x)  # batch statistics live: the tangent e_i moves every sample's output
-    m = x.shape[0]
-    g = xp.empty(m, dtype=x.dtype)
-    for start in range(0, m, chunk):
-        idx = xp.arange(start, min(m, start + chunk))
-        seeds = xp.zeros((idx.size, m, 1), dtype=x.dtype)
-        seeds[xp.arange(idx.size), idx, 0] = 1.0
-        g[idx] = tr.pushforward(seeds)[xp.arange(idx.size), idx, 0]
+    g = xp.empty(x.shape[0], dtype=x.dtype)
+    for rows in tr.probe_chunks(x.shape[0], chunk, 1):  # tangents e_i for the grid points i in rows
+        idx = xp.arange(rows.start, rows.stop)
+        g[idx] = tr.pushforward(tr.identity_seeds(0, rows, per_sample=False))[idx - rows.start, idx, 0]
     return g
 
 

@@ -91,10 +91,8 @@ def residual_opnorms(net: Network, params0: dict[str, Array], keys: list[str] | 
 
     Parameters
     ----------
-    net : Network
-        Holds W(now).
-    params0 : dict of arrays
-        W(0), named as ``Network.named_params``.
+    net, params0 : Network, dict of arrays
+        Holding W(now), and W(0) named as ``Network.named_params``.
     keys : list of str, optional
         The weight matrices (default: ``linear_keys(net)``, every linear layer's).
 
