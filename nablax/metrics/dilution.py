@@ -21,8 +21,8 @@ Across a ResNet (Reconstruction): if the stream energy grows linearly, k_b^2 ~ b
 prod_b sqrt( (b + r_b^2) / (b + 1) ), polynomial in depth (``DilutionResult.telescoped``).
 
 All three Jacobian norms and the cross term come from ONE set of cotangent seeds pulled back through the skip
-and the branch separately: identity seeds (exact) or Gaussian probes (Hutchinson, with standard errors), as
-``gsc.gsc_to`` chooses (``method="auto"``: exact unless the branch couples samples and B * d > exact_limit).
+and the branch separately: identity seeds (exact) or Gaussian probes (Hutchinson, with standard errors), chosen as
+in ``gsc.gsc_to``.
 """
 
 from __future__ import annotations
@@ -35,40 +35,19 @@ import numpy
 
 from ..backend import backend_of
 from ..network import DEFAULT_MAX_ELEMENTS, Trace
+from . import check_choice
 from .gsc import DEFAULT_EXACT_LIMIT, METHODS, gsc_to
 
 
 def pythagorean_gsc(k: float, r: float, gsc_skip: float = 1.0) -> float:
-    """sqrt( (k^2 GSC_s^2 + r^2) / (k^2 + 1) ): the block GSC the Pythagorean conditions predict.
-
-    Parameters
-    ----------
-    k : float
-        The block's k-dilution ||S||_F / ||R||_F.
-    r : float
-        GSC of the residual function, GSC_rho.
-    gsc_skip : float
-        GSC of the skip, GSC_s (1 for an identity skip).
-
-    Returns
-    -------
-    float
-    """
+    """sqrt( (k^2 GSC_s^2 + r^2) / (k^2 + 1) ): the block GSC the Pythagorean conditions predict, from the block's
+    k-dilution k = ||S||_F / ||R||_F, r = GSC_rho and GSC_s = ``gsc_skip`` (1 for an identity skip)."""
     return math.sqrt((k * k * gsc_skip * gsc_skip + r * r) / (k * k + 1.0))
 
 
 def telescoped_gsc(r: Any) -> float:
-    """prod_b sqrt( (b + r_b^2) / (b + 1) ), b = 1..B: the end-to-end GSC of B blocks with k_b^2 = b (spec §4).
-
-    Parameters
-    ----------
-    r : array (B,)
-        GSC_rho of each block, in forward order.
-
-    Returns
-    -------
-    float
-    """
+    """prod_b sqrt( (b + r_b^2) / (b + 1) ), b = 1..B: the end-to-end GSC of B blocks with k_b^2 = b (spec §4), from
+    r (B,), GSC_rho of each block in forward order."""
     r = numpy.asarray(r, dtype=float)
     b = numpy.arange(1, len(r) + 1)
     return float(numpy.prod(numpy.sqrt((b + r * r) / (b + 1.0))))
@@ -139,21 +118,16 @@ def block_dilution(trace: Trace, p: int, *, method: str = "auto", n_probes: int 
         A forward pass of a batch X (B, d).
     p : int
         The forward position of the block's output (its input is p - 1).
-    method : str
-        "auto" (default), "exact" or "hutchinson", as ``gsc.gsc_to`` chooses.
+    method, rng, exact_limit
+        As in ``gsc.gsc_to`` ("auto": exact unless the block couples samples and B * d > exact_limit).
     n_probes : int
         Gaussian probes for "hutchinson".
-    rng : numpy.random.Generator or seed, optional
-        The probes' source.
-    exact_limit : int
-        Seeds (B * d) above which "auto" estimates the norms of a block that couples samples.
 
     Returns
     -------
     BlockDilution
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_choice("method", method, METHODS)
     layer = trace.network.layers[p - 1]
     if not hasattr(layer, "vjp_parts"):
         raise ValueError(f"position {p} is the output of a {layer.kind} layer, not of a residual block")
@@ -191,14 +165,13 @@ def block_dilution(trace: Trace, p: int, *, method: str = "auto", n_probes: int 
 
 
 def dilution(trace: Trace, **kw: Any) -> DilutionResult:
-    """``block_dilution`` for every residual block of the network, in forward order, and the end-to-end checks.
+    """``block_dilution`` for every residual block of the network, in forward order, and the end-to-end checks;
+    ``**kw`` as in ``block_dilution`` (the method's keywords also reach the end-to-end ``gsc.gsc_to``).
 
     Parameters
     ----------
     trace : Trace
         A forward pass through a network with residual blocks.
-    **kw
-        As in ``block_dilution`` (the method's keywords also reach the end-to-end ``gsc.gsc_to``).
 
     Returns
     -------

@@ -18,9 +18,6 @@ normalised net, the output of the normalisation layer), per neuron u across the 
 
 Operational signals of a collapsing domain (spec §2.9, Reconstruction): the raw pre-activation std decays with
 depth (tanh becomes pseudo-linear), or the sign diversity decays (ReLU units become identity or zero).
-
-Every nonlinearity counts, including those inside residual branches (the leaves of the trace). Convolutional
-data (N, C, H, W) is flattened: every (channel, pixel) entry is a neuron.
 """
 
 from __future__ import annotations
@@ -34,6 +31,7 @@ import numpy
 from ..backend import array_module
 from ..layers.base import iter_leaves
 from ..network import Trace
+from . import check_choice
 
 VARIANTS = ("raw", "normalised")
 ZERO_POLICIES = ("ignore", "positive", "negative")
@@ -51,18 +49,15 @@ def preact_std(z: Any, variant: str = "raw", ddof: int = 0) -> float:
     Parameters
     ----------
     z : array (N, ...)
-        Pre-activations of N points; every other entry is a neuron.
-    variant : str
-        "raw" (default) or "normalised".
-    ddof : int
-        0 (population variance, default) or 1 (sample variance).
+        Pre-activations of N points; every other entry is a neuron (a conv map's (channel, pixel) entries too).
+    variant, ddof : str, int
+        "raw" (default) or "normalised"; 0 (population variance, default) or 1 (sample variance).
 
     Returns
     -------
     float
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    check_choice("variant", variant, VARIANTS)
     z = _neurons(z)
     if z.shape[0] - ddof < 1:
         raise ValueError(f"need more than {ddof} data points for ddof={ddof}, got {z.shape[0]}")
@@ -79,7 +74,7 @@ def sign_diversity(z: Any, zero_policy: str = "ignore") -> float:
     Parameters
     ----------
     z : array (N, ...)
-        Pre-activations of N points; every other entry is a neuron.
+        As in ``preact_std``.
     zero_policy : str
         "ignore" (default), "positive" or "negative".
 
@@ -88,8 +83,7 @@ def sign_diversity(z: Any, zero_policy: str = "ignore") -> float:
     float
         In [0, 0.5]; NaN if every neuron is empty under ``zero_policy="ignore"``.
     """
-    if zero_policy not in ZERO_POLICIES:
-        raise ValueError(f"zero_policy must be one of {ZERO_POLICIES}, got {zero_policy!r}")
+    check_choice("zero_policy", zero_policy, ZERO_POLICIES)
     z = _neurons(z)
     pos, neg = (z > 0).sum(axis=0), (z < 0).sum(axis=0)
     if zero_policy == "positive":
@@ -135,10 +129,8 @@ def domain_metrics(trace: Trace, *, variant: str = "raw", ddof: int = 0, zero_po
     ----------
     trace : Trace
         One forward pass; its batch is the data set, N = ``trace.batch_size``.
-    variant, ddof
-        As in ``preact_std``.
-    zero_policy : str
-        As in ``sign_diversity``.
+    variant, ddof, zero_policy
+        As in ``preact_std`` and ``sign_diversity``.
 
     Returns
     -------

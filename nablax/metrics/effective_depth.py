@@ -6,11 +6,8 @@ splits each gradient by λ, the number of residual matrices R on the path from t
 
     G[λ]   the part of the cotangent carried by paths with exactly λ residual factors, shape (n, B, d)
 
-Each layer states its own step of the split, with the math in its docstring (``lambda_split_step``, walked by
-``layers.base.lambda_split_chain``): a Dense layer's W(0) keeps λ and its R moves λ -> λ+1 (``Dense``); a layer
-without parameters pulls every λ back at once through its vjp at the CURRENT forward pass, and one with other
-parameters (norm gains, PReLU slopes) keeps λ through its initial backward and moves it through the change
-(``Layer``); a residual block's identity skip keeps λ, being part of the initial function (``Residual``).
+Each layer states its own step of the split, with the math, in its ``lambda_split_step`` (``Dense``: W(0) keeps λ,
+R moves λ -> λ+1; ``Layer``; ``Residual``: the identity skip keeps λ), walked by ``layers.base.lambda_split_chain``.
 
 Invariant (Derived; tested): ``Σ_λ Γ_i[λ] = dE/dW_i`` exactly for every parameter. At θ(t) = θ(0) only λ = 0 is
 nonzero. λ ≤ (parametrised layers above layer i), so the largest λ is D - 1, D = the number of parametrised
@@ -22,13 +19,11 @@ Accumulated over training (every ``every``-th step, weighted by ``every``):
     "norm_of_sum"             M_i[λ] -= U_i[λ];  C[λ] = Σ_i w_i ||M_i[λ]||_F  (the λ-parts of W_i(T) - W_i(0))
 
 where ``U_i[λ]`` is the λ-part of the optimiser's step (``Σ_λ U_i[λ]`` = the step, exactly), as each optimiser
-states it (``nablax.optim``, ``linearised_update``):
-    SGD                  U[λ] = α Γ[λ]                               exact
-    SGD with momentum    v[λ] <- μ v[λ] + Γ[λ];  U[λ] = α v[λ]       exact (momentum is linear; one buffer per λ)
-    RMSprop, Adam        the step's own per-coordinate preconditioner applied to Γ[λ] (Adam's first moment
-                         kept per λ): a LINEARISATION, flagged as ``optimizer_mode = "preconditioner_linearised"``
-and ``w_i = 1`` (default) or ``1 / ||W_i(0)||_F`` (``layer_weight="inverse_init_norm"``). Only multiplicative
-parameters count in C (weights, gains, slopes; not biases: they carry no path factor).
+states it (``linearised_update`` in ``nablax.optim``): exact for SGD, U[λ] = α Γ[λ], with momentum too (one buffer
+per λ); for RMSprop and Adam a LINEARISATION (their preconditioner applied to Γ[λ]), flagged as
+``optimizer_mode = "preconditioner_linearised"``. ``w_i = 1`` (default) or ``1 / ||W_i(0)||_F``
+(``layer_weight="inverse_init_norm"``). Only multiplicative parameters count in C (weights, gains, slopes; not
+biases: they carry no path factor).
 
     effective_depth(ε) = 1 + max{ λ : C[λ] >= ε Σ_λ' C[λ'] }
 
@@ -49,6 +44,7 @@ from ..backend import array_module
 from ..kernels.blas import matmul
 from ..layers.base import Array, Layer, Mode, iter_leaves, lambda_split_chain
 from ..network import Network, Trace
+from . import check_choice
 from .training import Step, TrainingCallback
 
 DEFAULT_EPS = 0.01
@@ -114,16 +110,10 @@ class _Split:
 
 
 class _FastSplit(_Split):
-    """The same λ-split with less work; it agrees with ``_Split`` to rounding (tested), and is the one given ``keys``
-    and a ``bottom``:
-
-    - a Dense layer's λ-parts only for the parameters in ``keys`` (``EffectiveDepth``'s: no bias parts), and no
-      input cotangent when ``bottom`` is the first layer, a Dense one: its two pullbacks, which carry the most λ
-      of all (D of them), are skipped
-    - a Dense layer's pullbacks G W(0)^T and G R^T are each ONE matrix product over all (λ, batch) rows, the first
-      written straight into the (n + 1, B, d_in) result (rows λ = 0..n-1), the second added to its rows 1..n; the
-      plain ``shifted`` also zero-fills and copies
-    - a residual block adds the skip's parts into the branch's (the longer one, a fresh array) in place
+    """The same λ-split with less work, agreeing with ``_Split`` to rounding (tested); the one given ``keys`` and a
+    ``bottom``. A Dense layer gives parts only for ``keys`` and, as the ``bottom``, skips its two pullbacks (they
+    carry the most λ of all); its pullbacks G W(0)^T and G R^T are each ONE matrix product over all (λ, batch) rows,
+    written straight into the result; a residual block adds the skip's parts into the branch's in place.
     """
 
     def shifted_products(self, G: Array, M0: Array, M1: Array) -> Array:
@@ -137,8 +127,7 @@ class _FastSplit(_Split):
 
     def padded_sum(self, a: Array, b: Array) -> Array:
         longer, shorter = (b, a) if b.shape[0] >= a.shape[0] else (a, b)
-        xp = array_module(a)
-        if xp.may_share_memory(longer, shorter) or not longer.flags.owndata:  # not ours to add into
+        if array_module(a).may_share_memory(longer, shorter) or not longer.flags.owndata:  # not ours to add into
             return super().padded_sum(a, b)
         longer[: shorter.shape[0]] += shorter
         return longer
@@ -201,12 +190,9 @@ class EffectiveDepth(TrainingCallback):
     """Accumulates the λ-contributions C during training; reports ``effective_depth`` (at ``eps``) and the sweep
     ``effective_depth_sweep`` over ``eps_grid`` per epoch, and the array ``lambda_contributions`` (C, length D).
 
-    Options (spec §13): ``eps`` (required threshold, default 0.01), ``accumulate`` ("sum_of_norms" |
-    "norm_of_sum"), ``layer_weight`` ("one" | "inverse_init_norm"), ``every`` (measure every s-th step, weight s;
-    with momentum or Adam the per-λ buffers then see only the measured steps, an approximation). ``fast=False``
-    takes the plain split (``lambda_split(..., fast=False)``) and the norms of the optimiser's
-    ``linearised_update``;
-    the two agree to rounding.
+    Options (spec §13) as in the module docstring; ``every`` with momentum or Adam: the per-λ buffers see only the
+    measured steps, an approximation. ``fast=False`` takes the plain split (``lambda_split(..., fast=False)``) and
+    the norms of the optimiser's ``linearised_update``; the two agree to rounding.
     """
 
     name = "effective_depth"
@@ -214,10 +200,8 @@ class EffectiveDepth(TrainingCallback):
     def __init__(self, eps: float = DEFAULT_EPS, eps_grid: tuple[float, ...] = EPS_GRID,
                  accumulate: str = "sum_of_norms", layer_weight: str = "one", every: int = 1,
                  fast: bool = True) -> None:
-        if accumulate not in ACCUMULATE:
-            raise ValueError(f"accumulate must be one of {ACCUMULATE}, got {accumulate!r}")
-        if layer_weight not in LAYER_WEIGHTS:
-            raise ValueError(f"layer_weight must be one of {LAYER_WEIGHTS}, got {layer_weight!r}")
+        check_choice("accumulate", accumulate, ACCUMULATE)
+        check_choice("layer_weight", layer_weight, LAYER_WEIGHTS)
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         if eps < 0:
@@ -257,10 +241,8 @@ class EffectiveDepth(TrainingCallback):
         opt = trainer.opt
         for k, parts in self._pending.items():
             if self.accumulate == "sum_of_norms":
-                if self.fast:
-                    norms = update_norms(opt, k, parts, self.buffers)
-                else:
-                    norms = _norms(opt.linearised_update(k, parts, self.buffers))
+                norms = (update_norms(opt, k, parts, self.buffers) if self.fast
+                         else _norms(opt.linearised_update(k, parts, self.buffers)))
                 self.C[: parts.shape[0]] += self.every * self.weights[k] * norms
             else:
                 U = opt.linearised_update(k, parts, self.buffers)

@@ -11,22 +11,15 @@ Aggregation over a batch of B points (an open choice; ``aggregation=``):
                             (without batch coupling J_batch is block-diagonal and ||J_batch||_F^2 = sum_b ||J_b||_F^2)
     "per_example_mean"      the arithmetic mean of the per-example GSCs
     "per_example_geomean"   their geometric mean
-To the error layer (``gsc_to_error``): per example by default, GSC_b(lo, E) = ||dE_b/df_lo,b|| ||f_lo,b|| /
-(sqrt(d_lo) |E_b|), aggregated as above (geometric mean); the batch form ||dE/dF_lo||_F ||F_lo||_F / (sqrt(B d_lo) |E|)
-is an option (it shrinks like 1/sqrt(B)).
-
-``squared=True`` returns GSC^2 (the form some later versions of the paper may use).
+To the error layer (``gsc_to_error``) the default is per example, geometric mean. ``squared=True`` returns GSC^2.
 
 Jacobian norms come from the engine's one identity-seeded sweep (``Trace.jacobian_sq_norms``), which gives
 GSC(p -> hi) for EVERY p <= hi at once. For a pass that couples samples (batch norm with batch statistics) the
 exact batch-level norm needs B * d_hi seeds; above ``exact_limit`` seeds the Hutchinson estimate is used and
 reported with its standard error (``method="auto"``, the default). The result says which method ran.
 
-Where the GSC is measured to and from (spec §13, Open): ``hi`` may name a reference position,
-``"last_block"`` (the random-initialisation figures' default: after the last nonlinearity), ``"last_linear"``
-or ``"output"``; ``gsc_bottom_to_error`` gives the paper's GSC(L, 0) from ``bottom="linear1"`` (default, the
-output of linear layer 1) or ``"input"``. ``GSCResult.paper_layers()`` renames positions to the paper's
-backward-counted layers (``metrics.jacobian.paper_index``).
+``hi`` may name a reference position, and ``gsc_bottom_to_error`` takes a bottom one (spec §13, Open; the options
+are in ``metrics.jacobian``). ``GSCResult.paper_layers()`` renames positions to the paper's backward-counted layers.
 """
 
 from __future__ import annotations
@@ -38,6 +31,7 @@ from typing import Any
 import numpy
 
 from ..network import Trace
+from . import check_choice
 from .jacobian import bottom_position, paper_index, reference_position
 
 AGGREGATIONS = ("batch", "per_example_mean", "per_example_geomean")
@@ -102,14 +96,10 @@ def gsc_to(trace: Trace, hi: int | str | None = None, lo: int = 0, *, aggregatio
         The position measured to (default: the output), or a name of ``metrics.jacobian.REFERENCES``.
     lo : int
         The lowest position measured from.
-    aggregation, squared, method
-        See the module docstring.
-    n_probes : int
-        Hutchinson probes per sample (``method="hutchinson"``, or "auto" above ``exact_limit`` seeds).
-    rng : numpy.random.Generator or seed, optional
-        The Hutchinson probes' source.
-    exact_limit : int
-        Seeds (B * d_hi) above which "auto" estimates the norms of a batch-coupled pass.
+    aggregation, squared, method, exact_limit
+        See the module docstring (``exact_limit``: seeds B * d_hi above which "auto" takes Hutchinson).
+    n_probes, rng : int, numpy.random.Generator or seed
+        Hutchinson probes per sample, and their source.
 
     Returns
     -------
@@ -118,14 +108,10 @@ def gsc_to(trace: Trace, hi: int | str | None = None, lo: int = 0, *, aggregatio
     """
     if isinstance(hi, str):
         hi = reference_position(trace.network, hi)
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    hi = trace._pos(hi, -1)
-    lo = trace._pos(lo, 0)
-    be = trace.network.backend
-    b = trace.batch_size
+    check_choice("aggregation", aggregation, AGGREGATIONS)
+    check_choice("method", method, METHODS)
+    hi, lo = trace._pos(hi, -1), trace._pos(lo, 0)
+    be, b = trace.network.backend, trace.batch_size
     positions = numpy.arange(lo, hi + 1)
     d_lo = numpy.array([trace.values[p][0].size for p in positions], dtype=float)
     f_sq = numpy.stack([be.asnumpy(_sq_frobenius(trace.values[p])) for p in positions])  # (n_pos, B)
@@ -142,7 +128,7 @@ def gsc_to(trace: Trace, hi: int | str | None = None, lo: int = 0, *, aggregatio
         return GSCResult(positions, val, numpy.zeros_like(val), hi, "exact", aggregation, squared,
                          n_layers=len(trace.network.layers))
 
-    seeds = b * trace.values[hi][0].size if trace.couples_batch else trace.values[hi][0].size
+    seeds = trace.values[hi].size  # B * d_hi identity seeds for the exact norm of a coupled pass
     use_exact = method == "exact" or (method == "auto" and (not trace.couples_batch or seeds <= exact_limit))
     if use_exact:
         jac = be.asnumpy(trace.batch_jacobian_sq_norms(hi, lo))
@@ -164,14 +150,12 @@ def gsc_to(trace: Trace, hi: int | str | None = None, lo: int = 0, *, aggregatio
 
 
 def gsc(trace: Trace, lo: int, hi: int | None = None, **kw: Any) -> GSCResult:
-    """GSC(lo -> hi) alone.
+    """GSC(lo -> hi) alone; ``**kw`` as in ``gsc_to``.
 
     Parameters
     ----------
     lo, hi : int
         The positions measured from and to (default hi: the output).
-    **kw
-        As in ``gsc_to``.
 
     Returns
     -------
@@ -184,14 +168,12 @@ def gsc(trace: Trace, lo: int, hi: int | None = None, **kw: Any) -> GSCResult:
 
 
 def gsc_table(trace: Trace, **kw: Any) -> numpy.ndarray:
-    """GSC(lo -> hi) for every pair of positions, one sweep per hi.
+    """GSC(lo -> hi) for every pair of positions, one sweep per hi; ``**kw`` as in ``gsc_to``.
 
     Parameters
     ----------
     trace : Trace
         A forward pass with P + 1 positions.
-    **kw
-        As in ``gsc_to``.
 
     Returns
     -------
@@ -209,49 +191,34 @@ def gsc_to_error(trace: Trace, dE_dout: Any, errors: Any, *, lo: int = 0, square
                  aggregation: str = "per_example_geomean") -> GSCResult:
     """GSC(p -> E) for every position p >= lo, from ONE ordinary backward pass of the error (spec §2.3, §2.4).
 
-    Per example (the default; without batch coupling G_p = dE/dF_p has row b = dE_b/df_{p,b}):
+        per example (default)   GSC_b(p, E) = ||dE_b/df_{p,b}|| ||f_{p,b}|| / (sqrt(d_p) |E_b|), aggregated over b
+                                as in ``gsc_to``: the paper's definition, independent of the evaluation batch size
+        "batch"                 GSC(p, E) = ||dE/dF_p||_F ||F_p||_F / (sqrt(B d_p) |E|),  E = sum_b E_b (or the
+                                scalar given): an option; it shrinks like 1/sqrt(B) at a fixed per-example scale
 
-        GSC_b(p, E) = ||dE_b/df_{p,b}|| ||f_{p,b}|| / (sqrt(d_p) |E_b|)
-
-    aggregated over b as in ``gsc_to``: "per_example_geomean" (default), "per_example_mean". This is the paper's
-    per-data-point definition, and it does not depend on the evaluation batch size. An example whose error is
-    exactly 0 (a fitted example whose log-softmax rounds to 0) has no GSC: it is left out of the aggregate, and
-    ``settings["examples_left_out"]`` counts it.
-
-    "batch": the whole batch is one map and E = sum_b E_b (or the scalar given):
-
-        GSC(p, E) = ||dE/dF_p||_F ||F_p||_F / (sqrt(B d_p) |E|)
-
-    which shrinks like 1/sqrt(B) at a fixed per-example scale (dE/dF_p has B rows of one size, |E| grows like B):
-    kept as an option. Both forms are invariant to scaling the error and its gradient together.
-    A pass that couples samples has no per-example gradients: use ``forward(..., hold_stats=True)`` (batch
-    statistics held constant) or ``aggregation="batch"``.
+    Both are invariant to scaling the error and its gradient together. An example whose error is exactly 0 (its
+    log-softmax rounds to 0) has no GSC: it is left out, and ``settings["examples_left_out"]`` counts it. A pass
+    that couples samples has no per-example gradients: use ``forward(..., hold_stats=True)`` or "batch".
 
     Parameters
     ----------
     trace : Trace
         A forward pass of B points with P layers.
     dE_dout : array (B, d_out)
-        Row b is dE_b/d(out_b), the gradient of the SUM of ``errors`` (``B * loss.grad`` for a mean loss); with a
-        scalar ``errors``, the gradient of that scalar.
+        Row b is dE_b/d(out_b): the gradient of the SUM of ``errors`` (``B * loss.grad`` for a mean loss), or of
+        the scalar ``errors``.
     errors : array (B,), or float with ``aggregation="batch"``
         Each example's own error E_b (``loss.values``), or the scalar batch error.
-    lo : int
-        The lowest position measured from.
-    squared : bool
-        Return GSC^2.
-    aggregation : str
-        "per_example_geomean" (default), "per_example_mean" or "batch".
+    lo, squared, aggregation
+        As in ``gsc_to`` (default aggregation: "per_example_geomean").
 
     Returns
     -------
     GSCResult
         ``value`` of shape (P + 1 - lo,), one per position lo..P; ``hi`` is P + 1, the error layer.
     """
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-    be = trace.network.backend
-    b = trace.batch_size
+    check_choice("aggregation", aggregation, AGGREGATIONS)
+    be, b = trace.network.backend, trace.batch_size
     hi = len(trace.values) - 1
     positions = numpy.arange(lo, hi + 1)
     e = numpy.asarray(be.asnumpy(errors) if hasattr(errors, "shape") else errors, dtype=float)
@@ -290,12 +257,10 @@ def gsc_bottom_to_error(trace: Trace, dE_dout: Any, errors: Any, *, bottom: str 
 
     Parameters
     ----------
-    trace, dE_dout, errors
+    trace, dE_dout, errors, squared, aggregation
         As in ``gsc_to_error``.
     bottom : str
         Open: ``"linear1"`` (default, the output of linear layer 1, the paper's f_L) or ``"input"`` (position 0).
-    squared, aggregation
-        As in ``gsc_to_error``.
 
     Returns
     -------
@@ -305,24 +270,10 @@ def gsc_bottom_to_error(trace: Trace, dE_dout: Any, errors: Any, *, bottom: str 
     return float(gsc_to_error(trace, dE_dout, errors, lo=lo, squared=squared, aggregation=aggregation).value[0])
 
 
-def relative_sensitivity_check(trace: Trace, lo: int, hi: int, rng: Any, eps: float = 1e-6) -> float:
-    """The GSC's meaning, measured: the relative change of F_hi for a random relative perturbation eps of F_lo,
-    divided by eps (to first order, in a random direction). Its mean-square over directions is GSC^2; used in tests.
-
-    Parameters
-    ----------
-    lo, hi : int
-        The positions perturbed and observed.
-    rng : numpy.random.Generator
-        The direction's source.
-    eps : float
-        Unused: the change is taken to first order (a pushforward), so it does not depend on eps.
-
-    Returns
-    -------
-    float
-        ||J u|| / ||F_hi|| for a random u with ||u|| = ||F_lo||.
-    """
+def relative_sensitivity_check(trace: Trace, lo: int, hi: int, rng: Any) -> float:
+    """The GSC's meaning, measured: ||J u|| / ||F_hi|| for a random u (from ``rng``) with ||u|| = ||F_lo||, the
+    relative change of F_hi per relative change of F_lo, to first order (a pushforward from lo to hi). Its
+    mean-square over directions is GSC^2; used in tests."""
     xp = trace.xp
     u = xp.asarray(rng.standard_normal(trace.values[lo].shape), dtype=trace.values[lo].dtype)
     u *= math.sqrt(float((trace.values[lo] ** 2).sum()) / float((u * u).sum()))

@@ -14,8 +14,7 @@ x-coordinates (spec §1.3; ``Network.positions()`` holds them per position):
     n_lin(p)   linear layers among layers 1..p   (compositional depth; GSC panels plot gsc(p, output) at n_lin(p))
     n_act(p)   nonlinearity layers among 1..p    (the index j of the last nonlinearity reached)
 Positions that share n_lin stack at the same x (after a linear layer, after its norm, after its nonlinearity),
-which is the staircase of the paper's Fig. 1A batch-ReLU curve (Reconstruction). ``select_positions`` gives
-the plot options: all positions (default), block ends, right after linear layers, the residual stream.
+which is the staircase of the paper's Fig. 1A batch-ReLU curve (Reconstruction).
 
 Reference and bottom positions (spec §13, both Open):
     gsc.reference   "last_block" (default): output of the last block, i.e. after the last nonlinearity
@@ -31,6 +30,7 @@ from typing import Any
 import numpy
 
 from ..network import Network, Position
+from . import check_choice
 
 SELECTIONS = ("all", "block_ends", "after_linear", "stream")
 REFERENCES = ("last_block", "last_linear", "output")
@@ -38,21 +38,8 @@ BOTTOMS = ("linear1", "input")
 
 
 def paper_index(p: int, n_layers: int) -> int:
-    """Forward position p  <->  paper layer index l = P + 1 - p (P = ``n_layers``; its own inverse).
-
-    p = 0 (input) is l = P + 1, p = P (output) is l = 1, p = P + 1 (the error) is l = 0.
-
-    Parameters
-    ----------
-    p : int
-        A forward position in 0..P + 1 (or a paper index l: the map is its own inverse).
-    n_layers : int
-        P, the network's top-level layer count.
-
-    Returns
-    -------
-    int
-    """
+    """Forward position p in 0..P + 1  <->  paper layer index l = P + 1 - p, with P = ``n_layers`` the network's
+    top-level layer count; the map is its own inverse (p may be a paper index l)."""
     if not 0 <= p <= n_layers + 1:
         raise IndexError(f"position {p} is outside 0..{n_layers + 1} (P + 1 is the error layer)")
     return n_layers + 1 - p
@@ -64,24 +51,15 @@ def _grew(positions: list[Position], attr: str) -> list[int]:
 
 
 def select_positions(network: Network, which: str = "all") -> list[int]:
-    """Forward positions to plot (spec §1.3), always including the input (position 0).
+    """Forward positions to plot (spec §1.3), ascending, always including the input (position 0):
 
     "all"           every position (default)
     "block_ends"    after each nonlinearity (MLP blocks; for ResNets the blocks, which contain them)
     "after_linear"  right after each layer that contains a linear layer
     "stream"        the residual stream: the input, each block's input and each block's output
                     (a network without residual blocks: every position)
-
-    Parameters
-    ----------
-    which : str
-        One of ``SELECTIONS``, above.
-
-    Returns
-    -------
-    list of int
-        Forward positions, ascending.
     """
+    check_choice("which", which, SELECTIONS)
     pos = network.positions()
     if which == "all":
         return [q.index for q in pos]
@@ -89,32 +67,17 @@ def select_positions(network: Network, which: str = "all") -> list[int]:
         return [0] + _grew(pos, "n_act")
     if which == "after_linear":
         return [0] + _grew(pos, "n_lin")
-    if which == "stream":
-        blocks = [q.index for q in pos if q.kind == "residual"]
-        if not blocks:
-            return [q.index for q in pos]
-        return sorted({0} | set(blocks) | {p - 1 for p in blocks})
-    raise ValueError(f"which must be one of {SELECTIONS}, got {which!r}")
+    blocks = [q.index for q in pos if q.kind == "residual"]  # "stream"
+    return sorted({0} | set(blocks) | {p - 1 for p in blocks}) if blocks else [q.index for q in pos]
 
 
 def reference_position(network: Network, reference: str = "last_block") -> int:
-    """The position GSCs are measured to in the random-initialisation figures (option ``gsc.reference``).
-
-    Parameters
-    ----------
-    reference : str
-        One of ``REFERENCES`` (module docstring).
-
-    Returns
-    -------
-    int
-        A forward position.
-    """
+    """The forward position GSCs are measured to in the random-initialisation figures (option ``gsc.reference``:
+    one of ``REFERENCES``, module docstring)."""
+    check_choice("reference", reference, REFERENCES)
     pos = network.positions()
     if reference == "output":
         return len(pos) - 1
-    if reference not in REFERENCES:
-        raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
     grew = _grew(pos, "n_act" if reference == "last_block" else "n_lin")
     if not grew:
         what = "nonlinearity" if reference == "last_block" else "linear layer"
@@ -123,22 +86,11 @@ def reference_position(network: Network, reference: str = "last_block") -> int:
 
 
 def bottom_position(network: Network, bottom: str = "linear1") -> int:
-    """The lower end of GSC(L, 0) (option ``gsc.bottom``): the output of linear layer 1, or the input.
-
-    Parameters
-    ----------
-    bottom : str
-        "linear1" (default) or "input".
-
-    Returns
-    -------
-    int
-        A forward position.
-    """
+    """The forward position of the lower end of GSC(L, 0) (option ``gsc.bottom``): the output of linear layer 1
+    (``"linear1"``, default) or the input (``"input"``, 0)."""
+    check_choice("bottom", bottom, BOTTOMS)
     if bottom == "input":
         return 0
-    if bottom != "linear1":
-        raise ValueError(f"bottom must be one of {BOTTOMS}, got {bottom!r}")
     grew = _grew(network.positions(), "n_lin")
     if not grew:
         raise ValueError("the network has no linear layer")
@@ -146,19 +98,8 @@ def bottom_position(network: Network, bottom: str = "linear1") -> int:
 
 
 def x_coordinates(network: Network, positions: Any, axis: str = "n_lin") -> numpy.ndarray:
-    """The x-coordinate of each forward position.
-
-    Parameters
-    ----------
-    positions : sequence of int (n,)
-        Forward positions.
-    axis : str
-        ``"n_lin"`` (compositional depth), ``"n_act"``, or ``"paper"`` (the backward-counted index l = P + 1 - p).
-
-    Returns
-    -------
-    numpy.ndarray (n,) of int
-    """
+    """The x-coordinate of each of the n forward ``positions``, an int array (n,): ``axis`` "n_lin" (compositional
+    depth, default), "n_act", or "paper" (the backward-counted index l = P + 1 - p)."""
     pos = network.positions()
     if axis == "paper":
         return numpy.array([paper_index(int(p), len(network.layers)) for p in positions])

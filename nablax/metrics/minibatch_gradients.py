@@ -30,6 +30,7 @@ import numpy
 from ..backend import array_module
 from ..layers.base import Mode
 from ..network import Network
+from . import check_choice
 from .jacobian import bottom_position
 
 GRAD_TARGETS = ("first_layer_activations", "input", "first_layer_weights")
@@ -60,12 +61,10 @@ def per_example_gradients(net: Network, x: Any, labels: Any = None, *, loss: Any
     g : numpy.ndarray (M, D)
         Row m is g_m, flattened.
     """
-    if target not in GRAD_TARGETS:
-        raise ValueError(f"target must be one of {GRAD_TARGETS}, got {target!r}")
+    check_choice("target", target, GRAD_TARGETS)
     if isinstance(loss, str) and loss != "logit":
         raise ValueError(f"loss must be a loss object or 'logit', got {loss!r}")
-    if bn not in BN_MODES:
-        raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
+    check_choice("bn", bn, BN_MODES)
     tr = net.forward(x, train=True, hold_stats=(bn == "hold"))
     xp, out = tr.xp, tr.output
     m = out.shape[0]
@@ -77,12 +76,9 @@ def per_example_gradients(net: Network, x: Any, labels: Any = None, *, loss: Any
             raise ValueError("a loss needs the labels")
         dout = m * loss.grad(out, xp.asarray(labels))  # d l_m / d o_m: cross-entropy's softmax(o_m) - onehot(y_m)
     first = bottom_position(net, "linear1")  # just after the first weight layer (the first conv or dense layer)
-    if target == "input":
-        g = tr.pullback(dout, src=0)
-    else:
-        g = tr.pullback(dout, src=first)
-        if target == "first_layer_weights":
-            g = _per_example_param_grads(net.layers[first - 1], tr.values[first - 1], g)
+    g = tr.pullback(dout, src=0 if target == "input" else first)
+    if target == "first_layer_weights":
+        g = _per_example_param_grads(net.layers[first - 1], tr.values[first - 1], g)
     return net.backend.asnumpy(g.reshape(m, -1))
 
 
@@ -112,17 +108,14 @@ def gram_image(g: numpy.ndarray, *, centred: bool = True, normalise: str = "mean
     ----------
     g : array (M, D)
         Per-example gradients (``per_example_gradients``).
-    centred : bool
-        Subtract the mean row first (default).
-    normalise : str
-        "mean_diag" (default) or "cosine".
+    centred, normalise : bool, str
+        Subtract the mean row first (default); "mean_diag" (default) or "cosine".
 
     Returns
     -------
     numpy.ndarray (M, M)
     """
-    if normalise not in GRAM_NORMS:
-        raise ValueError(f"normalise must be one of {GRAM_NORMS}, got {normalise!r}")
+    check_choice("normalise", normalise, GRAM_NORMS)
     g = _centred(g, centred)
     gram = g @ g.T
     diag = numpy.diag(gram).copy()
@@ -133,18 +126,9 @@ def gram_image(g: numpy.ndarray, *, centred: bool = True, normalise: str = "mean
 
 
 def singular_values(g: numpy.ndarray) -> numpy.ndarray:
-    """Singular values of an (M, D) matrix from the eigenvalues of the smaller Gram matrix (g g^T or g^T g): the
-    same numbers as an SVD up to rounding (eigenvalues below rounding are clipped to 0), much faster when D >> M.
-
-    Parameters
-    ----------
-    g : array (M, D)
-
-    Returns
-    -------
-    numpy.ndarray (min(M, D),)
-        Descending.
-    """
+    """The singular values (min(M, D),), descending, of an (M, D) matrix from the eigenvalues of the smaller Gram
+    matrix (g g^T or g^T g): the same numbers as an SVD up to rounding (eigenvalues below rounding are clipped to 0),
+    much faster when D >> M."""
     gram = g @ g.T if g.shape[0] <= g.shape[1] else g.T @ g
     return numpy.sqrt(numpy.clip(numpy.linalg.eigvalsh(gram), 0.0, None))[::-1]
 
@@ -178,22 +162,18 @@ def relative_effective_rank(g: numpy.ndarray, *, reference: str = "gaussian", ce
                             seed: int = 0) -> float:
     """erank(g) / erank(i.i.d. N(0, 1) matrix of g's shape, centred alike) (about 1 for white noise), or erank / M.
 
-    The Gaussian reference is one draw with ``seed``; its erank concentrates tightly around its mean.
-
     Parameters
     ----------
     g : array (M, D)
-    reference : str
-        "gaussian" (default) or "M".
-    seed : int
-        The Gaussian reference's seed.
+    reference, seed : str, int
+        "gaussian" (default) or "M"; the seed of the Gaussian reference, one draw (its erank concentrates tightly
+        around its mean).
 
     Returns
     -------
     float
     """
-    if reference not in ERANK_REFERENCES:
-        raise ValueError(f"reference must be one of {ERANK_REFERENCES}, got {reference!r}")
+    check_choice("reference", reference, ERANK_REFERENCES)
     er = effective_rank(g, centred=centred)
     if reference == "M":
         return er / g.shape[0]
@@ -218,20 +198,8 @@ def gradient_norm_ratio(g: numpy.ndarray) -> float:
 
 
 def kmeans_order(g: numpy.ndarray, k: int = 10, seed: int = 0, *, centred: bool = True) -> numpy.ndarray:
-    """A permutation of the M rows: k-means (k clusters, fixed seed) on the (centred) rows, sorted by cluster
-    label and, within a cluster, by distance to its centroid (spec §7 "Ordering").
-
-    Parameters
-    ----------
-    g : array (M, D)
-    k : int
-        Clusters.
-
-    Returns
-    -------
-    numpy.ndarray (M,) of int
-        The row order.
-    """
+    """A permutation (M,) of the rows of g (M, D): k-means (``k`` clusters, fixed ``seed``) on the (``centred``)
+    rows, sorted by cluster label and, within a cluster, by distance to its centroid (spec §7 "Ordering")."""
     from sklearn.cluster import KMeans
 
     g = _centred(g, centred)

@@ -26,6 +26,7 @@ import numpy
 
 from ..backend import array_module
 from ..network import Network, Trace
+from . import check_choice
 
 GRIDS = ("linspace", "arange")
 BN_MODES = ("constant_stats", "through_stats", "through_stats_diag")
@@ -39,51 +40,22 @@ class UndefinedACF(ValueError):
 
 
 # --- the grid and the derivative on it -----------------------------------------------------------------------
-
-
 def grid(m: int = GRID_SIZE, kind: str = "linspace", net: Network | None = None, lo: float = -2.0,
          hi: float = 2.0) -> Any:
-    """The 1-D inputs as a batch (M, 1) on the network's backend and dtype (spec §2.2; spacing Open).
+    """M = ``m`` 1-D inputs on [lo, hi] as a batch (M, 1) on ``net``'s backend and dtype (default: NumPy, float64).
 
-    "linspace" (default): M points from lo to hi inclusive.  "arange": lo, lo + (hi-lo)/M, ..., hi - (hi-lo)/M
-    (the public replication's grid; it contains x = 0 exactly).
-
-    Parameters
-    ----------
-    m : int
-        M, the number of points.
-    kind : str
-        "linspace" or "arange".
-    net : Network, optional
-        Whose backend and dtype the grid takes (default: NumPy, float64).
-    lo, hi : float
-        The interval.
-
-    Returns
-    -------
-    array (M, 1)
+    Spacing (spec §2.2, Open): ``kind="linspace"`` (default) from lo to hi inclusive;  ``"arange"``: lo,
+    lo + (hi-lo)/M, ..., hi - (hi-lo)/M (the public replication's grid; it contains x = 0 exactly).
     """
-    xp = net.backend.xp if net is not None else numpy
-    dtype = net.dtype if net is not None else numpy.float64
+    check_choice("grid kind", kind, GRIDS)
+    xp, dtype = (net.backend.xp, net.dtype) if net is not None else (numpy, numpy.float64)
     if kind == "linspace":
-        x = xp.linspace(lo, hi, m, dtype=dtype)
-    elif kind == "arange":
-        x = lo + (hi - lo) / m * xp.arange(m, dtype=dtype)
-    else:
-        raise ValueError(f"grid kind must be one of {GRIDS}, got {kind!r}")
-    return x.reshape(m, 1)
-
-
-def _check_bn_mode(bn_mode: str) -> None:
-    if bn_mode not in BN_MODES:
-        raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
+        return xp.linspace(lo, hi, m, dtype=dtype).reshape(m, 1)
+    return (lo + (hi - lo) / m * xp.arange(m, dtype=dtype)).reshape(m, 1)
 
 
 def input_gradients(net: Network, x: Any, bn_mode: str = "constant_stats") -> Any:
-    """d f / d x_m for a network with ONE output, at every input of the batch x (M, d): shape (M, d).
-
-    One reverse sweep seeded with ones at the output. With "constant_stats" row m is the per-example gradient
-    of f(x_m); with "through_stats" it is d(sum_j f(x_j))/dx_m (batch statistics differentiated).
+    """d f / d x_m for a network with ONE output at every input x_m: one reverse sweep seeded with ones.
 
     Parameters
     ----------
@@ -92,13 +64,14 @@ def input_gradients(net: Network, x: Any, bn_mode: str = "constant_stats") -> An
     x : array (M, d)
         The inputs, on the network's backend.
     bn_mode : str
-        "constant_stats" (default) or "through_stats".
+        "constant_stats" (default: row m is the gradient of f(x_m) alone) or "through_stats" (row m is
+        d(sum_j f(x_j))/dx_m, batch statistics differentiated).
 
     Returns
     -------
     array (M, d)
     """
-    _check_bn_mode(bn_mode)
+    check_choice("bn_mode", bn_mode, BN_MODES)
     if bn_mode == "through_stats_diag":
         raise ValueError("through_stats_diag is defined for scalar inputs (grid_gradient)")
     if net.shapes[-1] != (1,):
@@ -115,7 +88,6 @@ def grid_gradient(net: Network, x: Any = None, bn_mode: str = "constant_stats", 
     net : Network
         Scalar input, scalar output.
     x : array (M, 1), optional
-        The grid (default ``grid(net=net)``).
     bn_mode : str
         See the module docstring.
     chunk : int
@@ -126,7 +98,7 @@ def grid_gradient(net: Network, x: Any = None, bn_mode: str = "constant_stats", 
     g : array (M,)
         On the network's backend.
     """
-    _check_bn_mode(bn_mode)
+    check_choice("bn_mode", bn_mode, BN_MODES)
     if net.in_shape != (1,) or net.shapes[-1] != (1,):
         raise ValueError(f"grid_gradient needs a scalar-in, scalar-out network, got {net.in_shape} -> {net.shapes[-1]}")
     x = grid(net=net) if x is None else x
@@ -137,23 +109,19 @@ def grid_gradient(net: Network, x: Any = None, bn_mode: str = "constant_stats", 
     if bn_mode == "through_stats":
         return input_gradients(net, x, bn_mode)[:, 0]
     tr = net.forward(x)  # batch statistics live: the tangent e_i moves every sample's output
-    m = x.shape[0]
-    g = xp.empty(m, dtype=x.dtype)
-    for start in range(0, m, chunk):
-        idx = xp.arange(start, min(m, start + chunk))
-        seeds = xp.zeros((idx.size, m, 1), dtype=x.dtype)
-        seeds[xp.arange(idx.size), idx, 0] = 1.0
-        g[idx] = tr.pushforward(seeds)[xp.arange(idx.size), idx, 0]
+    g = xp.empty(x.shape[0], dtype=x.dtype)
+    for rows in tr.probe_chunks(x.shape[0], chunk, 1):  # tangents e_i for the grid points i in rows
+        idx = xp.arange(rows.start, rows.stop)
+        g[idx] = tr.pushforward(tr.identity_seeds(0, rows, per_sample=False))[idx - rows.start, idx, 0]
     return g
 
 
 # --- covariance image and autocorrelation ----------------------------------------------------------------------
-
-
 def covariance_image(g: Any) -> Any:
     """|(g - mean g)(g - mean g)^T| / var(g): the (M, M) image of Fig. 1's bottom row (spec §3.2; Paper).
 
     Rank one before the absolute value; invariant to scaling and shifting g; one gradient, not an average.
+    Raises ``UndefinedACF`` if g is constant.
 
     Parameters
     ----------
@@ -162,11 +130,6 @@ def covariance_image(g: Any) -> Any:
     Returns
     -------
     array (M, M)
-
-    Raises
-    ------
-    UndefinedACF
-        g is constant.
     """
     gc = g - g.mean()
     var = float((gc * gc).mean())
@@ -182,6 +145,8 @@ def acf(g: Any, max_lag: int | None = None, estimator: str = "sample", rtol: flo
         ACF(k) = sum_{t=1}^{M-k} (g_t - gbar)(g_{t+k} - gbar) / sum_{t=1}^{M} (g_t - gbar)^2,   k = 0..M-1
     "correlate_same": np.correlate(gc, gc, "same") normalised to 1 at lag 0, lags 0..M/2-1 (its right half).
         For k >= 0 this is the same number as "sample" (Derived); it only stops at M/2.
+    Raises ``UndefinedACF`` if some row is constant (a looks-linear net): its ACF is not a number.
+
     Parameters
     ----------
     g : array (M,) or (..., M)
@@ -196,14 +161,8 @@ def acf(g: Any, max_lag: int | None = None, estimator: str = "sample", rtol: flo
     -------
     array (..., max_lag + 1)
         Lags 0..max_lag; 1 at lag 0.
-
-    Raises
-    ------
-    UndefinedACF
-        Some row is constant (a looks-linear net): its ACF is not a number.
     """
-    if estimator not in ACF_ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ACF_ESTIMATORS}, got {estimator!r}")
+    check_choice("estimator", estimator, ACF_ESTIMATORS)
     xp = array_module(g)
     m = g.shape[-1]
     gc = g - g.mean(axis=-1, keepdims=True)
@@ -214,27 +173,14 @@ def acf(g: Any, max_lag: int | None = None, estimator: str = "sample", rtol: flo
                            "as for a linear or looks-linear network")
     spec = xp.fft.rfft(gc, n=2 * m, axis=-1)
     cov = xp.fft.irfft(spec * spec.conj(), n=2 * m, axis=-1)[..., :m]  # sum_t gc_t gc_{t+k}, k = 0..M-1
-    r = cov / ss
     n_lags = m if estimator == "sample" else m - m // 2
     max_lag = n_lags - 1 if max_lag is None else min(int(max_lag), n_lags - 1)
-    return r[..., : max_lag + 1]
+    return (cov / ss)[..., : max_lag + 1]
 
 
 def lags(n: int, x: Any = None, units: str = "integer") -> Any:
-    """The lag axis for an ACF of n values.
-
-    Parameters
-    ----------
-    n : int
-    x : array (M, 1) or (M,), optional
-        The grid (needed for ``units="x"``).
-    units : str
-        "integer" (0..n-1, default) or "x" (k * dx).
-
-    Returns
-    -------
-    numpy.ndarray (n,)
-    """
+    """The lag axis (n,) for an ACF of n values: 0..n-1 (``units="integer"``, default) or k * dx (``units="x"``,
+    dx the spacing of the grid ``x``, (M, 1) or (M,))."""
     k = numpy.arange(n)
     if units == "integer":
         return k
@@ -246,45 +192,17 @@ def lags(n: int, x: Any = None, units: str = "integer") -> Any:
 
 def brown_noise(rng: numpy.random.Generator, m: int = GRID_SIZE, width: int = WIDTH,
                 size: tuple[int, ...] = ()) -> numpy.ndarray:
-    """B(t) = sum_{s<=t} W_s, W_s ~ N(0, 1/width), t = 1..m (spec §3.4; Reconstruction).
-
-    Parameters
-    ----------
-    rng : numpy.random.Generator
-    m : int
-        Steps.
-    width : int
-        The variance of a step is 1 / width.
-    size : tuple of int
-        Leading shape: independent walks.
-
-    Returns
-    -------
-    numpy.ndarray (*size, m)
-    """
+    """B(t) = sum_{s<=t} W_s, W_s ~ N(0, 1/width), t = 1..m (spec §3.4; Reconstruction): an array (*size, m) of
+    independent walks, drawn from ``rng``."""
     return numpy.cumsum(rng.standard_normal(size + (m,)) * math.sqrt(1.0 / width), axis=-1)
 
 
 def white_noise(rng: numpy.random.Generator, m: int = GRID_SIZE, size: tuple[int, ...] = ()) -> numpy.ndarray:
-    """W_k ~ N(0, 1), k = 1..m (spec §3.4).
-
-    Parameters
-    ----------
-    rng : numpy.random.Generator
-    m : int
-    size : tuple of int
-        Leading shape.
-
-    Returns
-    -------
-    numpy.ndarray (*size, m)
-    """
+    """W_k ~ N(0, 1), k = 1..m (spec §3.4): an array (*size, m) drawn from ``rng``."""
     return rng.standard_normal(size + (m,))
 
 
 # --- gradient correlation at high-dimensional inputs --------------------------------------------------------------
-
-
 def gradient_moments(grads: Any) -> tuple[float, float]:
     """(mean_m <g_m, g_m>, mean_{m != n} <g_m, g_n>) for gradients G (M, d) of one network at M inputs.
 
@@ -303,8 +221,7 @@ def gradient_moments(grads: Any) -> tuple[float, float]:
     flat = grads.reshape(m, -1)
     diag = float((flat * flat).sum())
     total = flat.sum(axis=0)
-    off = (float((total * total).sum()) - diag) / (m * (m - 1))
-    return diag / m, off
+    return diag / m, (float((total * total).sum()) - diag) / (m * (m - 1))
 
 
 def gradient_correlation(nets: Iterable[Network], x: Any, bn_mode: str = "constant_stats") -> "MCMoments":
@@ -333,8 +250,6 @@ def gradient_correlation(nets: Iterable[Network], x: Any, bn_mode: str = "consta
 
 
 # --- active and co-active proportions ------------------------------------------------------------------------------
-
-
 @dataclass
 class Activity:
     """Per rectifier layer l = 1..L (forward order): ``active`` A_l and ``coactive`` CO_l (spec §3.5)."""
@@ -390,8 +305,6 @@ def activity(trace: Trace) -> Activity:
 
 
 # --- looks-linear checks --------------------------------------------------------------------------------------------
-
-
 @dataclass
 class LooksLinearCheck:
     """What spec §6 / §11.9 ask of a looks-linear net on the grid.
@@ -431,9 +344,8 @@ def looks_linear_check(net: Network, x: Any = None) -> LooksLinearCheck:
     slope = float(g.mean())
     width = net.shapes[1]  # the first layer's output: the width of the linear chain (CReLU outputs are twice as wide)
     hidden = [p for p, s in enumerate(net.shapes) if 0 < p < len(net.shapes) - 1 and s == width]
-    src, dst = hidden[0], hidden[-1]
     one = net.forward(x[:1], hold_stats=True)
-    jac = be.asnumpy(one.jacobian(src, dst))[0]  # (width, width)
+    jac = be.asnumpy(one.jacobian(hidden[0], hidden[-1]))[0]  # (width, width)
     orth = float(numpy.abs(jac.T @ jac - numpy.eye(jac.shape[1])).max())
     norms = numpy.array([float(numpy.linalg.norm(be.asnumpy(tr.values[p]))) for p in hidden])
     return LooksLinearCheck(float(g.std()), slope, float(numpy.abs(f - slope * xs).max() / numpy.abs(f).max()),

@@ -32,6 +32,7 @@ import numpy
 
 from ..backend import array_module, get_backend
 from ..init import as_rng
+from . import check_choice
 
 KINDS = ("fnn", "res", "res_bn", "highway")
 METHODS = ("gram", "dense")
@@ -51,19 +52,16 @@ def closed_form(kind: str, depth: int, beta: float = 1.0, t: float | None = None
 
     Parameters
     ----------
-    kind : str
-        One of ``KINDS``: "fnn", "res", "res_bn", "highway".
-    depth : int
-        L >= 1.
-    beta : float
-        The residual-branch scale ("res", "res_bn").
-    t : float, optional
-        The highway gate (default 1/L).
+    kind, depth : str, int
+        One of ``KINDS``, and L >= 1.
+    beta, t : float
+        The residual-branch scale ("res", "res_bn"), and the highway gate (default 1/L).
 
     Returns
     -------
     Moments
     """
+    check_choice("kind", kind, KINDS)
     L = int(depth)
     if L < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
@@ -75,34 +73,20 @@ def closed_form(kind: str, depth: int, beta: float = 1.0, t: float | None = None
         s2 = 1 + beta**2 * numpy.arange(L - 1)  # s_l^2 for blocks l = 1..L-1
         var = float(numpy.prod(1 + beta**2 / s2))
         cov = float(numpy.prod(1 + beta**2 / (2 * s2)))
-    elif kind == "highway":
+    else:  # highway
         t = 1.0 / L if t is None else t
         var, cov = 1.0, (1 - t / 2) ** L
-    else:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     return Moments(var, cov, cov / var)
 
 
 def theorem3_asymptotic(depth: int, beta: float) -> Moments:
-    """Theorem 3 as the paper states it: C(i) = beta^2 (L-1) + 1 (exact), C(i,j) ~ beta sqrt(L),
-    R ~ 1/(beta sqrt(L)).
-
-    Parameters
-    ----------
-    depth : int
-        L.
-
-    Returns
-    -------
-    Moments
-    """
+    """Theorem 3 as the paper states it, as ``Moments`` at depth L: C(i) = beta^2 (L-1) + 1 (exact),
+    C(i,j) ~ beta sqrt(L), R ~ 1/(beta sqrt(L))."""
     root = beta * math.sqrt(depth)
     return Moments(beta**2 * (depth - 1) + 1, root, 1.0 / root)
 
 
 # --- Monte-Carlo estimates with standard errors ------------------------------------------------------------
-
-
 @dataclass
 class MCMoments:
     """Monte-Carlo estimates of C(i), C(j), C(i,j), R with standard errors (``*_se``) from ``n`` i.i.d. samples.
@@ -140,17 +124,7 @@ class MCMoments:
 
 
 def mc_moments(a: Any, b: Any, c: Any) -> MCMoments:
-    """Estimates from i.i.d. samples a = g_i^2, b = g_j^2, c = g_i g_j.
-
-    Parameters
-    ----------
-    a, b, c : array (n,)
-        n >= 2 samples each.
-
-    Returns
-    -------
-    MCMoments
-    """
+    """``MCMoments`` from n >= 2 i.i.d. samples a = g_i^2, b = g_j^2, c = g_i g_j, each an array (n,)."""
     a, b, c = (numpy.asarray(v, dtype=float) for v in (a, b, c))
     n = a.size
     if n < 2:
@@ -164,8 +138,6 @@ def mc_moments(a: Any, b: Any, c: Any) -> MCMoments:
 
 
 # --- the path model -------------------------------------------------------------------------------------------
-
-
 def _gram_project(u: Any, var: float, z: Any) -> Any:
     """Sample W^T U for U = u (T, 2, N) and W (N, N_out) with i.i.d. N(0, var) entries, from normals z (T, 2, N_out).
 
@@ -209,7 +181,7 @@ def _path_chunk(kind: str, L: int, N: int, beta: float, t: float, T: int, rng: n
         for _ in range(L - 1):  # layers L .. 2
             u = mask() * project(u, he)
         var_in = 2.0
-    elif kind in ("res", "res_bn", "highway"):
+    else:  # res, res_bn, highway
         u = xp.broadcast_to(w_out, (T, 2, N))
         n_blocks = L - 1 if kind == "res_bn" else L
         a, b = (math.sqrt(1 - t), math.sqrt(t)) if kind == "highway" else (1.0, beta)
@@ -217,8 +189,6 @@ def _path_chunk(kind: str, L: int, N: int, beta: float, t: float, T: int, rng: n
             scale = b / math.sqrt(1 + beta**2 * (l - 1)) if kind == "res_bn" else b
             u = a * u + scale * mask() * project(u, he)
         var_in = 1.0
-    else:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     # the input layer: g_a = w_in . u_a, w_in ~ N(0, var_in)^N shared by both inputs (a projection to 1 output)
     if method == "dense":
         g = (normal(T, 1, N) * math.sqrt(var_in) * u).sum(-1)
@@ -238,15 +208,12 @@ def path_model(kind: str, depth: int, width: int = 200, beta: float = 1.0, t: fl
     kind : str
         "fnn" (L rectifier layers), "res" (L blocks, no BN), "res_bn" (L-1 blocks, BN modelled as a division by
         s_l = sqrt(1 + beta^2 (l-1))), "highway" (L blocks, gates a^2 = 1-t, b^2 = t; t = 1/L default).
-    depth : int
-        L.
-    width : int
-        N, neurons per layer.
+    depth, width : int
+        L, and N neurons per layer.
     beta, t : float
         As in ``closed_form``.
-    trials : int
-        Independent draws of the model.
-    rng : numpy.random.Generator or seed
+    trials, rng : int, numpy.random.Generator or seed
+        Independent draws of the model, and their source.
     method : str
         "gram" (exact in distribution, O(N) per layer; default) or "dense" (draws every N x N matrix).
     chunk : int, optional
@@ -257,10 +224,9 @@ def path_model(kind: str, depth: int, width: int = 200, beta: float = 1.0, t: fl
     Returns
     -------
     MCMoments
-        From ``trials`` samples.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_choice("kind", kind, KINDS)
+    check_choice("method", method, METHODS)
     rng = as_rng(rng)
     t = 1.0 / depth if t is None else t
     be = get_backend(backend)

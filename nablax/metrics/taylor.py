@@ -38,6 +38,7 @@ import numpy
 from ..data import batch_slices
 from ..layers.base import Array, Mode, forward_chain, param_jvp_chain
 from ..network import Network
+from . import check_choice
 
 BLOCK_ENDS = ("linear_output", "after_activation")
 BN_STATS = ("batch_differentiated", "batch_constant")
@@ -61,33 +62,18 @@ class TaylorResult:
 
 
 def cut_positions(net: Network, block_end: str = "linear_output", include_output: bool = False) -> list[int]:
-    """Top-level positions where a bottom block B_k ends, in forward order (k = ``positions()[p].n_lin``).
+    """Top-level positions where a bottom block B_k ends, ascending (k = ``positions()[p].n_lin``), for ``block_end``:
 
-    "linear_output": after each top-level layer that holds linear layers (a Dense, or a residual block).
+    "linear_output" (default): after each top-level layer that holds linear layers (a Dense, or a residual block).
     "after_activation": just before the next such layer (so norm and nonlinearity are inside B_k).
     The cut after the output layer is left out unless ``include_output``.
-
-    Parameters
-    ----------
-    block_end : str
-        "linear_output" (default) or "after_activation".
-
-    Returns
-    -------
-    list of int
-        Forward positions, ascending.
     """
-    if block_end not in BLOCK_ENDS:
-        raise ValueError(f"block_end must be one of {BLOCK_ENDS}, got {block_end!r}")
+    check_choice("block_end", block_end, BLOCK_ENDS)
     linear = [i for i, layer in enumerate(net.layers) if layer.n_linear > 0]
-    if block_end == "linear_output":
-        cuts = [i + 1 for i in linear]
-    else:
-        cuts = linear[1:] + [len(net.layers)]
+    cuts = [i + 1 for i in linear] if block_end == "linear_output" else linear[1:] + [len(net.layers)]
     if not include_output:
-        total = net.n_linear
         pos = net.positions()
-        cuts = [p for p in cuts if pos[p].n_lin < total]
+        cuts = [p for p in cuts if pos[p].n_lin < net.n_linear]
     return cuts
 
 
@@ -120,10 +106,8 @@ def taylor_outputs(net: Network, expansion_point: dict[str, Array], x: Array, cu
     dict of int to array (B, d_out)
         The output for each cut position.
     """
-    if bn_stats not in BN_STATS:
-        raise ValueError(f"bn_stats must be one of {BN_STATS}, got {bn_stats!r}")
-    if top_bn not in TOP_BN:
-        raise ValueError(f"top_bn must be one of {TOP_BN}, got {top_bn!r}")
+    check_choice("bn_stats", bn_stats, BN_STATS)
+    check_choice("top_bn", top_bn, TOP_BN)
     if not cuts:
         return {}
     theta = net.copy_params()
@@ -156,12 +140,9 @@ def taylor_errors(net: Network, expansion_point: dict[str, Array], x: Array, y: 
 
     Parameters
     ----------
-    net : Network
-        The trained network, θ(T).
-    expansion_point : dict of arrays
-        θ(0), named as ``Network.named_params``.
-    x : array (N, *in_shape)
-    y : array (N,) of integers
+    net, expansion_point : Network, dict of arrays
+        The trained network θ(T), and θ(0) named as ``Network.named_params``.
+    x, y : array (N, *in_shape), array (N,) of integers
         The training set and its classes.
     loss : loss object
         Anything with ``value(out, y) -> float``, the mean over a batch (the paper's:
@@ -178,23 +159,18 @@ def taylor_errors(net: Network, expansion_point: dict[str, Array], x: Array, y: 
     """
     cuts = cut_positions(net, block_end, include_output)
     n = int(x.shape[0])
-    wrong = numpy.zeros(len(cuts))
-    total_loss = numpy.zeros(len(cuts))
-    wrong0 = loss0 = 0.0
+    wrong, total_loss = numpy.zeros(len(cuts) + 1), numpy.zeros(len(cuts) + 1)  # per cut, then the original net
     for rows in batch_slices(n, batch_size):
         xb, yb = x[rows], y[rows]
         outs = taylor_outputs(net, expansion_point, xb, cuts, bn_stats=bn_stats, top_bn=top_bn)
-        for j, p in enumerate(cuts):
-            wrong[j] += float((outs[p].argmax(axis=1) != yb).sum())
-            total_loss[j] += loss.value(outs[p], yb) * len(yb)
-        o = net(xb, train=top_bn == "batch")
-        wrong0 += float((o.argmax(axis=1) != yb).sum())
-        loss0 += loss.value(o, yb) * len(yb)
+        for j, out in enumerate([outs[p] for p in cuts] + [net(xb, train=top_bn == "batch")]):
+            wrong[j] += float((out.argmax(axis=1) != yb).sum())
+            total_loss[j] += loss.value(out, yb) * len(yb)
     pos = net.positions()
     settings = {"block_end": block_end, "bn_stats": bn_stats, "top_bn": top_bn, "batch_size": batch_size,
                 "r0_is_original": block_end == "linear_output"}
-    return TaylorResult(numpy.array([pos[p].n_lin for p in cuts]), wrong / n, total_loss / n, wrong0 / n, loss0 / n,
-                        settings)
+    return TaylorResult(numpy.array([pos[p].n_lin for p in cuts]), wrong[:-1] / n, total_loss[:-1] / n,
+                        float(wrong[-1] / n), float(total_loss[-1] / n), settings)
 
 
 __all__ = ["TaylorResult", "cut_positions", "taylor_outputs", "taylor_errors", "BLOCK_ENDS", "BN_STATS", "TOP_BN"]

@@ -76,18 +76,8 @@ def linear_keys(net: Network) -> list[str]:
 
 
 def matrix_norm(a: Array, norm: str = "fro") -> float:
-    """Frobenius (``"fro"``) or spectral (``"spectral"``, the largest singular value) norm of a matrix.
-
-    Parameters
-    ----------
-    a : array (m, n)
-    norm : str
-        "fro" (default) or "spectral".
-
-    Returns
-    -------
-    float
-    """
+    """The Frobenius (``norm="fro"``, default) or spectral (``"spectral"``, the largest singular value) norm of a
+    matrix a (m, n), as a float."""
     xp = array_module(a)
     if norm == "fro":
         return float(xp.sqrt((a * a).sum()))
@@ -101,10 +91,8 @@ def residual_opnorms(net: Network, params0: dict[str, Array], keys: list[str] | 
 
     Parameters
     ----------
-    net : Network
-        Holds W(now).
-    params0 : dict of arrays
-        W(0), named as ``Network.named_params``.
+    net, params0 : Network, dict of arrays
+        Holding W(now), and W(0) named as ``Network.named_params``.
     keys : list of str, optional
         The weight matrices (default: ``linear_keys(net)``, every linear layer's).
 
@@ -121,10 +109,8 @@ def residual_opnorms(net: Network, params0: dict[str, Array], keys: list[str] | 
 
 
 class UpdateSizes(TrainingCallback):
-    """Relative update size and the "bound" per linear layer, each averaged over the steps of an epoch.
-
-    Records per epoch the arrays ``relative_update`` and ``bound`` (one value per linear layer, forward order).
-    """
+    """Relative update size and the "bound" per linear layer, averaged over the steps of an epoch: the epoch's
+    arrays ``relative_update`` and ``bound`` (one value per linear layer, forward order)."""
 
     name = "update_sizes"
 
