@@ -50,6 +50,7 @@ import numpy
 
 from .architectures import ARCHITECTURES, build
 from .data import Dataset, batch_slices, load_dataset
+from .fastpath import blas_threads
 from .losses import SoftmaxCrossEntropy
 from .metrics.effective_depth import DEFAULT_EPS, EPS_GRID, EffectiveDepth
 from .metrics.gsc import AGGREGATIONS, gsc_to_error
@@ -57,6 +58,7 @@ from .metrics.jacobian import BOTTOMS, bottom_position
 from .metrics.taylor import taylor_errors
 from .metrics.training import Step, TrainingCallback, UpdateSizes, residual_opnorms
 from .optim import make_optimizer
+from .performance import current
 from .records import config_key, jsonable, write_atomic
 
 CHECKPOINT = "checkpoint.npz"
@@ -304,10 +306,15 @@ class Trainer:
 
     def fit(self, epochs: int | None = None, stop_after: int | None = None) -> dict[str, Any] | None:
         """Train up to ``epochs`` (default: the config's). ``stop_after`` stops once that many epochs are done
-        (as if the process were killed after that checkpoint). Returns the result when the run finished."""
+        (as if the process were killed after that checkpoint). Returns the result when the run finished. The BLAS
+        runs on ``nablax.settings().train_threads`` threads meanwhile (one by default: two lose up to 3x when another
+        process keeps a core busy; BENCHMARKS.md, "Threads on a shared machine")."""
+        with blas_threads(current().train_threads):
+            return self._fit(self.config.epochs if epochs is None else epochs, stop_after)
+
+    def _fit(self, epochs: int, stop_after: int | None) -> dict[str, Any] | None:
         from tqdm import tqdm
 
-        epochs = self.config.epochs if epochs is None else epochs
         self._start()
         bar = tqdm(total=epochs, initial=self.epoch, desc=self.config.arch, unit="epoch", file=sys.stderr,
                    disable=not self.progress)
