@@ -19,6 +19,7 @@ The one module outside ``layers/`` that reads layers' weights (``Dense.W``) and 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -374,6 +375,11 @@ def _threadpools(blas: str) -> Any:
     return ThreadpoolController()
 
 
+def blas_threads(n: int) -> Any:
+    """A context in which the BLAS uses ``n`` threads (0: leaves the BLAS's own count)."""
+    return _threadpools(kernels.blas_library()).limit(limits=n, user_api="blas") if n else contextlib.nullcontext()
+
+
 def run_chunks(work: Callable[[slice, Any], None], chunks: list[slice], threads: int,
                new_state: Callable[[], Any] = lambda: None) -> list[Any]:
     """``work(rows, state)`` for every chunk, always with one BLAS thread (on a shared machine BLAS threads wait
@@ -390,5 +396,5 @@ def run_chunks(work: Callable[[slice, Any], None], chunks: list[slice], threads:
             work(rows, state)
         return state
 
-    with _threadpools(kernels.blas_library()).limit(limits=1, user_api="blas"), ThreadPoolExecutor(n) as pool:
+    with blas_threads(1), ThreadPoolExecutor(n) as pool:
         return [worker(0)] if n == 1 else list(pool.map(worker, range(n)))  # (no thread starts for n == 1)

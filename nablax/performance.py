@@ -10,7 +10,7 @@ No setting changes a result beyond rounding: they choose how the numbers are com
 
 The environment variables give the initial values, read once when nablax is imported (a value that cannot be
 used is ignored with a warning): ``NABLAX_FAST``, ``NABLAX_KERNELS``, ``NABLAX_BLAS``, ``NABLAX_SWEEP_THREADS``,
-``NABLAX_NUMBA_PARALLEL`` and ``NABLAX_MALLOC_TUNING`` (``ENVIRONMENT``; booleans as 1/0). Settings are per
+``NABLAX_TRAIN_THREADS``, ``NABLAX_NUMBA_PARALLEL`` and ``NABLAX_MALLOC_TUNING`` (``ENVIRONMENT``; booleans as 1/0). Settings are per
 process: worker processes take theirs from the environment.
 """
 
@@ -24,7 +24,7 @@ from typing import Any, Mapping
 CPU_KERNELS = ("auto", "numba", "numpy")
 CHOICES = {"kernels": CPU_KERNELS, "feature_major": ("auto", "on", "off")}
 ENVIRONMENT = {"fast": "NABLAX_FAST", "kernels": "NABLAX_KERNELS", "blas": "NABLAX_BLAS",
-               "sweep_threads": "NABLAX_SWEEP_THREADS", "numba_parallel": "NABLAX_NUMBA_PARALLEL",
+               "sweep_threads": "NABLAX_SWEEP_THREADS", "train_threads": "NABLAX_TRAIN_THREADS", "numba_parallel": "NABLAX_NUMBA_PARALLEL",
                "malloc_tuning": "NABLAX_MALLOC_TUNING"}
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
@@ -37,6 +37,7 @@ class Settings:
     kernels: str = "auto"  # "numba", "numpy", or "auto": Numba from kernels.AUTO_MIN_ELEMENTS entries (nablax.kernels)
     blas: str = "numpy"  # the dense products: "numpy", "aocl" or a CBLAS library's path (kernels.blas), loaded when set
     sweep_threads: int = 0  # threads of a sweep, one BLAS thread each; 0: as many as the BLAS (fastpath.sweep_threads)
+    train_threads: int = 1  # BLAS threads while Trainer.fit runs; 0: the BLAS's own (fastpath.blas_threads)
     numba_parallel: bool = False  # the Numba kernels compiled with parallel=True (read at their first compilation)
     malloc_tuning: bool = True  # False: backend.tune_allocator() (the command line's, the figure scripts') does nothing
     feature_major: str = "auto"  # MLP sweep signals: "auto" (float64; both dtypes with another BLAS), "on", "off"
@@ -51,8 +52,9 @@ class Settings:
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"setting {name} must be one of {choices}, got {getattr(self, name)!r}")
-        if self.sweep_threads < 0 or self.sample_block_bytes < 0:
-            raise ValueError("settings sweep_threads and sample_block_bytes must not be negative")
+        for name in ("sweep_threads", "train_threads", "sample_block_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"setting {name} must not be negative, got {getattr(self, name)}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:

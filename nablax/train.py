@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from .architectures import ARCHITECTURES, build
 from .data import Dataset, batch_slices, load_dataset
+from .fastpath import blas_threads
 from .losses import SoftmaxCrossEntropy
 from .metrics.effective_depth import DEFAULT_EPS, EPS_GRID, EffectiveDepth
 from .metrics.gsc import AGGREGATIONS, gsc_to_error
@@ -55,6 +56,7 @@ from .metrics.jacobian import BOTTOMS, bottom_position
 from .metrics.taylor import taylor_errors
 from .metrics.training import Step, TrainingCallback, UpdateSizes, residual_opnorms
 from .optim import make_optimizer
+from .performance import current
 from .records import config_key, jsonable, write_atomic
 
 CHECKPOINT = "checkpoint.npz"
@@ -298,8 +300,13 @@ class Trainer:
 
     def fit(self, epochs: int | None = None, stop_after: int | None = None) -> dict[str, Any] | None:
         """Train up to ``epochs`` (default: the config's). ``stop_after`` stops once that many epochs are done
-        (as if the process were killed after that checkpoint). Returns the result when the run finished."""
-        epochs = self.config.epochs if epochs is None else epochs
+        (as if the process were killed after that checkpoint). Returns the result when the run finished. The BLAS
+        runs on ``nablax.settings().train_threads`` threads meanwhile (one by default: two lose up to 3x when another
+        process keeps a core busy; BENCHMARKS.md, "Threads on a shared machine")."""
+        with blas_threads(current().train_threads):
+            return self._fit(self.config.epochs if epochs is None else epochs, stop_after)
+
+    def _fit(self, epochs: int, stop_after: int | None) -> dict[str, Any] | None:
         self._start()
         bar = progress_bar(self.config.arch, self.progress, "epoch", total=epochs, initial=self.epoch)
         while self.epoch < epochs and self.status == "running":

@@ -13,7 +13,8 @@ Jobs (issue 7), each for float64 and float32:
   3 gsc       exact batch-level GSC(p -> out) of a batch-ReLU MLP with batch statistics (nablax: gsc_to(...,
               method="exact"); peers: stacked vjps of every unit seed of the whole batch)
   4 train     one training step (forward, backward, SGD) at batch 128 with 3072-dimensional input, ReLU and
-              batch-ReLU MLPs with a 10-way softmax cross-entropy (running statistics are not updated)
+              batch-ReLU MLPs with a 10-way softmax cross-entropy (running statistics are not updated); nablax
+              on the BLAS threads that ``Trainer.fit`` uses (the setting ``train_threads``), as in job 6
   5 dfdx      df/dx on the 256-point grid of [-2, 2] for the 50-layer width-200 "resnet-bn" (batch statistics
               held constant, Mode(hold_stats=True)); peers: statistics from a no-grad forward, then vmap(jacrev)
   6 edstep    the paper-scale training step of issue 15: ``Trainer.train_step`` with the default callbacks (update
@@ -617,6 +618,8 @@ def job_train(size: dict, dtype: str) -> list[dict]:
             names = list(net.named_params())
             p0 = np.concatenate([net.backend.asnumpy(v).ravel() for v in net.named_params().values()])
             if engine.startswith("nablax"):
+                import nablax
+                from nablax.fastpath import blas_threads
                 from nablax.losses import SoftmaxCrossEntropy
                 from nablax.optim import SGD
 
@@ -624,10 +627,11 @@ def job_train(size: dict, dtype: str) -> list[dict]:
                 x, y = ctx.array(x_np), net.backend.xp.asarray(y_np)
 
                 def run():
-                    tr = net.forward(x, train=True)
-                    _, grads = tr.backward(loss.grad(tr.output, y), input_grad=False)
-                    opt.step(net.named_params(), grads)
-                    return ctx.sync(net.named_params())
+                    with blas_threads(nablax.settings().train_threads):  # as Trainer.fit runs its steps
+                        tr = net.forward(x, train=True)
+                        _, grads = tr.backward(loss.grad(tr.output, y), input_grad=False)
+                        opt.step(net.named_params(), grads)
+                        return ctx.sync(net.named_params())
 
                 return run, lambda ps: np.concatenate([ctx.to_numpy(ps[k]).ravel() for k in names]) - p0
             run, conv = _peer_train(engine, ctx, net, ctx.array(x_np), y_np, lr, names)
@@ -835,6 +839,9 @@ def job_edstep(size: dict, dtype: str) -> list[dict]:
             return t
 
         def prepare(engine: str, trainer=trainer) -> tuple[Callable, Callable]:
+            import nablax
+            from nablax.fastpath import blas_threads
+
             if engine == FLOOR:
                 return edstep_floor(edstep_shapes(trainer("nablax-numpy")), b, dtype), (lambda _: None)
             ctx = Ctx(engine, dtype)
@@ -844,7 +851,8 @@ def job_edstep(size: dict, dtype: str) -> list[dict]:
 
             def run():  # the answer: the λ-contributions C[λ] this step adds
                 before = ed.C.copy()
-                t.train_step(x, y)
+                with blas_threads(nablax.settings().train_threads):  # as Trainer.fit runs its steps
+                    t.train_step(x, y)
                 ctx.sync(None)
                 return ed.C - before
 

@@ -269,3 +269,37 @@ def test_the_measurement_phase_shows_progress(capsys):
     Trainer(tiny(epochs=1), progress=True).fit()
     err = capsys.readouterr().err
     assert "epoch 0 measurements:" in err and "epoch 1 measurements:" in err  # (tqdm shows the phase when it redraws)
+
+
+def test_fit_runs_on_the_training_blas_threads():
+    """Trainer.fit holds the BLAS at the setting train_threads (default 1) for its steps and measurements, and
+    puts the BLAS's own count back afterwards; train_threads=0 leaves the BLAS's count alone."""
+    import nablax
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    class Seen(TrainingCallback):
+        def __init__(self):
+            self.threads = set()
+
+        def before_step(self, trainer, step):
+            self.threads |= blas_threads()
+
+        def end_epoch(self, trainer):
+            self.threads |= blas_threads()
+            return {}, {}
+
+    with threadpool_limits(2, user_api="blas"):
+        outside = blas_threads()
+        for setting, expected in ((None, {1}), (1, {1}), (0, outside)):
+            seen = Seen()
+            trainer = Trainer(tiny(epochs=1, measure_effective_depth=False), progress=False)
+            trainer.callbacks.append(seen)
+            with nablax.settings(**({} if setting is None else {"train_threads": setting})):
+                trainer.fit()
+            assert seen.threads == expected, (setting, seen.threads)
+            assert blas_threads() == outside
+    with pytest.raises(ValueError, match="train_threads"):
+        nablax.settings(train_threads=-1)
