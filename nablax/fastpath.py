@@ -75,8 +75,8 @@ def jacobian(tr: Any, j: Array, src: int, dst: int, batch_level: bool, max_eleme
     return j
 
 
-def sq_norms(tr: Any, dst: int, src: int, per_sample: bool, max_elements: int) -> Array:
-    """``Trace``'s squared norms of the identity-seeded sweep from dst: per sample (n_pos, B), or batch-level (n_pos,).
+def sq_norms(tr: Any, src: int, dst: int, per_sample: bool, max_elements: int) -> Array:
+    """``Trace._sq_norms``: the squared norms (n_pos, B) of the identity-seeded sweep from dst.
 
     Unit seeds first meet the layer before dst; when that layer is diagonal (an activation, dy * phi'(z)) a
     seed e_(b,j) leaves it as phi'(z_bj) e_(b,j), so only the seeds with phi'(z_bj) != 0 are pulled further:
@@ -87,7 +87,7 @@ def sq_norms(tr: Any, dst: int, src: int, per_sample: bool, max_elements: int) -
     xp = tr.xp
     blocks = sample_blocks(tr, src, dst) if per_sample else None
     if blocks is not None:
-        return xp.concatenate([sq_norms(sample_block(tr, s0, s1, src, dst), dst, src, True, max_elements)
+        return xp.concatenate([sq_norms(sample_block(tr, s0, s1, src, dst), src, dst, True, max_elements)
                                for s0, s1 in blocks], axis=1)
     b, d_dst = tr.batch_size, flat_size(tr.values[dst].shape[1:])
     acc = xp.zeros((dst - src + 1, b), dtype="float64")  # per-sample sums (float64 also for float32 nets)
@@ -120,8 +120,7 @@ def sq_norms(tr: Any, dst: int, src: int, per_sample: bool, max_elements: int) -
     for part in run_chunks(pull, seed_chunks(tr, n_seeds, src, dst, max_elements), threads_for(tr),
                            lambda: xp.zeros_like(acc)):
         acc += part
-    out = acc.astype(tr.values[0].dtype)
-    return out if per_sample else out.sum(axis=1)
+    return acc.astype(tr.values[0].dtype)
 
 
 # --- one sweep -----------------------------------------------------------------------------------------------

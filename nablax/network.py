@@ -51,11 +51,8 @@ class Position:
 
 
 class Network:
-    """A sequence of layers applied to inputs of shape ``(B, *in_shape)``.
-
-    ``meta`` holds JSON-able facts about how the network was built (architecture name, depth, width, init,
-    seed); it is saved with the network.
-    """
+    """A sequence of layers applied to inputs of shape ``(B, *in_shape)``; ``meta`` holds JSON-able facts about how
+    it was built (architecture name, depth, width, init, seed), saved with it."""
 
     def __init__(self, layers: list[Layer], in_shape: tuple[int, ...] | int, *, name: str = "",
                  meta: dict[str, Any] | None = None) -> None:
@@ -63,12 +60,12 @@ class Network:
         self.in_shape = (in_shape,) if isinstance(in_shape, int) else tuple(int(s) for s in in_shape)
         self.name = name
         self.meta = dict(meta or {})
-        arrays = list(self.named_params().values()) + list(self.named_state().values())
+        arrays = [*self.named_params().values(), *self.named_state().values()]
         dtypes = {a.dtype for a in arrays}
         if len(dtypes) > 1:
             raise TypeError(f"network parameters mix dtypes {sorted(map(str, dtypes))}")
         self.dtype = dtypes.pop() if dtypes else numpy.dtype("float64")
-        self.backend: Backend = backend_of(*arrays) if arrays else backend_of()
+        self.backend: Backend = backend_of(*arrays)
         self.shapes = [self.in_shape]
         for layer in self.layers:
             self.shapes.append(tuple(layer.out_shape(self.shapes[-1])))
@@ -193,15 +190,17 @@ class Trace:
         """Every leaf layer in forward order (inside residual blocks too) with its input and cache."""
         return ((layer, x, cache) for _, layer, x, cache in iter_leaves(self.network.layers, self.values, self.caches))
 
-    def _pos(self, p: int | None, default: int) -> int:
-        """The one rule for positions a caller passes: 0..P, anything else (negative ones too: no wrap-around)
-        is refused. ``None`` takes ``default``, where -1 stands for the output P."""
+    def _span(self, src: int | None, dst: int | None) -> tuple[int, int]:
+        """The one rule for the positions a caller passes: ``(src, dst)`` with 0 <= src <= dst <= P (src None: the
+        input 0, dst None: the output P); anything else, negative positions too (no wrap-around), is refused."""
         n = len(self.values)
-        if p is None:
-            return n - 1 if default == -1 else default
-        if not 0 <= int(p) < n:
-            raise IndexError(f"position {p} is outside 0..{n - 1}")
-        return int(p)
+        src, dst = 0 if src is None else src, n - 1 if dst is None else dst
+        for p in (src, dst):
+            if not 0 <= int(p) < n:
+                raise IndexError(f"position {p} is outside 0..{n - 1}")
+        if src > dst:
+            raise ValueError(f"a sweep runs between src <= dst, got src={src} > dst={dst}")
+        return int(src), int(dst)
 
     def _check_signal(self, s: Array, p: int, what: str) -> None:
         shape = tuple(self.values[p].shape)
@@ -213,9 +212,7 @@ class Trace:
     # -- reverse and forward mode ---------------------------------------------------------------------
     def pullbacks(self, cotangent: Array, dst: int | None = None, src: int = 0) -> Iterator[tuple[int, Array]]:
         """Yield ``(p, J_{dst<-p}^T v)`` for p = dst, dst-1, ..., src (the first item is the seed itself)."""
-        dst, src = self._pos(dst, -1), self._pos(src, 0)
-        if src > dst:
-            raise ValueError(f"pullback goes from dst to an earlier src, got src={src} > dst={dst}")
+        src, dst = self._span(src, dst)
         self._check_signal(cotangent, dst, "cotangent")
         v = cotangent
         yield dst, v
@@ -231,9 +228,7 @@ class Trace:
 
     def pushforwards(self, tangent: Array, src: int = 0, dst: int | None = None) -> Iterator[tuple[int, Array]]:
         """Yield ``(p, J_{p<-src} u)`` for p = src, ..., dst (the first item is the seed itself)."""
-        src, dst = self._pos(src, 0), self._pos(dst, -1)
-        if src > dst:
-            raise ValueError(f"pushforward goes from src to a later dst, got src={src} > dst={dst}")
+        src, dst = self._span(src, dst)
         self._check_signal(tangent, src, "tangent")
         u = tangent
         yield src, u
@@ -283,7 +278,7 @@ class Trace:
             yield rows, self.identity_seeds(p, rows, per_sample)
 
     def _jacobian_args(self, src: int | None, dst: int | None, batch_level: bool | None) -> tuple[int, int, bool]:
-        src, dst = self._pos(src, 0), self._pos(dst, -1)
+        src, dst = self._span(src, dst)
         batch_level = self.couples_batch if batch_level is None else batch_level
         if self.couples_batch and not batch_level:
             raise ValueError("this pass couples samples (batch norm with batch statistics): per-sample Jacobians "
@@ -292,13 +287,12 @@ class Trace:
 
     def jacobian_blocks(self, src: int = 0, dst: int | None = None, *, batch_level: bool | None = None,
                         max_elements: int = DEFAULT_MAX_ELEMENTS) -> Iterator[tuple[slice, Array]]:
-        """The exact Jacobian from position src to position dst a block of rows at a time, so that one too large
-        for memory can be reduced or written out block by block (``jacobian(out=...)``).
+        """``jacobian`` a block of rows at a time, so that a Jacobian too large for memory can be reduced or
+        written out block by block.
 
         Parameters
         ----------
-        src, dst : positions, 0 <= src <= dst <= P (dst None: the output P)
-        batch_level : per sample (False) or of the whole batch (True); None: True when the pass couples samples
+        src, dst, batch_level : as in ``jacobian``
         max_elements : signal entries per block, at most
 
         Yields
@@ -368,10 +362,10 @@ class Trace:
         ``(dst - src + 1, B)``, row ``p - src`` for position p. Needs a pass without batch coupling (see
         ``batch_jacobian_sq_norms`` otherwise).
         """
-        dst, src = self._pos(dst, -1), self._pos(src, 0)
+        src, dst = self._span(src, dst)
         if self.couples_batch:
             raise ValueError("this pass couples samples: use batch_jacobian_sq_norms, or forward(..., hold_stats=True)")
-        return self._sq_norms(dst, src, True, max_elements)
+        return self._sq_norms(src, dst, True, max_elements)
 
     def batch_jacobian_sq_norms(self, dst: int | None = None, src: int = 0, *,
                                 max_elements: int = DEFAULT_MAX_ELEMENTS) -> Array:
@@ -383,23 +377,20 @@ class Trace:
         -------
         ``(dst - src + 1,)``, entry ``p - src`` for position p.
         """
-        dst, src = self._pos(dst, -1), self._pos(src, 0)
-        if not self.couples_batch:
-            return self._sq_norms(dst, src, True, max_elements).sum(axis=1)
-        return self._sq_norms(dst, src, False, max_elements)
+        src, dst = self._span(src, dst)
+        return self._sq_norms(src, dst, not self.couples_batch, max_elements).sum(axis=1)
 
-    def _sq_norms(self, dst: int, src: int, per_sample: bool, max_elements: int) -> Array:
-        """The squared norms at every position of the sweep of identity seeds from dst: per sample, (n_pos, B)
-        from seeds e_j in every sample at once; or batch-level, (n_pos,) from seeds e_(b, j)."""
+    def _sq_norms(self, src: int, dst: int, per_sample: bool, max_elements: int) -> Array:
+        """The sweep of identity seeds from dst, e_j in every sample at once (per_sample) or e_(b, j): the squared
+        entries of the pulled-back seeds at every position p, summed per sample of p, (dst - src + 1, B)."""
         if current().fast:
-            return fastpath.sq_norms(self, dst, src, per_sample, max_elements)
+            return fastpath.sq_norms(self, src, dst, per_sample, max_elements)
         b = self.batch_size
         acc = self.xp.zeros((dst - src + 1, b), dtype="float64")  # float64 sums also for float32 nets
         for _, seeds in self._identity_chunks(dst, per_sample, src, dst, max_elements):
             for p, v in self.pullbacks(seeds, dst, src):
                 acc[p - src] += (v * v).reshape(v.shape[0], b, -1).sum(axis=(0, 2), dtype="float64")
-        out = acc.astype(self.values[0].dtype)
-        return out if per_sample else out.sum(axis=1)
+        return acc.astype(self.values[0].dtype)
 
     def hutchinson_sq_norms(self, dst: int | None = None, src: int = 0, *, n_probes: int = 4,
                             rng: numpy.random.Generator | int | None = None, probe: str = "gaussian") -> tuple[Array, Array]:
@@ -407,7 +398,7 @@ class Trace:
         their standard errors: ``E_v ||J^T v||^2 = ||J||_F^2`` for v ~ N(0, I) (or Rademacher) of the shape
         of position dst. All probes are pulled back together in one sweep. Returns ``(mean, stderr)``, each of
         shape ``(dst - src + 1,)``; the standard error is the sample std over probes / sqrt(n_probes)."""
-        dst, src = self._pos(dst, -1), self._pos(src, 0)
+        src, dst = self._span(src, dst)
         if n_probes < 2:
             raise ValueError("n_probes must be at least 2 to report a standard error")
         if probe not in ("gaussian", "rademacher"):
@@ -418,6 +409,4 @@ class Trace:
         samples = self.xp.zeros((dst - src + 1, n_probes), dtype=v.dtype)
         for p, s in self.pullbacks(v, dst, src):
             samples[p - src] = (s * s).reshape(n_probes, -1).sum(axis=1)
-        mean = samples.mean(axis=1)
-        stderr = samples.std(axis=1, ddof=1) / math.sqrt(n_probes)
-        return mean, stderr
+        return samples.mean(axis=1), samples.std(axis=1, ddof=1) / math.sqrt(n_probes)
