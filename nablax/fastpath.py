@@ -264,9 +264,7 @@ def live_seed_plan(tr: Any, dst: int, src: int) -> tuple[Array, Array] | None:
     units of any sample; a sweep from dst - 1 needs only these m seeds per sample instead of n (about 0.6 n
     after a ReLU). None when no seed can be dropped.
     """
-    if dst <= src:
-        return None
-    d = tr.network.layers[dst - 1].diagonal_derivative(tr.caches[dst - 1])
+    d = tr.network.layers[dst - 1].diagonal_derivative(tr.caches[dst - 1]) if dst > src else None
     if d is None:
         return None
     d2 = d.reshape(d.shape[0], -1)

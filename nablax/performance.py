@@ -8,10 +8,9 @@ No setting changes a result beyond rounding: they choose how the numbers are com
 ``fast=False`` is the one switch for an audit: every exact sweep then runs the reference code of ``Trace``
 (the layers' own ``vjp``), every kernel its NumPy reference and every product ``numpy.matmul``.
 
-The environment variables give the initial values, read once when nablax is imported (a value that cannot be
-used is ignored with a warning): ``NABLAX_FAST``, ``NABLAX_KERNELS``, ``NABLAX_BLAS``, ``NABLAX_SWEEP_THREADS``,
-``NABLAX_NUMBA_PARALLEL`` and ``NABLAX_MALLOC_TUNING`` (``ENVIRONMENT``; booleans as 1/0). Settings are per
-process: worker processes take theirs from the environment.
+The variables of ``ENVIRONMENT`` (``NABLAX_FAST``, ...; booleans as 1/0) give the initial values, read once when
+nablax is imported (a value that cannot be used is ignored with a warning). Settings are per process: worker
+processes take theirs from the environment.
 """
 
 from __future__ import annotations
