@@ -76,14 +76,9 @@ def jacobian(tr: Any, j: Array, src: int, dst: int, batch_level: bool, max_eleme
 
 
 def sq_norms(tr: Any, src: int, dst: int, per_sample: bool, max_elements: int) -> Array:
-    """``Trace._sq_norms``: the squared norms (n_pos, B) of the identity-seeded sweep from dst.
-
-    Unit seeds first meet the layer before dst; when that layer is diagonal (an activation, dy * phi'(z)) a
-    seed e_(b,j) leaves it as phi'(z_bj) e_(b,j), so only the seeds with phi'(z_bj) != 0 are pulled further:
-    batch-level, exactly those (about half after a ReLU); per sample, the most any sample has, each sample's
-    own units (``live_seed_plan``). Per-sample seeds also pass the first Dense layer as columns of its weight
-    (``Sweep.pull_units``).
-    """
+    """``Trace._sq_norms``: the squared norms (n_pos, B) of the identity-seeded sweep from dst. When the layer before
+    dst is diagonal, a seed e_(b,j) leaves it as phi'(z_bj) e_(b,j): only those with phi'(z_bj) != 0 are pulled
+    further, batch-level exactly those, per sample each sample's own (``live_seed_plan``, ``Sweep.pull_units``)."""
     xp = tr.xp
     blocks = sample_blocks(tr, src, dst) if per_sample else None
     if blocks is not None:

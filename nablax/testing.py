@@ -90,15 +90,13 @@ def dottest(layer: Any, x: Any, mode: Mode = Mode(), *, rng: Any = None, f: Call
     Returns
     -------
     errors : dict of str to float
-        ``jvp_vs_fd``: rel_err(J u, central difference); ``adjoint``: |<v, J u> - <J^T v, u>| / scale;
-        ``vjp_vs_fd``: |<J^T v, u> - <v, difference>| / scale; ``probe_axes``: the largest rel_err of a signal
-        with probe axes against its single-signal answer. Tolerances ``FD_RTOL``, ``ADJOINT_RTOL``, ``FD_RTOL``,
-        ``PROBE_RTOL``.
+        ``jvp_vs_fd``: rel_err(J u, central difference), tolerance ``FD_RTOL``; ``adjoint``: |<v, J u> - <J^T v, u>|
+        / scale, ``ADJOINT_RTOL``; ``vjp_vs_fd``: |<J^T v, u> - <v, difference>| / scale, ``FD_RTOL``;
+        ``probe_axes``: the largest rel_err of a signal with probe axes against its single answer, ``PROBE_RTOL``.
 
     Raises
     ------
-    DerivativeError
-        A result of the wrong shape, or (with ``raise_error``) an error above its tolerance.
+    DerivativeError : a result of the wrong shape, or (with ``raise_error``) an error above its tolerance
     """
     rng = as_rng(rng)
     y, cache = layer.forward(x, mode)
@@ -140,9 +138,8 @@ def dottest_params(layer: Any, x: Any, mode: Mode = Mode(), *, rng: Any = None,
 
     Raises
     ------
-    DerivativeError
-        Gradients for other names than ``layer.params``, a gradient of the wrong shape, or (with ``raise_error``)
-        an error above its tolerance.
+    DerivativeError : gradients for other names than ``layer.params``, a gradient of the wrong shape, or (with
+        ``raise_error``) an error above its tolerance
     """
     rng = as_rng(rng)
     y, cache = layer.forward(x, mode)
@@ -217,13 +214,11 @@ def check_jacobian(layer: Any, x: Any, mode: Mode = Mode(), *, rtol: float = 1e-
 
     Returns
     -------
-    errors : dict of str to float
-        ``vs_vjp`` and ``vs_jvp``: rel_err of ``jacobian(cache)`` against each stacked Jacobian.
+    errors : dict of str to float, ``vs_vjp`` and ``vs_jvp``: rel_err of ``jacobian(cache)`` against each stacked one
 
     Raises
     ------
-    DerivativeError
-        A Jacobian of the wrong shape, or (with ``raise_error``) an error above ``rtol``.
+    DerivativeError : a Jacobian of the wrong shape, or (with ``raise_error``) an error above ``rtol``
     """
     y, cache = layer.forward(x, mode)
     jac = layer.jacobian(cache)
