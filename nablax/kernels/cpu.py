@@ -179,13 +179,11 @@ def compiled() -> Any | None:
                 c = z[i, j] - m[j]
                 s2[j] += c * c
         s2 /= rows
-        inv = np.empty(n)
-        for j in range(n):
-            sd = np.sqrt(s2[j] + eps)
-            mean[j] = m[j]
-            var[j] = s2[j]
-            sigma[j] = sd
-            inv[j] = 1.0 / sd
+        sd = np.sqrt(s2 + eps)
+        inv = 1.0 / sd
+        mean[:] = m
+        var[:] = s2
+        sigma[:] = sd
         for i in range(rows):
             for j in range(n):
                 y[i, j] = (z[i, j] - m[j]) * inv[j]
