@@ -199,7 +199,7 @@ class Trace:
             if not 0 <= int(p) < n:
                 raise IndexError(f"position {p} is outside 0..{n - 1}")
         if src > dst:
-            raise ValueError(f"a sweep runs between src <= dst, got src={src} > dst={dst}")
+            raise ValueError(f"src must not come after dst, got src={src} > dst={dst}")
         return int(src), int(dst)
 
     def _check_signal(self, s: Array, p: int, what: str) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import glob
+import importlib.util
 import os
 import warnings
 from dataclasses import dataclass
@@ -57,8 +58,6 @@ class Cblas:
 
 def _aocl_path() -> str:
     """AOCL-BLAS inside the installed ``aoclda`` wheel (its libraries live in ``aoclda.libs``)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("aoclda")
     if spec is None or not spec.submodule_search_locations:
         raise ValueError('blas "aocl" needs AMD\'s AOCL-BLAS: pip install "nablax[aocl]" (the aoclda wheel)')
