@@ -190,17 +190,15 @@ class Trace:
         """Every leaf layer in forward order (inside residual blocks too) with its input and cache."""
         return ((layer, x, cache) for _, layer, x, cache in iter_leaves(self.network.layers, self.values, self.caches))
 
-    def _span(self, src: int | None, dst: int | None) -> tuple[int, int]:
-        """The one rule for the positions a caller passes: ``(src, dst)`` with 0 <= src <= dst <= P (src None: the
-        input 0, dst None: the output P); anything else, negative positions too (no wrap-around), is refused."""
+    def _pos(self, p: int | None, default: int) -> int:
+        """The one rule for positions a caller passes: 0..P, anything else (negative ones too: no wrap-around)
+        is refused. ``None`` takes ``default``, where -1 stands for the output P."""
         n = len(self.values)
-        src, dst = 0 if src is None else src, n - 1 if dst is None else dst
-        for p in (src, dst):
-            if not 0 <= int(p) < n:
-                raise IndexError(f"position {p} is outside 0..{n - 1}")
-        if src > dst:
-            raise ValueError(f"src must not come after dst, got src={src} > dst={dst}")
-        return int(src), int(dst)
+        if p is None:
+            return n - 1 if default == -1 else default
+        if not 0 <= int(p) < n:
+            raise IndexError(f"position {p} is outside 0..{n - 1}")
+        return int(p)
 
     def _check_signal(self, s: Array, p: int, what: str) -> None:
         shape = tuple(self.values[p].shape)
@@ -212,7 +210,9 @@ class Trace:
     # -- reverse and forward mode ---------------------------------------------------------------------
     def pullbacks(self, cotangent: Array, dst: int | None = None, src: int = 0) -> Iterator[tuple[int, Array]]:
         """Yield ``(p, J_{dst<-p}^T v)`` for p = dst, dst-1, ..., src (the first item is the seed itself)."""
-        src, dst = self._span(src, dst)
+        dst, src = self._pos(dst, -1), self._pos(src, 0)
+        if src > dst:
+            raise ValueError(f"pullback goes from dst to an earlier src, got src={src} > dst={dst}")
         self._check_signal(cotangent, dst, "cotangent")
         v = cotangent
         yield dst, v
@@ -228,7 +228,9 @@ class Trace:
 
     def pushforwards(self, tangent: Array, src: int = 0, dst: int | None = None) -> Iterator[tuple[int, Array]]:
         """Yield ``(p, J_{p<-src} u)`` for p = src, ..., dst (the first item is the seed itself)."""
-        src, dst = self._span(src, dst)
+        src, dst = self._pos(src, 0), self._pos(dst, -1)
+        if src > dst:
+            raise ValueError(f"pushforward goes from src to a later dst, got src={src} > dst={dst}")
         self._check_signal(tangent, src, "tangent")
         u = tangent
         yield src, u
@@ -278,7 +280,7 @@ class Trace:
             yield rows, self.identity_seeds(p, rows, per_sample)
 
     def _jacobian_args(self, src: int | None, dst: int | None, batch_level: bool | None) -> tuple[int, int, bool]:
-        src, dst = self._span(src, dst)
+        src, dst = self._pos(src, 0), self._pos(dst, -1)
         batch_level = self.couples_batch if batch_level is None else batch_level
         if self.couples_batch and not batch_level:
             raise ValueError("this pass couples samples (batch norm with batch statistics): per-sample Jacobians "
@@ -362,7 +364,7 @@ class Trace:
         ``(dst - src + 1, B)``, row ``p - src`` for position p. Needs a pass without batch coupling (see
         ``batch_jacobian_sq_norms`` otherwise).
         """
-        src, dst = self._span(src, dst)
+        dst, src = self._pos(dst, -1), self._pos(src, 0)
         if self.couples_batch:
             raise ValueError("this pass couples samples: use batch_jacobian_sq_norms, or forward(..., hold_stats=True)")
         return self._sq_norms(src, dst, True, max_elements)
@@ -377,7 +379,7 @@ class Trace:
         -------
         ``(dst - src + 1,)``, entry ``p - src`` for position p.
         """
-        src, dst = self._span(src, dst)
+        dst, src = self._pos(dst, -1), self._pos(src, 0)
         return self._sq_norms(src, dst, not self.couples_batch, max_elements).sum(axis=1)
 
     def _sq_norms(self, src: int, dst: int, per_sample: bool, max_elements: int) -> Array:
@@ -398,7 +400,7 @@ class Trace:
         their standard errors: ``E_v ||J^T v||^2 = ||J||_F^2`` for v ~ N(0, I) (or Rademacher) of the shape
         of position dst. All probes are pulled back together in one sweep. Returns ``(mean, stderr)``, each of
         shape ``(dst - src + 1,)``; the standard error is the sample std over probes / sqrt(n_probes)."""
-        src, dst = self._span(src, dst)
+        dst, src = self._pos(dst, -1), self._pos(src, 0)
         if n_probes < 2:
             raise ValueError("n_probes must be at least 2 to report a standard error")
         if probe not in ("gaussian", "rademacher"):
