@@ -12,11 +12,16 @@ crash.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy
+
+from .performance import current
 
 BACKENDS = ("numpy", "cupy")
 BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")  # thread counts BLAS reads
@@ -129,12 +134,6 @@ def tune_allocator(trim_threshold: int = 512 << 20, mmap_threshold: int = 32 << 
     must not do it unasked: ``import nablax`` never calls it; the ``nablax`` command and the figure scripts
     (``figures.figure_args``) do, unless the setting ``malloc_tuning`` is off. Returns True if it applied.
     """
-    import ctypes
-    import ctypes.util
-    import sys
-
-    from .performance import current  # noqa: PLC0415
-
     if not current().malloc_tuning or not sys.platform.startswith("linux"):
         return False
     try:

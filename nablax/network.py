@@ -254,8 +254,7 @@ class Trace:
 
     # -- exact Jacobians ------------------------------------------------------------------------------
     # The plain reference: identity seeds through the layers' own vjp, in chunks of at most max_elements signal
-    # entries. With the setting ``fast`` on (the default) the same numbers come from ``fastpath``; with
-    # ``nablax.settings(fast=False)`` from this code (``tests/test_fastpath.py`` checks the two agree).
+    # entries. ``fastpath`` gives the same numbers (``tests/test_fastpath.py``) unless ``settings(fast=False)``.
     def probe_chunks(self, n_probes: int, max_elements: int, widest: int) -> Iterator[slice]:
         step = max(1, max_elements // max(1, widest))
         for start in range(0, n_probes, step):

@@ -4,10 +4,6 @@
     nablax.settings(kernels="numpy")            # change some; returns the settings now in effect
     with nablax.settings(fast=False): ...       # change some for a block, then put the previous ones back
 
-No setting changes a result beyond rounding: they choose how the numbers are computed, never which numbers.
-``fast=False`` is the one switch for an audit: every exact sweep then runs the reference code of ``Trace``
-(the layers' own ``vjp``), every kernel its NumPy reference and every product ``numpy.matmul``.
-
 The variables of ``ENVIRONMENT`` (``NABLAX_FAST``, ...; booleans as 1/0) give the initial values, read once when
 nablax is imported (a value that cannot be used is ignored with a warning). Settings are per process: worker
 processes take theirs from the environment.
@@ -30,7 +26,8 @@ _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "fals
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """How nablax computes, never what (README, Performance, has the same table)."""
+    """How nablax computes, never what: no setting changes a result beyond rounding (README, Performance, has the
+    same table). ``fast=False`` is the one switch for an audit."""
 
     fast: bool = True  # False: Trace's reference sweeps, the NumPy kernels and numpy.matmul; the rest then idle
     kernels: str = "auto"  # "numba", "numpy", or "auto": Numba from kernels.AUTO_MIN_ELEMENTS entries (nablax.kernels)
