@@ -12,14 +12,18 @@ crash.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy
 
+from .performance import current
+
 BACKENDS = ("numpy", "cupy")
-DTYPES = {"float64": numpy.float64, "float32": numpy.float32}
 BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")  # thread counts BLAS reads
 
 
@@ -111,8 +115,8 @@ def array_module(*arrays: Any) -> Any:
 
 def resolve_dtype(dtype: Any) -> numpy.dtype:
     """float64 (default) or float32; anything else is refused with a clear message."""
-    dt = numpy.dtype(DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype)
-    if dt not in (numpy.dtype(numpy.float64), numpy.dtype(numpy.float32)):
+    dt = numpy.dtype(dtype)
+    if dt not in (numpy.float64, numpy.float32):
         raise ValueError(f"dtype must be float64 or float32, got {dt}")
     return dt
 
@@ -125,19 +129,11 @@ def tune_allocator(trim_threshold: int = 512 << 20, mmap_threshold: int = 32 << 
 
     A forward pass keeps every layer's activations alive in its Trace and frees them all together when the trace
     goes. With glibc's defaults that memory is returned to the OS (trimmed, or unmapped for blocks over 128 KiB)
-    and the next pass page-faults it back in: measured on a 50-layer width-100 MLP with a 3072-dim input at batch
-    128, one training step took 39.6 ms with the defaults and 22.0 ms with these thresholds (median of 21, one
-    core; see BENCHMARKS.md). The cost: up to ``trim_threshold`` of freed heap stays resident. It changes the
-    whole process, so a library must not do it unasked: ``import nablax`` never calls it; the ``nablax`` command
-    and the figure scripts (``figures.figure_args``) do, unless the setting ``malloc_tuning`` is off
-    (``NABLAX_MALLOC_TUNING=0``). Returns True if it applied.
+    and the next pass page-faults it back in (a training step 1.7x slower: BENCHMARKS.md, "The C allocator").
+    The cost: up to ``trim_threshold`` of freed heap stays resident. It changes the whole process, so a library
+    must not do it unasked: ``import nablax`` never calls it; the ``nablax`` command and the figure scripts
+    (``figures.figure_args``) do, unless the setting ``malloc_tuning`` is off. Returns True if it applied.
     """
-    import ctypes
-    import ctypes.util
-    import sys
-
-    from .performance import current  # noqa: PLC0415
-
     if not current().malloc_tuning or not sys.platform.startswith("linux"):
         return False
     try:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 
 from . import kernels
 from .backend import array_module
-from .layers.base import Array, Cache, Layer, flat_size
+from .layers.base import Array, Cache, flat_size
 from .layers.linear import Dense
 from .performance import current
 
@@ -76,23 +76,18 @@ def jacobian(tr: Any, j: Array, src: int, dst: int, batch_level: bool, max_eleme
     return j
 
 
-def sq_norms(tr: Any, dst: int, src: int, per_sample: bool, max_elements: int) -> Array:
-    """``Trace``'s squared norms of the identity-seeded sweep from dst: per sample (n_pos, B), or batch-level (n_pos,).
-
-    Unit seeds first meet the layer before dst; when that layer is diagonal (an activation, dy * phi'(z)) a
-    seed e_(b,j) leaves it as phi'(z_bj) e_(b,j), so only the seeds with phi'(z_bj) != 0 are pulled further:
-    batch-level, exactly those (about half after a ReLU); per sample, the most any sample has, each sample's
-    own units (``live_seed_plan``). Per-sample seeds also pass the first Dense layer as columns of its weight
-    (``Sweep.pull_units``).
-    """
+def sq_norms(tr: Any, src: int, dst: int, per_sample: bool, max_elements: int) -> Array:
+    """``Trace._sq_norms``: the squared norms (n_pos, B) of the identity-seeded sweep from dst. When the layer before
+    dst is diagonal, a seed e_(b,j) leaves it as phi'(z_bj) e_(b,j): only those with phi'(z_bj) != 0 are pulled
+    further, batch-level exactly those, per sample each sample's own (``live_seed_plan``, ``Sweep.pull_units``)."""
     xp = tr.xp
     blocks = sample_blocks(tr, src, dst) if per_sample else None
     if blocks is not None:
-        return xp.concatenate([sq_norms(sample_block(tr, s0, s1, src, dst), dst, src, True, max_elements)
+        return xp.concatenate([sq_norms(sample_block(tr, s0, s1, src, dst), src, dst, True, max_elements)
                                for s0, s1 in blocks], axis=1)
     b, d_dst = tr.batch_size, flat_size(tr.values[dst].shape[1:])
     acc = xp.zeros((dst - src + 1, b), dtype="float64")  # per-sample sums (float64 also for float32 nets)
-    diag = diagonal_derivative(tr.network.layers[dst - 1], tr.caches[dst - 1]) if dst > src else None
+    diag = tr.network.layers[dst - 1].diagonal_derivative(tr.caches[dst - 1]) if dst > src else None
     sweep = Sweep(tr, src, dst)
     if per_sample:  # unit seeds (only those a final rectifier lets through, when it has zeros)
         acc[dst - src] = d_dst  # the d_dst unit seeds per sample at dst
@@ -121,8 +116,7 @@ def sq_norms(tr: Any, dst: int, src: int, per_sample: bool, max_elements: int) -
     for part in run_chunks(pull, seed_chunks(tr, n_seeds, src, dst, max_elements), threads_for(tr),
                            lambda: xp.zeros_like(acc)):
         acc += part
-    out = acc.astype(tr.values[0].dtype)
-    return out if per_sample else out.sum(axis=1)
+    return acc.astype(tr.values[0].dtype)
 
 
 # --- one sweep -----------------------------------------------------------------------------------------------
@@ -133,18 +127,17 @@ class Sweep:
     activation) in the range by p, and ``feature_major``, the memory order of its signals.
 
     Feature-major: the signal, logical shape (k, B, n), lies in memory as (n, k, B), its (probe, sample) rows
-    contiguous, which OpenBLAS multiplies faster (49.9 against 46.0 GFLOP/s, float64, 1280 rows;
-    ``scripts/bench_gemm.py``, ``scripts/bench_sweep_options.py layout``). Used for NumPy arrays of the dtypes of
-    ``feature_major_dtypes`` on chains of Dense and diagonal layers of flat data, where every step keeps the order;
-    the derivatives are then copied transposed, once per sweep, so the fused kernel reads them in the signal's
-    order. Anything else (batch norm, convolutions, residual blocks) keeps the C order its kernels expect.
+    contiguous, which OpenBLAS multiplies faster (BENCHMARKS.md, "What changed"). Used for NumPy arrays of the
+    dtypes of ``feature_major_dtypes`` on chains of Dense and diagonal layers of flat data, where every step keeps
+    the order; the derivatives are then copied transposed, once per sweep, so the fused kernel reads them in the
+    signal's order. Anything else (batch norm, convolutions, residual blocks) keeps the C order its kernels expect.
     """
 
     def __init__(self, tr: Any, src: int, dst: int) -> None:
         layers, caches = tr.network.layers, tr.caches
         self.tr, self.src, self.dst = tr, src, dst
         self.derivs = {p: d for p in range(src + 1, dst + 1)
-                       if (d := diagonal_derivative(layers[p - 1], caches[p - 1])) is not None}
+                       if (d := layers[p - 1].diagonal_derivative(caches[p - 1])) is not None}
         self.feature_major = (tr.network.backend.name == "numpy" and tr.values[src].dtype.name in feature_major_dtypes()
                               and is_mlp_chain(tr, src, dst))
         if self.feature_major:
@@ -165,7 +158,7 @@ class Sweep:
         the start, and every later signal is a fresh vjp result or a view of one, so nothing outside the sweep
         is overwritten (``owned``: v is the caller's fresh array, in the sweep's layout, and is used as it is).
         """
-        tr, src = self.tr, self.src
+        tr, src, b = self.tr, self.src, self.tr.batch_size
         if not (owned and kernels.cpu.layout(v) == ("F" if self.feature_major else "C")):
             v = feature_major_copy(v) if self.feature_major else tr.xp.array(v, copy=True, order="C")
         known = None  # per-sample squared norms of v when a fused kernel already gave them
@@ -174,21 +167,19 @@ class Sweep:
             if d is not None and acc is None and not v.flags.writeable:
                 v = v * d
             elif d is not None and acc is None:
-                b = d.shape[0]
                 v = kernels.scale(v.reshape(-1, b, d.size // b), d.reshape(b, -1)).reshape(v.shape)
             elif d is not None:
-                b = d.shape[0]
                 v3 = v.reshape(-1, b, d.size // b)
                 out, n_in, known = kernels.scale_sq_norms(v3, d.reshape(b, -1), out=v3)
                 acc[p - src] += n_in
                 v = out.reshape(v.shape)
             else:
                 if acc is not None:
-                    acc[p - src] += known if known is not None else _sq_norms(v, tr.values[p].shape[0])
+                    acc[p - src] += known if known is not None else kernels.sq_norms(v.reshape(v.shape[0], b, -1))
                 known = None
                 v = tr.network.layers[p - 1].vjp(tr.caches[p - 1], v)
         if acc is not None:
-            acc[0] += known if known is not None else _sq_norms(v, tr.values[src].shape[0])
+            acc[0] += known if known is not None else kernels.sq_norms(v.reshape(v.shape[0], b, -1))
         return v
 
     def pull_units(self, units: Array, acc: Array | None = None) -> Array:
@@ -233,18 +224,13 @@ class Sweep:
         return self.pull_chunk(v, p, acc, owned=True)  # fresh; copied only if not in the sweep's layout
 
 
-def diagonal_derivative(layer: Layer, cache: Cache) -> Array | None:
-    """phi'(z) of shape (B, *feat) for a layer whose vjp is ``dy * phi'(z)`` (activations, PReLU), else None."""
-    return layer.diagonal_derivative(cache)
-
-
 def is_mlp_chain(tr: Any, src: int, dst: int) -> bool:
     """Whether layers src+1..dst are Dense and diagonal layers on flat data (every cache then holds per-sample,
     batch-first arrays)."""
     layers, caches = tr.network.layers, tr.caches
     return (all(tr.values[p].ndim == 2 for p in range(src, dst + 1))
-            and all(isinstance(layers[p - 1], Dense) or diagonal_derivative(layers[p - 1], caches[p - 1])
-                    is not None for p in range(src + 1, dst + 1)))
+            and all(isinstance(layers[p - 1], Dense) or layers[p - 1].diagonal_derivative(caches[p - 1]) is not None
+                    for p in range(src + 1, dst + 1)))
 
 
 def feature_major_dtypes() -> tuple[str, ...]:
@@ -263,11 +249,6 @@ def feature_major_copy(v: Array) -> Array:
     return out
 
 
-def _sq_norms(v: Array, b: int) -> Array:
-    """Per-sample squared norms (float64, (B,)) of a chunk of signals v (k, B, *feat)."""
-    return kernels.sq_norms(v.reshape(v.shape[0], b, -1))
-
-
 # --- seeds ---------------------------------------------------------------------------------------------------
 
 
@@ -279,9 +260,7 @@ def live_seed_plan(tr: Any, dst: int, src: int) -> tuple[Array, Array] | None:
     units of any sample; a sweep from dst - 1 needs only these m seeds per sample instead of n (about 0.6 n
     after a ReLU). None when no seed can be dropped.
     """
-    if dst <= src:
-        return None
-    d = diagonal_derivative(tr.network.layers[dst - 1], tr.caches[dst - 1])
+    d = tr.network.layers[dst - 1].diagonal_derivative(tr.caches[dst - 1]) if dst > src else None
     if d is None:
         return None
     d2 = d.reshape(d.shape[0], -1)
@@ -327,7 +306,7 @@ def sample_blocks(tr: Any, src: int, dst: int) -> list[tuple[int, int]] | None:
         return None  # (a CPU cache matter: a GPU wants the whole batch at once)
     per_sample = sum(int(tr.values[p].size) // tr.batch_size * tr.values[p].dtype.itemsize
                      for p in range(src + 1, dst + 1)
-                     if diagonal_derivative(tr.network.layers[p - 1], tr.caches[p - 1]) is not None)
+                     if tr.network.layers[p - 1].diagonal_derivative(tr.caches[p - 1]) is not None)
     size = max(1, block_bytes // max(1, per_sample))
     if per_sample == 0 or size >= tr.batch_size:
         return None

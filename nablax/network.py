@@ -51,11 +51,8 @@ class Position:
 
 
 class Network:
-    """A sequence of layers applied to inputs of shape ``(B, *in_shape)``.
-
-    ``meta`` holds JSON-able facts about how the network was built (architecture name, depth, width, init,
-    seed); it is saved with the network.
-    """
+    """A sequence of layers applied to inputs of shape ``(B, *in_shape)``; ``meta`` holds JSON-able facts about how
+    it was built (architecture name, depth, width, init, seed), saved with it."""
 
     def __init__(self, layers: list[Layer], in_shape: tuple[int, ...] | int, *, name: str = "",
                  meta: dict[str, Any] | None = None) -> None:
@@ -63,12 +60,12 @@ class Network:
         self.in_shape = (in_shape,) if isinstance(in_shape, int) else tuple(int(s) for s in in_shape)
         self.name = name
         self.meta = dict(meta or {})
-        arrays = list(self.named_params().values()) + list(self.named_state().values())
+        arrays = [*self.named_params().values(), *self.named_state().values()]
         dtypes = {a.dtype for a in arrays}
         if len(dtypes) > 1:
             raise TypeError(f"network parameters mix dtypes {sorted(map(str, dtypes))}")
         self.dtype = dtypes.pop() if dtypes else numpy.dtype("float64")
-        self.backend: Backend = backend_of(*arrays) if arrays else backend_of()
+        self.backend: Backend = backend_of(*arrays)
         self.shapes = [self.in_shape]
         for layer in self.layers:
             self.shapes.append(tuple(layer.out_shape(self.shapes[-1])))
@@ -257,8 +254,7 @@ class Trace:
 
     # -- exact Jacobians ------------------------------------------------------------------------------
     # The plain reference: identity seeds through the layers' own vjp, in chunks of at most max_elements signal
-    # entries. With the setting ``fast`` on (the default) the same numbers come from ``fastpath``; with
-    # ``nablax.settings(fast=False)`` from this code (``tests/test_fastpath.py`` checks the two agree).
+    # entries. ``fastpath`` gives the same numbers (``tests/test_fastpath.py``) unless ``settings(fast=False)``.
     def probe_chunks(self, n_probes: int, max_elements: int, widest: int) -> Iterator[slice]:
         step = max(1, max_elements // max(1, widest))
         for start in range(0, n_probes, step):
@@ -292,13 +288,12 @@ class Trace:
 
     def jacobian_blocks(self, src: int = 0, dst: int | None = None, *, batch_level: bool | None = None,
                         max_elements: int = DEFAULT_MAX_ELEMENTS) -> Iterator[tuple[slice, Array]]:
-        """The exact Jacobian from position src to position dst a block of rows at a time, so that one too large
-        for memory can be reduced or written out block by block (``jacobian(out=...)``).
+        """``jacobian`` a block of rows at a time, so that a Jacobian too large for memory can be reduced or
+        written out block by block.
 
         Parameters
         ----------
-        src, dst : positions, 0 <= src <= dst <= P (dst None: the output P)
-        batch_level : per sample (False) or of the whole batch (True); None: True when the pass couples samples
+        src, dst, batch_level : as in ``jacobian``
         max_elements : signal entries per block, at most
 
         Yields
@@ -371,7 +366,7 @@ class Trace:
         dst, src = self._pos(dst, -1), self._pos(src, 0)
         if self.couples_batch:
             raise ValueError("this pass couples samples: use batch_jacobian_sq_norms, or forward(..., hold_stats=True)")
-        return self._sq_norms(dst, src, True, max_elements)
+        return self._sq_norms(src, dst, True, max_elements)
 
     def batch_jacobian_sq_norms(self, dst: int | None = None, src: int = 0, *,
                                 max_elements: int = DEFAULT_MAX_ELEMENTS) -> Array:
@@ -384,22 +379,19 @@ class Trace:
         ``(dst - src + 1,)``, entry ``p - src`` for position p.
         """
         dst, src = self._pos(dst, -1), self._pos(src, 0)
-        if not self.couples_batch:
-            return self._sq_norms(dst, src, True, max_elements).sum(axis=1)
-        return self._sq_norms(dst, src, False, max_elements)
+        return self._sq_norms(src, dst, not self.couples_batch, max_elements).sum(axis=1)
 
-    def _sq_norms(self, dst: int, src: int, per_sample: bool, max_elements: int) -> Array:
-        """The squared norms at every position of the sweep of identity seeds from dst: per sample, (n_pos, B)
-        from seeds e_j in every sample at once; or batch-level, (n_pos,) from seeds e_(b, j)."""
+    def _sq_norms(self, src: int, dst: int, per_sample: bool, max_elements: int) -> Array:
+        """The sweep of identity seeds from dst, e_j in every sample at once (per_sample) or e_(b, j): the squared
+        entries of the pulled-back seeds at every position p, summed per sample of p, (dst - src + 1, B)."""
         if current().fast:
-            return fastpath.sq_norms(self, dst, src, per_sample, max_elements)
+            return fastpath.sq_norms(self, src, dst, per_sample, max_elements)
         b = self.batch_size
         acc = self.xp.zeros((dst - src + 1, b), dtype="float64")  # float64 sums also for float32 nets
         for _, seeds in self._identity_chunks(dst, per_sample, src, dst, max_elements):
             for p, v in self.pullbacks(seeds, dst, src):
                 acc[p - src] += (v * v).reshape(v.shape[0], b, -1).sum(axis=(0, 2), dtype="float64")
-        out = acc.astype(self.values[0].dtype)
-        return out if per_sample else out.sum(axis=1)
+        return acc.astype(self.values[0].dtype)
 
     def hutchinson_sq_norms(self, dst: int | None = None, src: int = 0, *, n_probes: int = 4,
                             rng: numpy.random.Generator | int | None = None, probe: str = "gaussian") -> tuple[Array, Array]:
@@ -418,6 +410,4 @@ class Trace:
         samples = self.xp.zeros((dst - src + 1, n_probes), dtype=v.dtype)
         for p, s in self.pullbacks(v, dst, src):
             samples[p - src] = (s * s).reshape(n_probes, -1).sum(axis=1)
-        mean = samples.mean(axis=1)
-        stderr = samples.std(axis=1, ddof=1) / math.sqrt(n_probes)
-        return mean, stderr
+        return samples.mean(axis=1), samples.std(axis=1, ddof=1) / math.sqrt(n_probes)

@@ -4,14 +4,9 @@
     nablax.settings(kernels="numpy")            # change some; returns the settings now in effect
     with nablax.settings(fast=False): ...       # change some for a block, then put the previous ones back
 
-No setting changes a result beyond rounding: they choose how the numbers are computed, never which numbers.
-``fast=False`` is the one switch for an audit: every exact sweep then runs the reference code of ``Trace``
-(the layers' own ``vjp``), every kernel its NumPy reference and every product ``numpy.matmul``.
-
-The environment variables give the initial values, read once when nablax is imported (a value that cannot be
-used is ignored with a warning): ``NABLAX_FAST``, ``NABLAX_KERNELS``, ``NABLAX_BLAS``, ``NABLAX_SWEEP_THREADS``,
-``NABLAX_TRAIN_THREADS``, ``NABLAX_NUMBA_PARALLEL`` and ``NABLAX_MALLOC_TUNING`` (``ENVIRONMENT``; booleans as 1/0). Settings are per
-process: worker processes take theirs from the environment.
+The variables of ``ENVIRONMENT`` (``NABLAX_FAST``, ...; booleans as 1/0) give the initial values, read once when
+nablax is imported (a value that cannot be used is ignored with a warning). Settings are per process: worker
+processes take theirs from the environment.
 """
 
 from __future__ import annotations
@@ -24,14 +19,15 @@ from typing import Any, Mapping
 CPU_KERNELS = ("auto", "numba", "numpy")
 CHOICES = {"kernels": CPU_KERNELS, "feature_major": ("auto", "on", "off")}
 ENVIRONMENT = {"fast": "NABLAX_FAST", "kernels": "NABLAX_KERNELS", "blas": "NABLAX_BLAS",
-               "sweep_threads": "NABLAX_SWEEP_THREADS", "train_threads": "NABLAX_TRAIN_THREADS", "numba_parallel": "NABLAX_NUMBA_PARALLEL",
-               "malloc_tuning": "NABLAX_MALLOC_TUNING"}
+               "sweep_threads": "NABLAX_SWEEP_THREADS", "train_threads": "NABLAX_TRAIN_THREADS",
+               "numba_parallel": "NABLAX_NUMBA_PARALLEL", "malloc_tuning": "NABLAX_MALLOC_TUNING"}
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """How nablax computes, never what (README, Performance, has the same table)."""
+    """How nablax computes, never what: no setting changes a result beyond rounding (README, Performance, has the
+    same table). ``fast=False`` is the one switch for an audit."""
 
     fast: bool = True  # False: Trace's reference sweeps, the NumPy kernels and numpy.matmul; the rest then idle
     kernels: str = "auto"  # "numba", "numpy", or "auto": Numba from kernels.AUTO_MIN_ELEMENTS entries (nablax.kernels)

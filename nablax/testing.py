@@ -78,53 +78,37 @@ def dottest(layer: Any, x: Any, mode: Mode = Mode(), *, rng: Any = None, f: Call
 
     Parameters
     ----------
-    layer : Layer
-        Anything with ``forward``, ``vjp`` and ``jvp`` (see the module docstring).
-    x : numpy.ndarray (B, *in_shape), float64
-        The point of the check.
-    mode : Mode
-        How the forward pass runs (default: training mode, batch statistics).
-    rng : numpy.random.Generator or int, optional
-        The source of the random directions u (like x) and v (like the output); a fresh ``default_rng(rng)``
-        when not a Generator.
-    f : callable, optional
-        The function to difference (default: ``layer.forward(z, mode)[0]``); a layer whose batch statistics are
-        held constant is differenced with those statistics frozen.
-    n_probe : int
-        Probes per leading axis: signals of shape (2, n_probe, B, ...) must give the stacked answers.
-    raise_error : bool
-        Raise ``DerivativeError`` when an error exceeds its tolerance (default), or only return the errors.
+    layer : Layer, anything with ``forward``, ``vjp`` and ``jvp`` (see the module docstring)
+    x : numpy.ndarray (B, *in_shape), float64, the point of the check
+    mode : Mode, how the forward pass runs (default: training mode, batch statistics)
+    rng : numpy.random.Generator or int (a seed), the source of the random u (like x) and v (like the output)
+    f : callable, the function to difference (default ``layer.forward(z, mode)[0]``; a layer whose batch
+        statistics are held constant is differenced with those statistics frozen)
+    n_probe : int, probes per leading axis: signals of shape (2, n_probe, B, ...) must give the stacked answers
+    raise_error : bool, raise ``DerivativeError`` when an error exceeds its tolerance (default), or only return
 
     Returns
     -------
     errors : dict of str to float
-        ``jvp_vs_fd``: rel_err(J u, central difference); ``adjoint``: |<v, J u> - <J^T v, u>| / scale;
-        ``vjp_vs_fd``: |<J^T v, u> - <v, difference>| / scale; ``probe_axes``: the largest rel_err of a signal
-        with probe axes against its single-signal answer. Tolerances ``FD_RTOL``, ``ADJOINT_RTOL``, ``FD_RTOL``,
-        ``PROBE_RTOL``.
+        ``jvp_vs_fd``: rel_err(J u, central difference), tolerance ``FD_RTOL``; ``adjoint``: |<v, J u> - <J^T v, u>|
+        / scale, ``ADJOINT_RTOL``; ``vjp_vs_fd``: |<J^T v, u> - <v, difference>| / scale, ``FD_RTOL``;
+        ``probe_axes``: the largest rel_err of a signal with probe axes against its single answer, ``PROBE_RTOL``.
 
     Raises
     ------
-    DerivativeError
-        A result of the wrong shape, or (with ``raise_error``) an error above its tolerance.
+    DerivativeError : a result of the wrong shape, or (with ``raise_error``) an error above its tolerance
     """
     rng = as_rng(rng)
     y, cache = layer.forward(x, mode)
-    u = rng.standard_normal(x.shape)
-    v = rng.standard_normal(y.shape)
-    if f is None:
-        def f(z: Any) -> Any:
-            return layer.forward(z, mode)[0]
-
-    fd = central_difference(f, x, u)
+    u, v = rng.standard_normal(x.shape), rng.standard_normal(y.shape)
+    fd = central_difference(f if f is not None else lambda z: layer.forward(z, mode)[0], x, u)
     ju, jtv = layer.jvp(cache, u), layer.vjp(cache, v)
     _same_shape(ju, y.shape, "jvp(u)")
     _same_shape(jtv, x.shape, "vjp(v)")
     scale = np.linalg.norm(v) * np.linalg.norm(ju) + np.linalg.norm(jtv) * np.linalg.norm(u)
     errors = {"jvp_vs_fd": rel_err(ju, fd), "adjoint": dot_err(np.vdot(v, ju), np.vdot(jtv, u), scale),
               "vjp_vs_fd": dot_err(np.vdot(jtv, u), np.vdot(v, fd), scale)}
-    U = rng.standard_normal((2, n_probe) + x.shape)
-    V = rng.standard_normal((2, n_probe) + y.shape)
+    U, V = rng.standard_normal((2, n_probe) + x.shape), rng.standard_normal((2, n_probe) + y.shape)
     JU, JTV = layer.jvp(cache, U), layer.vjp(cache, V)
     _same_shape(JU, (2, n_probe) + y.shape, "jvp with probe axes")
     _same_shape(JTV, (2, n_probe) + x.shape, "vjp with probe axes")
@@ -143,10 +127,8 @@ def dottest_params(layer: Any, x: Any, mode: Mode = Mode(), *, rng: Any = None,
 
     Parameters
     ----------
-    layer : Layer
-        Anything with ``forward``, ``params``, ``param_grads`` and ``param_jvp``.
-    x, mode, rng, raise_error
-        As in ``dottest``.
+    layer : Layer, anything with ``forward``, ``params``, ``param_grads`` and ``param_jvp``
+    x, mode, rng, raise_error : as in ``dottest``
 
     Returns
     -------
@@ -156,9 +138,8 @@ def dottest_params(layer: Any, x: Any, mode: Mode = Mode(), *, rng: Any = None,
 
     Raises
     ------
-    DerivativeError
-        Gradients for other names than ``layer.params``, a gradient of the wrong shape, or (with ``raise_error``)
-        an error above its tolerance.
+    DerivativeError : gradients for other names than ``layer.params``, a gradient of the wrong shape, or (with
+        ``raise_error``) an error above its tolerance
     """
     rng = as_rng(rng)
     y, cache = layer.forward(x, mode)
@@ -196,12 +177,9 @@ def stacked_jacobians(layer: Any, cache: Any, x_shape: tuple[int, ...], y_shape:
 
     Parameters
     ----------
-    layer, cache
-        A layer and the cache of its forward pass.
-    x_shape, y_shape : tuple of int
-        The shapes (B, *in_shape) of the input and (B, *out_shape) of the output.
-    batch_level : bool
-        Whether the Jacobian couples samples (``cache.coupled``).
+    layer, cache : a layer and the cache of its forward pass
+    x_shape, y_shape : tuple of int, the shapes (B, *in_shape) of the input and (B, *out_shape) of the output
+    batch_level : bool, whether the Jacobian couples samples (``cache.coupled``)
 
     Returns
     -------
@@ -230,24 +208,17 @@ def check_jacobian(layer: Any, x: Any, mode: Mode = Mode(), *, rtol: float = 1e-
 
     Parameters
     ----------
-    layer : Layer
-        Anything with ``forward``, ``vjp``, ``jvp`` and ``jacobian``.
-    x, mode
-        As in ``dottest``.
-    rtol : float
-        The tolerance of both comparisons (they agree to rounding).
-    raise_error : bool
-        As in ``dottest``.
+    layer : Layer, anything with ``forward``, ``vjp``, ``jvp`` and ``jacobian``
+    x, mode, raise_error : as in ``dottest``
+    rtol : float, the tolerance of both comparisons (they agree to rounding)
 
     Returns
     -------
-    errors : dict of str to float
-        ``vs_vjp`` and ``vs_jvp``: rel_err of ``jacobian(cache)`` against each stacked Jacobian.
+    errors : dict of str to float, ``vs_vjp`` and ``vs_jvp``: rel_err of ``jacobian(cache)`` against each stacked one
 
     Raises
     ------
-    DerivativeError
-        A Jacobian of the wrong shape, or (with ``raise_error``) an error above ``rtol``.
+    DerivativeError : a Jacobian of the wrong shape, or (with ``raise_error``) an error above ``rtol``
     """
     y, cache = layer.forward(x, mode)
     jac = layer.jacobian(cache)

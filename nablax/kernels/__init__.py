@@ -2,12 +2,11 @@
 setting. Each function below states its formula; ``cpu``'s docstring says how each kernel computes it.
 
 The sweep's three (``scale_sq_norms``, ``sq_norms``, ``scale``) always return a result: the Numba kernel or the
-NumPy reference. The other four (batch norm's ``batch_standardize`` and ``batch_standardize_vjp``, ``relu``,
-``subtract_scaled``) are faster ways to compute a formula that lives in its layer or optimiser, not here: where
-no kernel takes the arrays they return None, and the caller computes its formula.
+NumPy reference. The other four are faster ways to compute a formula that lives in its layer or optimiser, not
+here: where no kernel takes the arrays they return None, and the caller computes its formula.
 
-Which implementation runs (the setting ``kernels``: ``nablax.settings(kernels=...)``, ``set_cpu_kernels``, or the
-environment variable ``NABLAX_KERNELS``; see ``nablax.performance``):
+Which implementation runs (the setting ``kernels``, see ``nablax.performance``; CuPy arrays always take the
+reference or the formula, which run on any array module):
 
     "auto" (default)  Numba for NumPy arrays of at least ``AUTO_MIN_ELEMENTS`` entries (where it measurably
                       beats NumPy, see BENCHMARKS.md), the NumPy reference below that (no compile time for
@@ -17,10 +16,8 @@ environment variable ``NABLAX_KERNELS``; see ``nablax.performance``):
     "numpy"           always the NumPy reference (``cpu.*_reference``), or None (the caller's formula), as under
                       ``nablax.settings(fast=False)``
 
-CuPy arrays always take the reference or the formula, which run on any array module.
-
-The dense layers' matrix products go through ``blas.matmul``: NumPy's own by default, or another CBLAS library
-chosen with the setting ``blas`` (``set_blas``, ``use_blas``, ``NABLAX_BLAS``; AMD's AOCL-BLAS: "aocl"; see ``blas``).
+The dense layers' matrix products go through ``blas.matmul``: NumPy's own, or the CBLAS library of the setting
+``blas`` (see ``blas``).
 """
 
 from __future__ import annotations
@@ -58,8 +55,7 @@ def _numba_takes(*arrays: Any, layouts: str = "C") -> bool:
     """Numba runs when the setting allows it and the arrays are NumPy float32/64 of one dtype, all in one of
     ``layouts`` ("C": C-contiguous; "F": feature-major, see ``cpu.layout``)."""
     s = current()
-    mode = s.kernels
-    if mode == "numpy" or not s.fast:
+    if s.kernels == "numpy" or not s.fast:
         return False
     dtype, size, kind = arrays[0].dtype, 0, None
     if dtype.char not in "fd":
@@ -71,7 +67,7 @@ def _numba_takes(*arrays: Any, layouts: str = "C") -> bool:
         if a_kind is None or a_kind not in layouts or (kind is not None and a_kind != kind):
             return False
         size, kind = max(size, a.size), a_kind
-    return (mode != "auto" or size >= AUTO_MIN_ELEMENTS) and numba_available()
+    return (s.kernels != "auto" or size >= AUTO_MIN_ELEMENTS) and numba_available()
 
 
 def scale_sq_norms(v: Any, d: Any, out: Any | None = None) -> tuple[Any, Any, Any]:
@@ -110,9 +106,8 @@ def relu(z: Any) -> tuple[Any, Any] | None:
 def subtract_scaled(p: Any, u: Any, a: float) -> Any | None:
     """p -= a * u in place for p and u of one shape (a cast to p's dtype); returns p (``Optimizer.step``), or None
     (p untouched)."""
-    if _numba_takes(p, u) and p.shape == u.shape and p.flags.writeable:  # NumPy arrays first (CuPy has no .writeable)
-        return cpu.subtract_scaled_numba(p, u, a)
-    return None
+    takes = _numba_takes(p, u) and p.shape == u.shape and p.flags.writeable  # NumPy first: CuPy has no .writeable
+    return cpu.subtract_scaled_numba(p, u, a) if takes else None
 
 
 def sq_norms(v: Any) -> Any:

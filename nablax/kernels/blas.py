@@ -1,8 +1,7 @@
 """Dense matrix products through a chosen CBLAS library; NumPy's own ``matmul`` by default.
 
-NumPy multiplies with the OpenBLAS bundled in its wheel. On some CPUs another BLAS is faster at the shapes of
-the hot path. On AMD Zen 4, AMD's AOCL-BLAS runs the sweep's chain of (1280, 100) @ (100, 100) products about
-12-16 % faster in float64 (BENCHMARKS.md, "The BLAS"). The setting ``blas`` (``nablax.settings(blas=name)``,
+On some CPUs another BLAS than the OpenBLAS in NumPy's wheel is faster at the shapes of the hot path (AMD's
+AOCL-BLAS on AMD Zen 4: BENCHMARKS.md, "The BLAS"). The setting ``blas`` (``nablax.settings(blas=name)``,
 ``set_blas(name)``, ``use_blas(name)`` or the variable ``NABLAX_BLAS``) sends every product of the dense layers
 (forward, pullback, push-forward and weight gradient) to the chosen library:
 
@@ -12,16 +11,14 @@ the hot path. On AMD Zen 4, AMD's AOCL-BLAS runs the sweep's chain of (1280, 100
     a file path        any shared library exporting ``cblas_sgemm`` and ``cblas_dgemm`` with 32-bit integers,
                        or NumPy's bundled OpenBLAS naming (``scipy_cblas_sgemm64_``, 64-bit integers)
 
-    matmul(a, b, out=None) -> a @ b
-
-takes 2-D float32/float64 NumPy arrays of one dtype. Each operand needs one unit stride (C- or Fortran-ordered,
-or a slice of either); ``out`` gets the product in its own memory order. Anything else (CuPy arrays, other
-dtypes, other strides, an ``out`` that overlaps an input) goes to the array module's ``matmul``, so the answer
-never depends on the setting beyond rounding.
+``matmul(a, b, out=None) -> a @ b`` takes 2-D float32/float64 NumPy arrays of one dtype. Each operand needs one unit
+stride (C- or Fortran-ordered, or a slice of either); ``out`` gets the product in its own memory order. Anything
+else (CuPy arrays, other dtypes, other strides, an ``out`` that overlaps an input), and every product under
+``nablax.settings(fast=False)``, goes to the array module's ``matmul``: the answer never depends on the setting
+beyond rounding.
 
 Threads: the library's own settings (AOCL-BLAS reads ``BLIS_NUM_THREADS``, then ``OMP_NUM_THREADS``). The setting
 is per process: worker processes (Dask sweeps) take it from ``NABLAX_BLAS``, not from a ``set_blas`` call.
-Under ``nablax.settings(fast=False)`` every product is ``numpy.matmul``.
 """
 
 from __future__ import annotations
@@ -29,7 +26,9 @@ from __future__ import annotations
 import ctypes
 import functools
 import glob
+import importlib.util
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +38,7 @@ from ..backend import array_module, numba_module
 from ..performance import Settings, current, settings
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+_NDARRAY = numpy.ndarray
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,6 @@ class Cblas:
 
 def _aocl_path() -> str:
     """AOCL-BLAS inside the installed ``aoclda`` wheel (its libraries live in ``aoclda.libs``)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("aoclda")
     if spec is None or not spec.submodule_search_locations:
         raise ValueError('blas "aocl" needs AMD\'s AOCL-BLAS: pip install "nablax[aocl]" (the aoclda wheel)')
@@ -104,12 +102,10 @@ def _compile(numba: Any, fn: Any, char: str) -> Any:
     and the transpose of a row-major (n, m) matrix with leading dimension s1 when s0 == 1 (a length-1 axis
     counts as either). A transposed out is written as out^T = b^T a^T.
 
-    A right operand that BLAS would read transposed (the weight W^T of a Dense pullback, 100 x 100) is first copied
-    into row-major order when the left operand has at least ``copy_rows`` times as many rows as it has columns: 1
-    in float32, 8 in float64. AOCL-BLAS's float32 product (1280, 100) @ (100, 100) then runs at 87-91 GFLOP/s
-    against 77 with the transposed operand, and the exact batch-level GSC of job 3 took 0.84 of the time; at the
-    training step's 128 rows the float32 product with the copy took 0.87-0.97 of the time (50 products alternately,
-    two runs). In float64 the copy loses at 64 and 128 rows (1.05-1.24 of the time) and is level from 256 up.
+    A right operand that BLAS would read transposed (the weight W^T of a Dense pullback) is first copied into
+    row-major order when the left operand has at least ``copy_rows`` times as many rows as it has columns: 1 in
+    float32, 8 in float64, where the copy measured faster with AOCL-BLAS (BENCHMARKS.md, "The BLAS": in float64
+    it loses at 64 and 128 rows and is level from 256 up).
 
     It is compiled once per dtype, for any strides (layout "A") and read-only or writeable inputs, so that no new
     memory order costs a compilation later (about 0.3 s each)."""
@@ -209,9 +205,6 @@ def blas_library() -> str:
     return "numpy.matmul" if s.blas == "numpy" or not s.fast else _library(s.blas).name
 
 
-_NDARRAY = numpy.ndarray
-
-
 def matmul(a: Any, b: Any, out: Any | None = None) -> Any:
     """a @ b (into ``out`` if given) through the chosen library; see the module docstring."""
     s = current()
@@ -230,7 +223,5 @@ if current().blas != "numpy":  # NABLAX_BLAS: a library that cannot be used must
     try:
         check_blas(current().blas)
     except ValueError as err:
-        import warnings
-
         warnings.warn(f"NABLAX_BLAS={current().blas!r} ignored: {err}", RuntimeWarning, stacklevel=1)
         settings(blas="numpy")

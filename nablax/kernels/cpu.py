@@ -1,47 +1,32 @@
 """Numba kernels for the hot paths of the exact-Jacobian sweeps and of training.
 
-Each kernel is a faster way to compute a formula written once elsewhere: the sweep's three below, beside their
-NumPy references (``*_reference``); the layers' and the optimisers' in their own modules (``layers.norm.standardize``
-and ``standardize_vjp``, ``layers.activations.relu``, ``Optimizer.step``), which this package does not import.
+Each kernel is a faster way to compute a formula written once elsewhere: the sweep's three beside their NumPy
+references below (``*_reference``); the layers' and the optimisers' in their own modules, which this package does
+not import. For a chunk of probe signals ``v`` (k, B, n) (k probes, B samples, n entries per sample) pulled back
+through the network, an activation derivative ``d`` (B, n) between two matrix products, and z (B, n):
 
-The sweep pulls a chunk of probe signals ``v`` of shape ``(k, B, n)`` (k probes, B samples, n entries per
-sample) back through the network. Between two matrix products it multiplies by an activation derivative
-``d`` of shape ``(B, n)`` and needs the per-sample squared norms of the signal before and after:
+    scale_sq_norms          out = v * d,  n_in[b] = sum_{i,j} v[i,b,j]^2,  n_out[b] = sum_{i,j} out[i,b,j]^2
+    sq_norms                n[b] = sum_{i,j} v[i,b,j]^2
+    scale                   v *= d  (in place, for sweeps that need no norms: whole Jacobians)
+    batch_standardize_vjp   out = (v - mean_b(v) - y * mean_b(v * y)) / sigma  (``layers.norm.standardize_vjp``;
+                            y the standardised batch (B, n), sigma its per-feature scale)
+    batch_standardize       (y, mean, var, sigma): y = (z - mean_b(z)) / sigma, sigma = sqrt(var_b(z) + eps)
+                            (``layers.norm.standardize`` over the batch axis; three passes, no temporaries)
+    relu                    (y, d) = (max(z, 0), 1[z > 0])  (``layers.activations.relu``)
+    subtract_scaled         p -= a * u  (an optimiser's update, ``nablax.optim.Optimizer.step``)
 
-    scale_sq_norms   out = v * d,   n_in[b] = sum_{i,j} v[i,b,j]^2,   n_out[b] = sum_{i,j} out[i,b,j]^2
-    sq_norms         n[b] = sum_{i,j} v[i,b,j]^2
-    scale            v *= d  (in place, for sweeps that need no norms: whole Jacobians)
+NumPy needs three passes over v for the first (a multiply and two reductions); the kernel reads v once and writes
+it back in place (an ``out`` other than v receives a copy of v first; the sweeps pass ``out=v``). The sweep kernels
+come in both memory orders of v: sample-major (C-contiguous) and feature-major (``*_fm``: memory ``(n, k, B)``, see
+``layout``), the order of float64 MLP sweeps (``nablax.fastpath.Sweep``). Norms are returned in float64. The
+sample-major kernel sums each row of n entries in v's own dtype first, then in float64 (float32: relative error
+about 4e-8 of the norm at n = 100); the feature-major one sums v^2 over the probes of each feature and takes the
+norm after the derivative as d^2 times that sum. ``python scripts/bench_kernels.py`` times every kernel.
 
-and, for batch norm with batch statistics (y the standardised batch (B, n), sigma its per-feature scale):
-
-    batch_standardize_vjp   out = (v - mean_b(v) - y * mean_b(v * y)) / sigma     (``layers.norm.standardize_vjp``)
-
-and its forward pass in training, for z (B, n): three passes over z and no temporaries, where NumPy makes six:
-
-    batch_standardize   (y, mean, var, sigma): y = (z - mean_b(z)) / sigma, sigma = sqrt(var_b(z) + eps)
-                        (``layers.norm.standardize`` over the batch axis)
-
-and two one-pass steps of a training step, where NumPy makes several passes and temporaries:
-
-    relu                (y, d) = (max(z, 0), 1[z > 0])  the rectifier and its derivative (``layers.activations.relu``)
-    subtract_scaled     p -= a * u                       an optimiser's update (``nablax.optim.Optimizer.step``)
-
-NumPy needs three passes over v for the first (a multiply and two reductions); the Numba kernel reads v once and
-writes it back in place: each entry is read, then written at the same index, which is what lets LLVM vectorise the
-loop (an ``out`` other than v receives a copy of v first; the sweeps pass ``out=v``). The sweep kernels come in
-both memory orders of v: sample-major (``v`` C-contiguous) and feature-major (``*_fm``: memory ``(n, k, B)``, see
-``layout``), the order float64 sweeps of MLPs use because it gives OpenBLAS its faster matrix-product shape
-(``nablax.fastpath.Sweep``).
-Norms are returned in float64. The sample-major kernel sums each row of n entries in v's own dtype first, then in
-float64 (float32: no widening inside the vector loop; relative error about 4e-8 of the norm at n = 100); the
-feature-major one sums v^2 over the probes of each feature and takes the norm after the derivative as d^2 times
-that sum. ``python scripts/bench_kernels.py`` times every kernel against its NumPy formula.
-
-Numba is imported lazily through ``nablax.backend.numba_module()``; without it ``compiled()`` is None and the
-callers use the NumPy formulas (``nablax.kernels``). Kernels compile on first use (and are cached on disk).
-They are written with ``prange`` but compiled serial by default: on 2 cores, a parallel kernel between two
-multi-threaded BLAS products measured no faster (its thread pool and the BLAS's compete); the setting
-``numba_parallel`` (``NABLAX_NUMBA_PARALLEL=1``), when on before their first call, compiles them parallel.
+Numba is imported lazily (``nablax.backend.numba_module()``); without it ``compiled()`` is None and the callers use
+the NumPy formulas (``nablax.kernels``). Kernels compile on first use (cached on disk). They are written with
+``prange`` but compiled serial: on 2 cores a parallel kernel between two multi-threaded BLAS products measured no
+faster; the setting ``numba_parallel``, when on before their first call, compiles them parallel.
 """
 
 from __future__ import annotations
@@ -61,8 +46,7 @@ Array = Any
 
 def sq_norms_reference(v: Array) -> Array:
     """n[b] = sum_{i,j} v[i,b,j]^2 for v (k, B, n); float64 (B,)."""
-    xp = array_module(v)
-    return xp.einsum("kbn,kbn->b", v, v, dtype="float64")
+    return array_module(v).einsum("kbn,kbn->b", v, v, dtype="float64")
 
 
 def scale_sq_norms_reference(v: Array, d: Array, out: Array | None = None) -> tuple[Array, Array, Array]:
@@ -195,13 +179,11 @@ def compiled() -> Any | None:
                 c = z[i, j] - m[j]
                 s2[j] += c * c
         s2 /= rows
-        inv = np.empty(n)
-        for j in range(n):
-            sd = np.sqrt(s2[j] + eps)
-            mean[j] = m[j]
-            var[j] = s2[j]
-            sigma[j] = sd
-            inv[j] = 1.0 / sd
+        sd = np.sqrt(s2 + eps)
+        inv = 1.0 / sd
+        mean[:] = m
+        var[:] = s2
+        sigma[:] = sd
         for i in range(rows):
             for j in range(n):
                 y[i, j] = (z[i, j] - m[j]) * inv[j]
@@ -244,17 +226,15 @@ def feature_major_empty(shape: tuple[int, ...], dtype: Any, xp: Any) -> Array:
 
 
 def scale_sq_norms_numba(v: Array, d: Array, out: Array | None = None) -> tuple[Array, Array, Array]:
-    """The fused kernel: same contract as ``scale_sq_norms_reference`` (NumPy arrays only). v, d and out are all
-    C-contiguous or all feature-major (``layout``); a fresh out takes v's layout. The kernels work in place: an
-    out other than v itself receives a copy of v first (one more pass; the sweeps pass ``out=v``)."""
+    """The fused kernel: the contract of ``scale_sq_norms_reference`` (NumPy arrays only), in place (see above).
+    v, d and out are all C-contiguous or all feature-major (``layout``); a fresh out takes v's layout."""
     xp = array_module(v, d)
     fm = layout(v) == "F"
     if out is None:
         out = feature_major_empty(v.shape, v.dtype, xp) if fm else xp.empty_like(v)
     if not _same_array(out, v):
         out[...] = v
-    n_in = xp.empty(v.shape[1], dtype="float64")
-    n_out = xp.empty(v.shape[1], dtype="float64")
+    n_in, n_out = xp.empty((2, v.shape[1]), dtype="float64")
     if fm:
         compiled().scale_sq_norms_fm(_front(out), _front(d), n_in, n_out)
     else:
