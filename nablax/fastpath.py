@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
@@ -113,10 +114,9 @@ def sq_norms(tr: Any, src: int, dst: int, per_sample: bool, max_elements: int) -
             seeds[xp.arange(idx.size), idx] = scale[idx]
             sweep.pull_chunk(seeds.reshape((idx.size,) + tuple(diag.shape)), dst - 1, part)
 
-    for part in run_chunks(pull, seed_chunks(tr, n_seeds, src, dst, max_elements), threads_for(tr),
-                           lambda: xp.zeros_like(acc)):
-        acc += part
-    return acc.astype(tr.values[0].dtype)
+    pulled = run_chunks(pull, seed_chunks(tr, n_seeds, src, dst, max_elements), threads_for(tr),
+                        lambda: xp.zeros_like(acc))
+    return (acc if pulled is None else acc + pulled).astype(tr.values[0].dtype)
 
 
 # --- one sweep -----------------------------------------------------------------------------------------------
@@ -360,20 +360,37 @@ def blas_threads(n: int) -> Any:
 
 
 def run_chunks(work: Callable[[slice, Any], None], chunks: list[slice], threads: int,
-               new_state: Callable[[], Any] = lambda: None) -> list[Any]:
+               new_state: Callable[[], Any] | None = None) -> Any:
     """``work(rows, state)`` for every chunk, always with one BLAS thread (on a shared machine BLAS threads wait
     for a busy core at every small product: BENCHMARKS.md, "Threads on a shared machine"). On ``threads`` workers
-    side by side when each gets ``MIN_CHUNKS_PER_THREAD`` chunks, each taking the next chunk when done and keeping
-    its own ``new_state()`` (e.g. an accumulator; NumPy's products and nablax's Numba kernels release the GIL),
-    else serially in this thread. Returns the workers' states."""
+    side by side when each gets ``MIN_CHUNKS_PER_THREAD`` chunks, each taking the next chunk when done (NumPy's
+    products and nablax's Numba kernels release the GIL), else serially in this thread. With ``new_state`` (e.g.
+    an accumulator) every chunk works on its own fresh state, and the states are added up in chunk order as they
+    come in, so that the sum is the same, bit for bit, for any number of threads and any timing. Returns that sum
+    (None without ``new_state`` or chunks)."""
     n = max(1, min(threads, len(chunks) // MIN_CHUNKS_PER_THREAD))
-    todo = iter(chunks)  # shared: next() on a list iterator is atomic under the GIL
+    todo = iter(enumerate(chunks))  # shared: next() on it is atomic under the GIL
+    lock, waiting, total, next_k = threading.Lock(), {}, None, 0
 
-    def worker(_: int) -> Any:
-        state = new_state()
-        for rows in todo:
+    def worker(_: int) -> None:
+        nonlocal total, next_k
+        for k, rows in todo:
+            state = None if new_state is None else new_state()
             work(rows, state)
-        return state
+            if state is not None:
+                with lock:  # add the finished chunks in order; a chunk that finished early waits for those before it
+                    waiting[k] = state
+                    while next_k in waiting:
+                        part = waiting.pop(next_k)
+                        if total is None:
+                            total = part
+                        else:
+                            total += part  # in place: the chunks' own states
+                        next_k += 1
 
     with blas_threads(1), ThreadPoolExecutor(n) as pool:
-        return [worker(0)] if n == 1 else list(pool.map(worker, range(n)))  # (no thread starts for n == 1)
+        if n == 1:
+            worker(0)  # (no thread starts)
+        else:
+            list(pool.map(worker, range(n)))
+    return total

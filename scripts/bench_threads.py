@@ -40,13 +40,15 @@ def policy(name: str, pools: Any) -> Callable[[], contextlib.ExitStack]:
 
     current = fastpath.run_chunks
 
-    def serial_with_blas_threads(work: Callable, chunks: list[slice], threads: int, new_state: Callable = lambda: None):
+    def serial_with_blas_threads(work: Callable, chunks: list[slice], threads: int, new_state: Callable | None = None):
         if name == "old" and min(threads, len(chunks) // 4) > 1:
             return current(work, chunks, threads, new_state)
-        state = new_state()
-        for rows in chunks:
+        total = None
+        for rows in chunks:  # as run_chunks does serially: each chunk's own state, added up in order
+            state = None if new_state is None else new_state()
             work(rows, state)
-        return [state]
+            total = state if total is None else total + state
+        return total
 
     def enter() -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
