@@ -128,7 +128,8 @@ class Layer:
                            G'[λ]  = Back_θ(0)(G[λ]) + (Back_θ(t) - Back_θ(0))(G[λ-1])
 
         the initial backward keeps λ, the change moves λ -> λ+1 (exact when Back is affine in θ). Back_θ(0) is the
-        vjp of a copy of the layer built at θ(0), run forward on x; the layer itself is left as it is.
+        vjp of a copy of the layer built at θ(0), run forward on x; the layer itself is left as it is. The copy is
+        ``type(self)(**config(), **params, **state)``: a layer of your own either takes those by name or overrides this.
         """
         if not self.params:
             return self.vjp(cache, G)
