@@ -354,9 +354,37 @@ def _threadpools(blas: str) -> Any:
     return ThreadpoolController()
 
 
-def blas_threads(n: int) -> Any:
-    """A context in which the BLAS uses ``n`` threads (0: leaves the BLAS's own count)."""
-    return _threadpools(kernels.blas_library()).limit(limits=n, user_api="blas") if n else contextlib.nullcontext()
+_limits_lock = threading.Lock()
+_limits: list[int] = []  # the BLAS thread counts that the blas_threads blocks running now ask for
+_own_counts: Any = None  # threadpoolctl's limiter of the first of them: it restores the BLAS's own counts
+
+
+@contextlib.contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """A block in which the BLAS uses at most ``n`` threads (0: leaves it alone). threadpoolctl's limits hold for
+    the whole process, so blocks that run at once in several threads (a sweep's, a threaded Dask worker's) share
+    one: the smallest count asked for, until the last block ends and the BLAS gets its own counts back. (OpenBLAS
+    0.3.31 ignores the counts other threads set once the main thread has set one: their blocks then keep it.)"""
+    global _own_counts
+    if not n:
+        yield
+        return
+    pools = _threadpools(kernels.blas_library())
+    with _limits_lock:
+        _limits.append(n)
+        limiter = pools.limit(limits=min(_limits), user_api="blas")
+        if _own_counts is None:
+            _own_counts = limiter
+    try:
+        yield
+    finally:
+        with _limits_lock:
+            _limits.remove(n)
+            if _limits:
+                pools.limit(limits=min(_limits), user_api="blas")
+            else:
+                _own_counts.restore_original_limits()
+                _own_counts = None
 
 
 def run_chunks(work: Callable[[slice, Any], None], chunks: list[slice], threads: int,

@@ -211,6 +211,52 @@ def test_chunks_run_once_each_on_one_blas_thread_and_add_up_in_order():
     assert fastpath.run_chunks(lambda rows, state: None, [slice(0, 1)], 2) is None
 
 
+def test_blas_limits_of_blocks_in_several_threads_share_one(monkeypatch):
+    """``blas_threads`` blocks that overlap in two threads (two trainings in a threaded Dask worker) share one
+    limit: the smallest count asked for while any block runs, also after the first one ends; the BLAS's own counts
+    come back when the last one ends. Checked on what nablax asks threadpoolctl for (a recording stand-in): which
+    thread's request OpenBLAS honours is OpenBLAS's affair (0.3.31 ignores other threads' once the main thread has
+    set a count)."""
+    import threading
+
+    asked = []
+
+    class Pools:
+        def limit(self, limits, user_api):
+            asked.append(limits)
+            return self
+
+        def restore_original_limits(self):
+            asked.append("own")
+
+    monkeypatch.setattr(fastpath, "_threadpools", lambda blas: Pools())
+    entered, first_done = threading.Event(), threading.Event()
+
+    def first():
+        with fastpath.blas_threads(1):
+            entered.wait(5)
+        first_done.set()
+
+    def second():
+        with fastpath.blas_threads(2):
+            with fastpath.blas_threads(1):
+                entered.set()
+                first_done.wait(5)
+
+    one = threading.Thread(target=first)
+    one.start()
+    while not fastpath._limits:  # the first block holds its limit before the second thread starts
+        __import__("time").sleep(0.001)
+    two = threading.Thread(target=second)
+    two.start()
+    one.join()
+    two.join()
+    # first enters; second's outer (2) and inner (1) blocks; first ends; second's inner ends; second's outer ends
+    assert asked == [1, 1, 1, 1, 2, "own"]
+    with fastpath.blas_threads(0):
+        assert asked == [1, 1, 1, 1, 2, "own"]
+
+
 def test_sample_blocks_give_the_same_answers(rng):
     """A per-sample MLP sweep of a large batch goes a block of samples at a time (``fastpath.sample_blocks``): norms
     and Jacobians (also into ``out``) equal the whole-batch ones; coupled passes are never split."""

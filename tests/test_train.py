@@ -275,10 +275,12 @@ def test_fit_runs_on_the_training_blas_threads():
     """Trainer.fit holds the BLAS at the setting train_threads (default 1) for its steps and measurements, and
     puts the BLAS's own count back afterwards; train_threads=0 leaves the BLAS's count alone."""
     import nablax
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from nablax import fastpath, kernels
+    from threadpoolctl import threadpool_limits
 
-    def blas_threads():
-        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+    def blas_threads():  # of the BLAS that nablax multiplies with (SciPy's, loaded by scikit-learn's digits, is not)
+        pools = fastpath._threadpools(kernels.blas_library()).info()
+        return {lib["num_threads"] for lib in pools if lib["user_api"] == "blas"}
 
     class Seen(TrainingCallback):
         def __init__(self):
