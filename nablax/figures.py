@@ -85,11 +85,14 @@ class FigureRecord:
 
 
 def save_figure(fig: Any, record: FigureRecord, out: str | Path, name: str) -> tuple[Path, Path]:
-    """Write ``out/name.png`` and ``out/name.json`` and print where they went."""
+    """Write ``out/name.png`` and ``out/name.json``, print where they went, and close ``fig`` in pyplot."""
+    import matplotlib.pyplot as plt
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     png, js = out / f"{name}.png", out / f"{name}.json"
     fig.savefig(png, dpi=110, bbox_inches="tight")
+    plt.close(fig)
     write_atomic(js, json.dumps(record.to_dict(), indent=1))
     print(f"wrote {png} and {js}")
     return png, js

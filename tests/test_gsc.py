@@ -200,6 +200,7 @@ def test_per_example_error_gsc_does_not_shrink_with_the_batch(rng):
     assert values[16][1] == pytest.approx(values[1][1] / 4, rel=1e-12)
 
 
+@pytest.mark.filterwarnings("error")  # no division by the left-out zeros
 def test_per_example_error_gsc_leaves_out_examples_with_zero_error(rng):
     """A fitted example whose error rounds to exactly 0 has no GSC (0/0): the aggregate is over the others, and
     the result says how many were left out."""

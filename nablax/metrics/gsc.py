@@ -244,7 +244,7 @@ def gsc_to_error(trace: Trace, dE_dout: Any, errors: Any, *, lo: int = 0, square
         per = numpy.empty((len(positions), int(defined.sum())))
         for p, g in trace.pullbacks(dE_dout, hi, lo):
             f = trace.values[p]
-            per[p - lo] = (be.asnumpy(_sq_frobenius(g) * _sq_frobenius(f)) / (f[0].size * e * e))[defined]
+            per[p - lo] = be.asnumpy(_sq_frobenius(g) * _sq_frobenius(f))[defined] / (f[0].size * e[defined] ** 2)
         val = _aggregate(per, aggregation, squared)
         settings["examples_left_out"] = int(b - defined.sum())
     return GSCResult(positions, val, numpy.zeros_like(val), hi + 1, "exact", aggregation, squared, n_layers=hi,
