@@ -36,6 +36,7 @@ def test_fig6_runs_at_each_scale(scale_args, tmp_path):
     sg("fig6").main(scale_args + ["--out", str(tmp_path), "--depths", "6", "8"], overrides=TINY6)
     rec = json.loads((tmp_path / "fig6.json").read_text())
     assert rec["settings"]["scale"] == ("quick" if scale_args else "digits")
+    assert rec["settings"]["seeds"] == ([0] if scale_args else [0, 1, 2])  # digits: the spread of three seeds
     assert set(rec["panels"]["A"]["series"]) == set(sg("fig6").MODELS)
     assert all(len(s["y"]) == 2 for s in rec["panels"]["A"]["series"].values())
 
