@@ -6,12 +6,13 @@ A figure script is standalone::
 
 and writes ``DIR/figN.png`` and ``DIR/figN.json``. The JSON holds every plotted series::
 
-    {"figure": "...", "settings": {...},
+    {"figure": "...", "settings": {...}, "machine": {...},
      "panels": {"A": {"title": ..., "xlabel": ..., "ylabel": ...,
                       "series": {"<legend name>": {"x": [...], "y": [...], "lo": [...], "hi": [...]}}}}}
 
-(``lo``/``hi`` only where a band is drawn.) Expensive pieces go through ``cached``: each piece is stored under
-``DIR/.cache/`` as soon as it is computed, so an interrupted run resumes instead of starting over.
+(``lo``/``hi`` only where a band is drawn; ``machine``: ``records.machine()``, the versions and BLAS kernels used.)
+Expensive pieces go through ``cached``: each piece is stored under ``DIR/.cache/`` as soon as it is computed, so an
+interrupted run resumes instead of starting over.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .backend import BLAS_THREAD_VARS, tune_allocator
-from .records import config_key, jsonable, write_atomic
+from .records import config_key, jsonable, machine, write_atomic
 
 
 def figure_args(description: str, argv: list[str] | None = None, default_out: str = "figures", *,
@@ -81,7 +82,8 @@ class FigureRecord:
         self.panels[key]["series"][name] = s
 
     def to_dict(self) -> dict[str, Any]:
-        return {"figure": self.figure, "settings": jsonable(self.settings), "panels": jsonable(self.panels)}
+        return {"figure": self.figure, "settings": jsonable(self.settings), "machine": machine(),
+                "panels": jsonable(self.panels)}
 
 
 def save_figure(fig: Any, record: FigureRecord, out: str | Path, name: str) -> tuple[Path, Path]:

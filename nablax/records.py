@@ -1,12 +1,14 @@
 """The JSON form of results and configurations, shared by training runs (``nablax.train``), experiment grids and
 figure scripts (``nablax.figures``): ``jsonable`` converts, ``config_key`` names a configuration by a short stable
-hash, ``write_atomic`` writes a file that a killed process never leaves half-written."""
+hash, ``write_atomic`` writes a file that a killed process never leaves half-written, ``machine`` says where a result
+was computed."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import platform
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -39,3 +41,17 @@ def write_atomic(path: Path, content: str | Callable[[BinaryIO], Any]) -> None:
         else:
             fh.write(content.encode())
     tmp.replace(path)
+
+
+def machine() -> dict[str, Any]:
+    """Versions, platform and the BLAS libraries loaded, each with the kernels it chose and its thread count: a
+    training run is the same bit for bit only on the same kernels (OpenBLAS picks them by CPU; README, Data)."""
+    import numpy
+    from threadpoolctl import threadpool_info
+
+    from . import __version__
+
+    blas = [{k: pool.get(k) for k in ("internal_api", "version", "architecture", "num_threads", "filepath")}
+            for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    return {"nablax": __version__, "numpy": numpy.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "blas": blas}

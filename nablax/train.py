@@ -19,7 +19,8 @@ Per epoch (epoch 0 is the network at θ(0)), written to ``metrics.jsonl`` (one J
     effective_depth           at the threshold ``ed_eps`` and swept over ``ed_eps_grid``; the array
                               ``lambda_contributions`` is C[λ] (``metrics.effective_depth.EffectiveDepth``)
     lr                        the step size used during the epoch
-At the end: ``network.npz`` (θ(T)), the Taylor experiment (``metrics.taylor``) and ``result.json``.
+At the end: ``network.npz`` (θ(T)), the Taylor experiment (``metrics.taylor``) and ``result.json`` (with
+``machine``: ``records.machine()``, the versions and BLAS kernels used).
 
 Step-size schedule (spec §9 project default; the paper's is unknown): divide the step size by ``lr_decay`` (3) when
 the training error has not improved by the relative margin ``plateau_tol`` for ``patience`` epochs.
@@ -57,7 +58,7 @@ from .metrics.taylor import taylor_errors
 from .metrics.training import Step, TrainingCallback, UpdateSizes, residual_opnorms
 from .optim import make_optimizer
 from .performance import current
-from .records import config_key, jsonable, write_atomic
+from .records import config_key, jsonable, machine, write_atomic
 
 CHECKPOINT = "checkpoint.npz"
 NOT_IN_KEY = ("cifar", "cifar_md5")  # where the data lives (and its expected checksum) does not change a result
@@ -419,7 +420,7 @@ class Trainer:
         if self.status == "running":
             self.status = "done"
         result: dict[str, Any] = {"key": c.key(), "config": c.to_dict(), "status": self.status, "epochs": self.epoch,
-                                  "steps": self.steps, "final": self.history[-1]}
+                                  "steps": self.steps, "final": self.history[-1], "machine": machine()}
         if c.taylor and self.status == "done":
             t = taylor_errors(self.net, self.params0, *self._xy(slice(None)), loss=self.loss,
                               batch_size=self.batch_size, block_end=c.taylor_block_end, bn_stats=c.taylor_bn_stats,

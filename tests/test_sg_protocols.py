@@ -37,6 +37,7 @@ def test_fig6_runs_at_each_scale(scale_args, tmp_path):
     rec = json.loads((tmp_path / "fig6.json").read_text())
     assert rec["settings"]["scale"] == ("quick" if scale_args else "digits")
     assert rec["settings"]["seeds"] == ([0] if scale_args else [0, 1, 2])  # digits: the spread of three seeds
+    assert rec["machine"]["blas"][0]["architecture"]  # which BLAS kernels computed it
     assert set(rec["panels"]["A"]["series"]) == set(sg("fig6").MODELS)
     assert all(len(s["y"]) == 2 for s in rec["panels"]["A"]["series"].values())
 

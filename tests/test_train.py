@@ -113,6 +113,15 @@ def _files(folder):
     return (folder / "metrics.jsonl").read_bytes(), run_["arrays"], (folder / "result.json").read_text()
 
 
+def test_result_says_where_it_was_computed(tmp_path):
+    """result.json records the versions and the BLAS kernels (a deep run differs across CPUs: README, Data)."""
+    Trainer(tiny(epochs=1), out=tmp_path, progress=False).fit()
+    machine = json.loads((tmp_path / "result.json").read_text())["machine"]
+    assert machine["numpy"] == np.__version__ and machine["blas"]
+    assert all(b["architecture"] and b["version"] for b in machine["blas"])
+    assert 1 in [b["num_threads"] for b in machine["blas"]]  # written while training held the BLAS at one thread
+
+
 @pytest.mark.parametrize("kw", [dict(optimizer="sgd", momentum=0.9, plateau_tol=0.2, patience=1),
                                 dict(optimizer="adam", lr=0.003, ed_accumulate="norm_of_sum", arch="layer-SeLU (ResNet)"),
                                 dict(optimizer="rmsprop", lr=0.003, arch="batch-ReLU")])
