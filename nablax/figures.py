@@ -10,9 +10,9 @@ and writes ``DIR/figN.png`` and ``DIR/figN.json``. The JSON holds every plotted 
      "panels": {"A": {"title": ..., "xlabel": ..., "ylabel": ...,
                       "series": {"<legend name>": {"x": [...], "y": [...], "lo": [...], "hi": [...]}}}}}
 
-(``lo``/``hi`` only where a band is drawn; ``machine``: ``records.machine()``, the versions and BLAS kernels used.)
-Expensive pieces go through ``cached``: each piece is stored under ``DIR/.cache/`` as soon as it is computed, so an
-interrupted run resumes instead of starting over.
+(``lo``/``hi`` only where a band is drawn; ``machine``: ``records.machine()``, the versions, settings and BLAS
+kernels used.) Expensive pieces go through ``cached``: each piece is stored under ``DIR/.cache/`` as soon as it is
+computed, so an interrupted run resumes instead of starting over.
 """
 
 from __future__ import annotations

@@ -44,14 +44,20 @@ def write_atomic(path: Path, content: str | Callable[[BinaryIO], Any]) -> None:
 
 
 def machine() -> dict[str, Any]:
-    """Versions, platform and the BLAS libraries loaded, each with the kernels it chose and its thread count: a
-    training run is the same bit for bit only on the same kernels (OpenBLAS picks them by CPU; README, Data)."""
+    """Versions, platform, the performance settings (``nablax.settings()``) and the BLAS libraries loaded, each with
+    the kernels it chose and its thread count: everything that sets the rounding, and a training run is the same bit
+    for bit only with the same rounding (OpenBLAS picks its kernels by CPU; README, Data)."""
+    import dataclasses
+
     import numpy
     from threadpoolctl import threadpool_info
 
     from . import __version__
+    from .performance import current
 
+    now = current()
+    performance = {f.name: getattr(now, f.name) for f in dataclasses.fields(now) if f.init}
     blas = [{k: pool.get(k) for k in ("internal_api", "version", "architecture", "num_threads", "filepath")}
             for pool in threadpool_info() if pool.get("user_api") == "blas"]
     return {"nablax": __version__, "numpy": numpy.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "blas": blas}
+            "platform": platform.platform(), "performance": performance, "blas": blas}

@@ -20,7 +20,7 @@ Per epoch (epoch 0 is the network at θ(0)), written to ``metrics.jsonl`` (one J
                               ``lambda_contributions`` is C[λ] (``metrics.effective_depth.EffectiveDepth``)
     lr                        the step size used during the epoch
 At the end: ``network.npz`` (θ(T)), the Taylor experiment (``metrics.taylor``) and ``result.json`` (with
-``machine``: ``records.machine()``, the versions and BLAS kernels used).
+``machine``: ``records.machine()``, the versions, settings and BLAS kernels used).
 
 Step-size schedule (spec §9 project default; the paper's is unknown): divide the step size by ``lr_decay`` (3) when
 the training error has not improved by the relative margin ``plateau_tol`` for ``patience`` epochs.

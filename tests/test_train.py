@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gradcheck import FD_RTOL, central_difference, rel_err
-from nablax import cli, data
+from nablax import cli, data, settings
 from nablax.architectures import GE_MLPS, GE_RESNETS
 from nablax.metrics.effective_depth import EffectiveDepth
 from nablax.metrics.training import TrainingCallback, UpdateSizes, linear_keys
@@ -118,6 +118,8 @@ def test_result_says_where_it_was_computed(tmp_path):
     Trainer(tiny(epochs=1), out=tmp_path, progress=False).fit()
     machine = json.loads((tmp_path / "result.json").read_text())["machine"]
     assert machine["numpy"] == np.__version__ and machine["blas"]
+    assert set(machine["performance"]) == {f.name for f in dataclasses.fields(settings()) if f.init}
+    assert machine["performance"]["train_threads"] == settings().train_threads
     assert all(b["architecture"] and b["version"] for b in machine["blas"])
     assert 1 in [b["num_threads"] for b in machine["blas"]]  # written while training held the BLAS at one thread
 
