@@ -1,15 +1,19 @@
-"""Copy the paper-scale figures' PNGs next to paper_figures/RESULTS.md, small enough to commit.
+"""Copy the paper-scale figures' PNGs and JSON records next to paper_figures/RESULTS.md, small enough to commit.
 
     python scripts/results_pictures.py FIGURES_DIR [--out paper_figures/results] [--width 1100] [--colors 48]
+                                       [--max-json-kib 512]
 
 FIGURES_DIR holds the scripts' output folders (``gradients_explode/``, ``shattered_gradients/`` or the PNGs
 themselves). Each PNG is scaled down to at most ``--width`` pixels and stored with an adaptive palette (Pillow,
-which matplotlib already needs); the JSON records stay where they are (they can be large).
+which matplotlib already needs). Each figure's JSON record (every plotted series, the settings and the machine:
+``nablax.figures``) is copied beside its picture as it is, so that RESULTS.md's numbers can be read again, unless
+it is larger than ``--max-json-kib`` (SG Fig. 4's holds its images: 7 MB); the per-run folders stay where they are.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 from PIL import Image
@@ -29,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("paper_figures/results"))
     p.add_argument("--width", type=int, default=1100)
     p.add_argument("--colors", type=int, default=48)
+    p.add_argument("--max-json-kib", type=int, default=512)
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     total = 0
@@ -39,6 +44,12 @@ def main(argv: list[str] | None = None) -> None:
         dst = args.out / f"{prefix}_{src.name}"
         total += shrink(src, dst, args.width, args.colors)
         print(f"{dst}: {dst.stat().st_size / 1024:.0f} KiB")
+        record = src.with_suffix(".json")
+        if record.exists() and record.stat().st_size <= args.max_json_kib * 1024:
+            total += shutil.copyfile(record, dst.with_suffix(".json")).stat().st_size
+            print(f"{dst.with_suffix('.json')}: {record.stat().st_size / 1024:.0f} KiB")
+        elif record.exists():
+            print(f"{record}: {record.stat().st_size / 1024:.0f} KiB, over --max-json-kib: not copied")
     print(f"{total / 1024 / 1024:.2f} MiB in all")
 
 

@@ -192,3 +192,27 @@ def test_looks_linear_quick_protocol_trains_past_the_linear_plateau():
     loss = mod.train("crelu-ll", s, 0)["loss"]
     assert loss[0] == pytest.approx(floor, rel=0.05)  # linear at initialisation: on the plateau
     assert loss[-1] < 0.5 * floor
+
+
+# --- scripts/results_pictures.py --------------------------------------------------------------------------------
+def test_results_pictures_shrinks_pictures_and_keeps_small_records(tmp_path):
+    """RESULTS.md's numbers are read from the figures' JSON records: a small one is copied beside its picture as it
+    is; one over the limit is not (SG Fig. 4's holds 7 MB of images)."""
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import results_pictures
+
+    src = tmp_path / "figs" / "gradients_explode"
+    src.mkdir(parents=True)
+    for name, record in (("small", {"figure": "small", "panels": [1, 2]}), ("large", {"x": "y" * 4096})):
+        Image.new("RGB", (2400, 600), "white").save(src / f"{name}.png")
+        (src / f"{name}.json").write_text(json.dumps(record))
+    out = tmp_path / "results"
+    results_pictures.main([str(tmp_path / "figs"), "--out", str(out), "--max-json-kib", "2"])
+    assert sorted(p.name for p in out.iterdir()) == ["ge_large.png", "ge_small.json", "ge_small.png"]
+    assert (out / "ge_small.json").read_text() == (src / "small.json").read_text()
+    assert Image.open(out / "ge_small.png").width == 1100
