@@ -1,7 +1,7 @@
 """The JSON form of results and configurations, shared by training runs (``nablax.train``), experiment grids and
 figure scripts (``nablax.figures``): ``jsonable`` converts, ``config_key`` names a configuration by a short stable
 hash, ``write_atomic`` writes a file that a killed process never leaves half-written, ``machine`` says where a result
-was computed."""
+was computed, ``run_machines`` where a figure's training runs were."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import json
 import math
 import platform
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterable
 
 
 def jsonable(v: Any) -> Any:
@@ -61,3 +61,10 @@ def machine() -> dict[str, Any]:
             for pool in threadpool_info() if pool.get("user_api") == "blas"]
     return {"nablax": __version__, "numpy": numpy.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "performance": performance, "blas": blas}
+
+
+def run_machines(results: Iterable[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """The distinct ``machine`` records of training results (``result.json``): a figure's runs may come from
+    several worker processes or hosts, whose BLAS kernels and threads are not the figure script's."""
+    found = {json.dumps(r["machine"], sort_keys=True): r["machine"] for r in results if r and r.get("machine")}
+    return list(found.values())

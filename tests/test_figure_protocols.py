@@ -57,6 +57,8 @@ def test_fig2_end_to_end_at_the_digits_scale_with_seeds_and_resume(tmp_path):
     assert len(rec["panels"]["A"]["series"]["SeLU"]["x"]) == 3  # 2 blocks + output layer
     assert rec["panels"]["F"]["series"]["SeLU"]["x"] == [0, 1]
     assert rec["settings"]["lr_search"]["SeLU"]["lr"] in TINY["lr_grid"]
+    (where,) = rec["settings"]["run_machines"]  # the runs' own processes: here this one, so one record
+    assert where["blas"][0]["architecture"] and where["performance"]["train_threads"] == 1
     stamp = (tmp_path / "fig2_runs" / "runs" / "index.json").stat().st_mtime_ns
     assert fig2.main(["--out", str(tmp_path)], overrides=TINY) == 0  # every run finished: only redraws
     assert json.loads((tmp_path / "fig2.json").read_text()) == rec

@@ -38,6 +38,8 @@ def test_fig6_runs_at_each_scale(scale_args, tmp_path):
     assert rec["settings"]["scale"] == ("quick" if scale_args else "digits")
     assert rec["settings"]["seeds"] == ([0] if scale_args else [0, 1, 2])  # digits: the spread of three seeds
     assert rec["machine"]["blas"][0]["architecture"]  # which BLAS kernels computed it
+    assert [m["blas"][0]["architecture"] for m in rec["settings"]["run_machines"]] == [
+        rec["machine"]["blas"][0]["architecture"]]  # the training runs' kernels (here, in this process)
     assert set(rec["panels"]["A"]["series"]) == set(sg("fig6").MODELS)
     assert all(len(s["y"]) == 2 for s in rec["panels"]["A"]["series"].values())
 

@@ -40,6 +40,7 @@ import numpy
 
 from nablax.experiments import lr_grid, make_executor, pick_lr, run_sweep, search_configs
 from nablax.figures import blas_threads, require_cifar, sweep_executor
+from nablax.records import run_machines
 from nablax.train import NOT_IN_KEY, TrainConfig, load_run
 
 PROTOCOLS: dict[str, dict[str, Any]] = {
@@ -110,6 +111,7 @@ def figure_runs(variants: dict[str, dict[str, Any]], out: str | Path, scale: str
                 "config": {k: v for k, v in c0.to_dict().items() if k not in ("arch", "lr", "seed", *NOT_IN_KEY)},
                 "variants": variants, "lr_grid": grid, "lr_search_epochs": search_epochs if grid else None,
                 "lr_search": chosen or None,
+                "run_machines": run_machines(r["result"] for rs in runs.values() for r in rs),
                 "ours": "every protocol choice is a project choice (spec §9: the paper's batch size, step sizes, "
                         "schedule and preprocessing are unknown); see paper_figures/gradients_explode/_protocol.py"}
     return runs, settings

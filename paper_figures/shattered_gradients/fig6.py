@@ -31,6 +31,7 @@ import numpy  # noqa: E402
 
 import nablax  # noqa: E402
 from nablax.figures import FigureRecord, blas_threads, figure_args, require_cifar, save_figure, sweep_executor  # noqa: E402
+from nablax.records import run_machines  # noqa: E402
 from nablax.train import TrainConfig, dataset_for  # noqa: E402
 
 MODELS = {"CReLU LL": "conv-crelu-ll", "CReLU unmirrored": "conv-crelu-unmirrored", "ReLU": "conv-relu",
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace, executor: object, overrides: dict) -> None:
                   "stride-2 projection skips); conv -> BN -> CReLU/ReLU; global average pool; linear head. Depth = "
                   "main-path convs + the head. CReLU nets: orthogonal (flattened) base kernels, mirrored [K, -K] in "
                   "CReLU LL, independent halves in CReLU unmirrored; ReLU nets and resnets: He kernels",
-        "resnet_beta": BETA,
+        "resnet_beta": BETA, "run_machines": run_machines(results),
         "ours": "everything in the protocol is a project choice (spec §8: the paper's optimiser, schedule, epochs, "
                 "batch size, augmentation, widths and accuracies are unknown). Deviations from the spec's project "
                 "protocol: no augmentation (random crop, flip) and the training loop's plateau decay (/10 after "
