@@ -238,8 +238,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(f"{out} already holds a run: add --resume to continue it, or choose another --out")
     result = run(config, out, resume=True)
     final = result["final"]
-    print(f"{config.arch} on {config.data}: {result['status']} after {result['epochs']} epochs; training error "
-          f"{final['train_error']}, loss {final['train_loss']}, GSC(L,0) {final['gsc']}, "
+    g4 = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in final.items()}  # all digits: result.json
+    print(f"{config.arch} on {config.data}: {result['status']} after {result['epochs']} epoch(s); training error "
+          f"{g4['train_error']}, loss {g4['train_loss']}, GSC(L,0) {g4['gsc']}, "
           f"effective depth {final.get('effective_depth')} (eps {config.ed_eps}; sweep {final.get('effective_depth_sweep')})")
     if "taylor" in result:
         print("Taylor: training error vs reduction r: " + " ".join(f"{r}:{e:.3f}" for r, e in

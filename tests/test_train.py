@@ -190,6 +190,8 @@ def test_cli_train_and_resume(tmp_path, capsys, monkeypatch):
     assert cli.main(args) == 0
     text = capsys.readouterr().out
     assert "effective depth" in text and "Taylor" in text
+    final = json.loads((out / "result.json").read_text())["final"]
+    assert f"loss {final['train_loss']:.4g}," in text  # 4 digits on screen, all of them in result.json
     assert cli.main(args) == 2 and "--resume" in capsys.readouterr().err
     assert cli.main(["train", "--out", str(out), "--resume"]) == 0
     assert cli.main(["train", "--out", str(out), "--resume", "--lr", "0.5"]) == 2  # other settings: refused
