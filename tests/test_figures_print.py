@@ -216,3 +216,30 @@ def test_results_pictures_shrinks_pictures_and_keeps_small_records(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["ge_large.png", "ge_small.json", "ge_small.png"]
     assert (out / "ge_small.json").read_text() == (src / "small.json").read_text()
     assert Image.open(out / "ge_small.png").width == 1100
+
+
+def test_results_pictures_keep_the_line_colours_apart(tmp_path):
+    """A figure of six panels of lines in matplotlib's first colours keeps each colour when it is shrunk to a
+    palette (median cut made the blue and the green lines one teal: 51 and 53 away)."""
+    import sys
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import results_pictures
+
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9.5), dpi=110)
+    x = np.linspace(0, 10, 200)
+    for k, ax in enumerate(axes.flat):
+        for i in range(4):
+            ax.plot(x, np.sin(x + i) + 0.1 * k, label=f"series {i}")
+        ax.set(title=f"panel {k}", xlabel="step", ylabel="value")
+        ax.legend()
+    fig.savefig(tmp_path / "lines.png")
+    plt.close(fig)
+    results_pictures.shrink(tmp_path / "lines.png", tmp_path / "small.png", 1100, 48)
+    kept = [c for _, c in Image.open(tmp_path / "small.png").convert("RGB").getcolors(1 << 16)]
+    for c in [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]:  # tab10's C0..C3
+        assert min(sum((a - b) ** 2 for a, b in zip(c, k)) ** 0.5 for k in kept) < 20, c
