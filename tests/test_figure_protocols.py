@@ -38,6 +38,7 @@ def test_protocol_scales_share_the_code_and_refuse_unknown_ones():
     assert set(proto.PROTOCOLS) == {"quick", "digits", "cifar"}
     paper = proto.protocol("digits")
     assert (paper["depth"], paper["resnet_depth"], paper["width"], paper["data"]) == (50, 25, 100, "digits")
+    assert paper["seeds"] == 3  # RESULTS.md's spread of three seeds is what the default command gives
     assert proto.protocol("cifar")["data"] == "cifar10" and proto.protocol("quick")["depth"] < 50
     with pytest.raises(ValueError, match="scale"):
         proto.protocol("huge")

@@ -14,9 +14,9 @@ preprocessing are unknown. Three scales (``nablax.figures.figure_args`` picks on
              and effective depth grows with the steps taken), the step size from the x3 grid 1e-3 ... 1 by
              training error after 5 epochs (seed 0's choice is used for every seed), then 40 epochs with the
              step size divided by 3 after 5 epochs without a 1% improvement of the training error; GSC on 1000
-             fixed training points; seeds 0, 1. 40 epochs keeps each figure near 30 minutes on 2 cores: in an
-             80-epoch run (git history of RESULTS.md) training error, GSC and effective depth were flat after
-             epoch 36, and the step-size schedule depends only on the errors so far. (In the 40-epoch run of
+             fixed training points; seeds 0, 1, 2 (two until 2026-12-06). 40 epochs keeps each figure under an
+             hour on 2 cores: in an 80-epoch run (git history of RESULTS.md) training error, GSC and effective
+             depth were flat after epoch 36, and the step-size schedule depends only on the errors so far. (In the 40-epoch run of
              RESULTS.md, batch-ReLU's search picked a larger step size, and its effective depth still rises
              slowly at epoch 40. Batch-ReLU fails to train at every step size of the grid, and its search errors
              move by up to 0.03 with the rounding alone (BLAS threads, BLAS kernels), so its pick is fragile;
@@ -48,7 +48,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
               "eval_batch": 500, "patience": 3, "lr": 0.01, "lr_grid": [0.01, 0.03, 0.1], "search_epochs": 1,
               "seeds": 1},
     "digits": {"data": "digits", "depth": 50, "resnet_depth": 25, "width": 100, "batch_size": 64, "epochs": 40,
-               "eval_batch": 1000, "patience": 5, "lr_grid": lr_grid(1e-3, 1.0), "search_epochs": 5, "seeds": 2},
+               "eval_batch": 1000, "patience": 5, "lr_grid": lr_grid(1e-3, 1.0), "search_epochs": 5, "seeds": 3},
     "cifar": {"data": "cifar10", "depth": 50, "resnet_depth": 25, "width": 100, "batch_size": 256, "epochs": 500,
               "eval_batch": 1000, "lr_grid": lr_grid(1e-4, 1.0), "search_epochs": 5, "seeds": 1},
 }

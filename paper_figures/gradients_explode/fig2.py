@@ -15,7 +15,7 @@ The training protocol is _protocol.py's (every choice in it is ours; spec §9: t
 the papers' architectures at the paper's depth on the embedded digits: 50 blocks of width 100 and an output layer
 (51 linear layers), plain SGD with batch 64, the step size from a x3 grid (1e-3 ... 1) by training error after 5
 epochs, then 40 epochs with the step size divided by 3 when the training error plateaus (5 epochs without a 1%
-improvement), seeds 0 and 1 (curves: the mean, or the geometric mean for the GSC; bands: min..max). --cifar PATH:
+improvement), seeds 0, 1 and 2 (curves: the mean, or the geometric mean for the GSC; bands: min..max). --cifar PATH:
 the same code on CIFAR-10 (the official cifar-10-python.tar.gz, checked against its MD5) with spec §9's defaults
 (batch 256, up to 500 epochs: days of CPU time). --quick: digits, 12 blocks of width 32, 6 epochs, a pipeline
 check. Every run goes through the experiment runner (nablax.experiments, keyed by configuration, checkpointed every

@@ -16,7 +16,7 @@ points, 2 seeds, Hutchinson everywhere.
 
     D  effective depth against epoch for the five ResNets trained with the figures' protocol (spec §10, the panel
        labelled "(D)"; exact λ-split, threshold 0.01 with the sweep in the JSON), mean over seeds with min..max.
-       The protocol is _protocol.py's: by default 25 blocks of width 100 on the embedded digits, 2 seeds;
+       The protocol is _protocol.py's: by default 25 blocks of width 100 on the embedded digits, 3 seeds;
        --cifar PATH: CIFAR-10; --quick: digits, 6 blocks of width 32, a few epochs. Through the experiment runner,
        resumable. ``--no-training`` skips it.
 The paper's panel C is unknown (spec §10) and is not drawn; the figure says so.

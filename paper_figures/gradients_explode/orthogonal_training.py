@@ -15,7 +15,7 @@ from Gaussian initialisation.
 Expected from the paper: the orthogonal initial state starts with GSC 1 and no collapsed domain, so it trains a
 deep ReLU net well, and its effective depth grows during training. The training protocol is _protocol.py's (every
 choice in it is ours): by default 40 epochs of plain SGD on the embedded digits, batch 64, the step size picked
-for each initialisation from a x3 grid, seeds 0 and 1; --cifar PATH runs CIFAR-10; --quick is a pipeline check.
+for each initialisation from a x3 grid, seeds 0, 1 and 2; --cifar PATH runs CIFAR-10; --quick is a pipeline check.
 """
 
 from __future__ import annotations
