@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy
 
 import nablax
-from _protocol import FIG3_RESNETS, figure_runs_for, resnet_training_panel
+from _protocol import FIG3_RESNETS, figure_runs_for, protocol, resnet_training_panel
 from _random_init import PAPER, QUICK, gsc_series, make_figure
 from nablax.figures import FigureRecord, cached, figure_args, require_cifar
 from nablax.metrics.dilution import dilution
@@ -79,10 +79,11 @@ def main(argv: list[str] | None = None, overrides: dict | None = None) -> None:
         resnet_training_panel(rec, runs_d, "D")
 
     trained_on = {"quick": "digits, quick protocol", "digits": "digits, paper depth", "cifar": "CIFAR-10"}[args.scale]
+    d_seeds = args.seeds or protocol(args.scale, training_overrides)["seeds"]
+    panel_d = "" if args.no_training else f"; D: {d_seeds} seeds trained on {trained_on}"
     rec, _ = make_figure("fig3", [(n, n, s["init"]) for n in NAMES], s, args, COLORS,
                       f"Fig. 3: ResNets of {s['depth']} blocks, width {s['width']}, "
-                      f"{s['eval_batch']} Gaussian-noise points, {s['n_seeds']} seeds (A, B at initialisation; D trained on "
-                      f"{trained_on})",
+                      f"{s['eval_batch']} Gaussian-noise points, {s['n_seeds']} seeds (A, B at initialisation){panel_d}",
                       extra={"resnet.n_blocks": s["depth"],
                              "resnet.input_layer": "linear in_dim -> width outside the blocks",
                              "panels_omitted": "C (unknown)",
