@@ -7,13 +7,15 @@ FIGURES_DIR holds the scripts' output folders (``gradients_explode/``, ``shatter
 themselves). Each PNG is scaled down to at most ``--width`` pixels and stored with an adaptive palette (Pillow,
 which matplotlib already needs; octree quantisation, which keeps matplotlib's line colours apart: median cut
 turned its blue and green lines into one teal). Each figure's JSON record (every plotted series, the settings and the machine:
-``nablax.figures``) is copied beside its picture as it is, so that RESULTS.md's numbers can be read again, unless
-it is larger than ``--max-json-kib`` (SG Fig. 4's holds its images: 7 MB); the per-run folders stay where they are.
+``nablax.figures``) is copied beside its picture, so that RESULTS.md's numbers can be read again: as it is, or,
+when it is larger than ``--max-json-kib`` (SG Fig. 4's holds its Gram images: 7 MB), without its largest series,
+each replaced by a note of its size (``slim``). The per-run folders stay where they are.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -26,6 +28,19 @@ def shrink(src: Path, dst: Path, width: int, colors: int) -> int:
         img = img.resize((width, round(img.height * width / img.width)), Image.LANCZOS)
     img.quantize(colors=colors, method=Image.Quantize.FASTOCTREE).save(dst, optimize=True)
     return dst.stat().st_size
+
+
+def slim(record: dict, max_bytes: int) -> dict:
+    """The record without its largest series (largest first) until the rest fits in ``max_bytes`` of JSON."""
+    series = [(len(json.dumps(v)), key, name) for key, panel in record["panels"].items()
+              for name, v in panel["series"].items()]
+    size = len(json.dumps(record))
+    for n, key, name in sorted(series, reverse=True):
+        if size <= max_bytes:
+            break
+        record["panels"][key]["series"][name] = {"left_out": f"{n} bytes of JSON; the full record has it"}
+        size -= n
+    return record
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,12 +60,15 @@ def main(argv: list[str] | None = None) -> None:
         dst = args.out / f"{prefix}_{src.name}"
         total += shrink(src, dst, args.width, args.colors)
         print(f"{dst}: {dst.stat().st_size / 1024:.0f} KiB")
-        record = src.with_suffix(".json")
+        record, copy = src.with_suffix(".json"), dst.with_suffix(".json")
         if record.exists() and record.stat().st_size <= args.max_json_kib * 1024:
-            total += shutil.copyfile(record, dst.with_suffix(".json")).stat().st_size
-            print(f"{dst.with_suffix('.json')}: {record.stat().st_size / 1024:.0f} KiB")
+            shutil.copyfile(record, copy)
         elif record.exists():
-            print(f"{record}: {record.stat().st_size / 1024:.0f} KiB, over --max-json-kib: not copied")
+            copy.write_text(json.dumps(slim(json.loads(record.read_text()), args.max_json_kib * 1024)))
+            print(f"{record}: {record.stat().st_size / 1024:.0f} KiB, over --max-json-kib: its largest series left out")
+        if record.exists():
+            total += copy.stat().st_size
+            print(f"{copy}: {copy.stat().st_size / 1024:.0f} KiB")
     print(f"{total / 1024 / 1024:.2f} MiB in all")
 
 

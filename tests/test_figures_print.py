@@ -197,7 +197,7 @@ def test_looks_linear_quick_protocol_trains_past_the_linear_plateau():
 # --- scripts/results_pictures.py --------------------------------------------------------------------------------
 def test_results_pictures_shrinks_pictures_and_keeps_small_records(tmp_path):
     """RESULTS.md's numbers are read from the figures' JSON records: a small one is copied beside its picture as it
-    is; one over the limit is not (SG Fig. 4's holds 7 MB of images)."""
+    is; one over the limit without its largest series (SG Fig. 4's holds 7 MB of images)."""
     import sys
     from pathlib import Path
 
@@ -208,13 +208,17 @@ def test_results_pictures_shrinks_pictures_and_keeps_small_records(tmp_path):
 
     src = tmp_path / "figs" / "gradients_explode"
     src.mkdir(parents=True)
-    for name, record in (("small", {"figure": "small", "panels": [1, 2]}), ("large", {"x": "y" * 4096})):
+    small = {"figure": "small", "panels": {"A": {"series": {"s": {"x": [1], "y": [2]}}}}}
+    large = {"figure": "large", "panels": {"A": {"series": {"image": {"y": [7] * 2000}, "rank": {"y": [0.5]}}}}}
+    for name, record in (("small", small), ("large", large)):
         Image.new("RGB", (2400, 600), "white").save(src / f"{name}.png")
         (src / f"{name}.json").write_text(json.dumps(record))
     out = tmp_path / "results"
     results_pictures.main([str(tmp_path / "figs"), "--out", str(out), "--max-json-kib", "2"])
-    assert sorted(p.name for p in out.iterdir()) == ["ge_large.png", "ge_small.json", "ge_small.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["ge_large.json", "ge_large.png", "ge_small.json", "ge_small.png"]
     assert (out / "ge_small.json").read_text() == (src / "small.json").read_text()
+    kept = json.loads((out / "ge_large.json").read_text())["panels"]["A"]["series"]
+    assert kept["rank"] == {"y": [0.5]} and "left_out" in kept["image"]
     assert Image.open(out / "ge_small.png").width == 1100
 
 
