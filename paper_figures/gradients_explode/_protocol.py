@@ -16,11 +16,11 @@ preprocessing are unknown. Three scales (``nablax.figures.figure_args`` picks on
              step size divided by 3 after 5 epochs without a 1% improvement of the training error; GSC on 1000
              fixed training points; seeds 0, 1, 2 (two until 2026-12-06). 40 epochs keeps each figure under an
              hour on 2 cores: in an 80-epoch run (git history of RESULTS.md) training error, GSC and effective
-             depth were flat after epoch 36, and the step-size schedule depends only on the errors so far. (In the 40-epoch run of
-             RESULTS.md, batch-ReLU's search picked a larger step size, and its effective depth still rises
-             slowly at epoch 40. Batch-ReLU fails to train at every step size of the grid, and its search errors
-             move by up to 0.03 with the rounding alone (BLAS threads, BLAS kernels), so its pick is fragile;
-             RESULTS.md gives the measurements. The Dask workers run one BLAS thread each, which keeps a rerun of
+             depth were flat after epoch 36, and the step-size schedule depends only on the errors so far. (In
+             the 40-epoch run of RESULTS.md, batch-ReLU's search picked a larger step size, and its effective
+             depth still rises slowly at epoch 40. Batch-ReLU fails to train at every step size of the grid, and
+             its search errors move by up to 0.1 with the rounding alone (BLAS threads, BLAS kernels), so its
+             pick is fragile; RESULTS.md gives the measurements. The Dask workers run one BLAS thread each, which keeps a rerun of
              the same code on the same machine bit-identical.)
     cifar    the paper's data (``--cifar PATH``), spec §9's project defaults: CIFAR-10 flattened to 3072 features,
              50 blocks of width 100 (ResNets 25 blocks), batch 256, the x3 grid 1e-4 ... 1 after 5 epochs, up to
