@@ -2,6 +2,7 @@
 the orthogonal initial state (§7, §11.12), the `nablax gsc` command and the figure JSON of figures 1 and 3."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -328,6 +329,19 @@ def test_figure_json_has_every_legend_name_and_panel(module, panels, tmp_path):
         assert "panel C is unknown" in rec["settings"]["panels_note"]  # the figure says why C is missing
     if module == "orthogonal_init":  # exact GSC 1 from every hidden position of the plain ReLU net
         assert np.allclose(gsc_panel["ReLU (orthogonal initial state)"]["y"][1:], 1.0, atol=1e-10)
+
+
+@pytest.mark.parametrize("extra, says", [(["--no-training"], "(A, B at initialisation)"),
+                                         ([], "(A, B at initialisation); D: 1 seed trained on")])
+def test_fig3_title_says_how_many_seeds_each_panel_has(extra, says, tmp_path, monkeypatch):
+    """A and B average the figure's seeds at initialisation; D trains the protocol's own number of seeds."""
+    mod = load("gradients_explode", "fig3")
+    random_init, titles = sys.modules["_random_init"], []
+    save = random_init.save_figure
+    monkeypatch.setattr(random_init, "save_figure", lambda fig, *a: (titles.append(fig._suptitle.get_text()), save(fig, *a)))
+    training = {"depth": 2, "width": 8, "epochs": 1, "lr_grid": None, "lr": 0.1}
+    mod.main(["--quick", "--out", str(tmp_path)] + extra, overrides={**TINY, "training": training})
+    assert titles[0].endswith(says + (" digits, quick protocol" if not extra else ""))
 
 
 def test_nablax_gsc_names_positions_the_way_the_paper_does(capsys, tmp_path, monkeypatch):

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None, overrides: dict | None = None) -> None:
 
     trained_on = {"quick": "digits, quick protocol", "digits": "digits, paper depth", "cifar": "CIFAR-10"}[args.scale]
     d_seeds = args.seeds or protocol(args.scale, training_overrides)["seeds"]
-    panel_d = "" if args.no_training else f"; D: {d_seeds} seeds trained on {trained_on}"
+    panel_d = "" if args.no_training else f"; D: {d_seeds} seed{'s' * (d_seeds > 1)} trained on {trained_on}"
     rec, _ = make_figure("fig3", [(n, n, s["init"]) for n in NAMES], s, args, COLORS,
                       f"Fig. 3: ResNets of {s['depth']} blocks, width {s['width']}, "
                       f"{s['eval_batch']} Gaussian-noise points, {s['n_seeds']} seeds (A, B at initialisation){panel_d}",
