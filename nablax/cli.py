@@ -230,7 +230,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         stored = Trainer.stored_config(out)
         clash = {k: (stored.get(k), v) for k, v in given.items() if k != "cifar" and stored.get(k) != v}
         if clash:
-            raise ValueError(f"{out} holds a run with other settings (stored, given): {clash}")
+            raise ValueError(f"{out} holds a run with other settings (stored, given): {clash}; a run's settings are "
+                             f"fixed when it starts: for others (more epochs too) start a new run in another --out")
         config = TrainConfig.from_dict({**stored, **given})
     else:
         config = TrainConfig.from_dict(given)

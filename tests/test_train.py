@@ -195,6 +195,8 @@ def test_cli_train_and_resume(tmp_path, capsys, monkeypatch):
     assert cli.main(args) == 2 and "--resume" in capsys.readouterr().err
     assert cli.main(["train", "--out", str(out), "--resume"]) == 0
     assert cli.main(["train", "--out", str(out), "--resume", "--lr", "0.5"]) == 2  # other settings: refused
+    assert cli.main(["train", "--out", str(out), "--resume", "--epochs", "3"]) == 2  # more epochs too: a new run
+    assert "start a new run in another --out" in capsys.readouterr().err
     monkeypatch.setenv("NABLAX_DATA", str(tmp_path / "none"))
     assert cli.main(["train", "--data", "cifar10", "--depth", "2", "--out", str(tmp_path / "c")]) == 2
     assert "--cifar PATH" in capsys.readouterr().err
