@@ -29,6 +29,7 @@ gain), "looks_linear" (the orthogonal initial state of spec §7; ReLU nets only)
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 from typing import Any, Callable
@@ -97,8 +98,16 @@ def _parse_ge(name: str) -> tuple[str | None, str, bool]:
         return None, "SeLU", resnet
     norm, _, act = base.rpartition("-")
     if norm not in NORMS or act not in NONLINEARITIES:
-        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
+        raise unknown_architecture(name)
     return NORMS[norm], act, resnet
+
+
+def unknown_architecture(name: str) -> ValueError:
+    """The error for a name that is not an architecture, with up to three close spellings (case aside)."""
+    lower = {a.lower(): a for a in ARCHITECTURES}
+    close = [lower[m] for m in difflib.get_close_matches(name.lower(), lower, n=3, cutoff=0.6)]
+    guess = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+    return ValueError(f"unknown architecture {name!r}{guess}; known: {', '.join(ARCHITECTURES)}")
 
 
 def build(name: str, depth: int = 50, width: int | None = None, in_dim: int | None = None, out_dim: int | None = None,

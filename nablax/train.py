@@ -47,7 +47,7 @@ from typing import Any
 import numpy
 from tqdm import tqdm
 
-from .architectures import ARCHITECTURES, build
+from .architectures import ARCHITECTURES, build, unknown_architecture
 from .data import Dataset, batch_slices, load_dataset
 from .fastpath import blas_threads
 from .losses import SoftmaxCrossEntropy
@@ -117,7 +117,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not _is_a(value, tp):
                 raise ValueError(f"{name} must be {_describe(tp)}, got {value!r}")
-        for name, choices in (("gsc_bottom", BOTTOMS), ("gsc_aggregation", AGGREGATIONS), ("arch", ARCHITECTURES)):
+        if self.arch not in ARCHITECTURES:
+            raise unknown_architecture(self.arch)
+        for name, choices in (("gsc_bottom", BOTTOMS), ("gsc_aggregation", AGGREGATIONS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
         for name in ("lr", "epochs", "lr_decay", "eval_batch", "depth", "width", "ed_every"):

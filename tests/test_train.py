@@ -242,7 +242,7 @@ def test_set_values_take_the_type_of_their_field(tmp_path):
     (dict(seed=True), "seed must be an integer"), (dict(ed_eps_grid=[0.1, "x"]), "ed_eps_grid must be a list"),
     (dict(n_train=0), "n_train must be at least 2"), (dict(batch_size=1), "batch_size must be at least 2"),
     (dict(depth=0), "depth must be positive"), (dict(width=0), "width must be positive"),
-    (dict(arch="resnet-50"), "arch must be one of"), (dict(cifar=3), "cifar must be a string or None"),
+    (dict(arch="resnet-50"), "unknown architecture 'resnet-50'"), (dict(cifar=3), "cifar must be a string or None"),
 ])
 def test_config_refuses_wrong_types_and_sizes(kw, says):
     with pytest.raises(ValueError, match=says):

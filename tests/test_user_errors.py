@@ -27,6 +27,8 @@ def _one_line_error(capsys, argv):
 
 @pytest.mark.parametrize("argv, says", [
     (["gsc", "--arch", "resnet-50"], "unknown architecture 'resnet-50'"),
+    (["gsc", "--arch", "layer-relu-resnet"], "did you mean 'layer-ReLU (ResNet)' or"),
+    (["train", "--arch", "batch_relu", "--out", "unused"], "did you mean 'batch-ReLU' or"),
     (["gsc", "--depth", "0"], "depth must be a positive integer"),
     (["gsc", "--depth", "2", "--width", "0"], "width must be a positive integer"),
     (["gsc", "--depth", "2", "--in-dim", "0"], "in_dim must be a positive integer"),
@@ -36,7 +38,7 @@ def _one_line_error(capsys, argv):
     (["shatter", "--arch", "resnet-bn", "--depth", "3", "--beta", "nan"], "beta must be a finite number"),
     (["shatter", "--arch", "fnn-bn", "--depth", "3", "--beta", "0.5"], "--beta: fnn-bn does not take it"),
     (["shatter", "--arch", "fnn-bn", "--depth", "3", "--bias-std", "0.5"], "--bias-std: fnn-bn does not take it"),
-    (["train", "--arch", "resnet-50", "--out", "x"], "arch must be one of"),
+    (["train", "--arch", "resnet-50", "--out", "x"], "unknown architecture 'resnet-50'"),
     (["train", *TINY_TRAIN, "--depth", "0", "--out", "x"], "depth must be positive"),
     (["train", *TINY_TRAIN, "--n-train", "0", "--out", "x"], "n_train must be at least 2"),
     (["train", *TINY_TRAIN, "--set", "epochs=abc", "--out", "x"], "epochs must be an integer, got 'abc'"),
