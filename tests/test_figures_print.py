@@ -247,3 +247,18 @@ def test_results_pictures_keep_the_line_colours_apart(tmp_path):
     kept = [c for _, c in Image.open(tmp_path / "small.png").convert("RGB").getcolors(1 << 16)]
     for c in [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]:  # tab10's C0..C3
         assert min(sum((a - b) ** 2 for a, b in zip(c, k)) ** 0.5 for k in kept) < 20, c
+
+
+def test_every_committed_picture_has_its_record():
+    """paper_figures/results: each paper-scale picture beside RESULTS.md comes with the JSON record of the run that
+    drew it (the figure it names, and where it was computed), so that RESULTS.md's numbers can be read again."""
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parent.parent / "paper_figures" / "results"
+    pictures = sorted(results.glob("*.png"))
+    assert len(pictures) == 12
+    for png in pictures:
+        record = json.loads(png.with_suffix(".json").read_text())
+        paper, _, name = record["figure"].partition("/")
+        assert png.stem == {"gradients_explode": "ge", "shattered_gradients": "sg"}[paper] + "_" + name
+        assert record["machine"]["blas"], png.name
