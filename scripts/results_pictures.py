@@ -6,10 +6,11 @@
 FIGURES_DIR holds the scripts' output folders (``gradients_explode/``, ``shattered_gradients/`` or the PNGs
 themselves). Each PNG is scaled down to at most ``--width`` pixels and stored with an adaptive palette (Pillow,
 which matplotlib already needs; octree quantisation, which keeps matplotlib's line colours apart: median cut
-turned its blue and green lines into one teal). Each figure's JSON record (every plotted series, the settings and the machine:
-``nablax.figures``) is copied beside its picture, so that RESULTS.md's numbers can be read again: as it is, or,
-when it is larger than ``--max-json-kib`` (SG Fig. 4's holds its Gram images: 7 MB), without its largest series,
-each replaced by a note of its size (``slim``). The per-run folders stay where they are.
+turned its blue and green lines into one teal). Each figure's JSON record (every plotted series, the settings
+and the machine: ``nablax.figures``) is copied beside its picture, so that RESULTS.md's numbers can be read
+again: as it is, or, when it is larger than ``--max-json-kib`` (SG Fig. 4's holds its Gram images: 7 MB),
+without its largest series, each replaced by a note of its size (``slim``). The per-run folders stay where they
+are.
 """
 
 from __future__ import annotations

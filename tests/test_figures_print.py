@@ -195,17 +195,17 @@ def test_looks_linear_quick_protocol_trains_past_the_linear_plateau():
 
 
 # --- scripts/results_pictures.py --------------------------------------------------------------------------------
+def results_pictures_script():
+    """scripts/results_pictures.py as a module (the figure scripts' loader, from the folder beside theirs)."""
+    return load("../scripts", "results_pictures")
+
+
 def test_results_pictures_shrinks_pictures_and_keeps_small_records(tmp_path):
     """RESULTS.md's numbers are read from the figures' JSON records: a small one is copied beside its picture as it
     is; one over the limit without its largest series (SG Fig. 4's holds 7 MB of images)."""
-    import sys
-    from pathlib import Path
-
     from PIL import Image
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    import results_pictures
-
+    results_pictures = results_pictures_script()
     src = tmp_path / "figs" / "gradients_explode"
     src.mkdir(parents=True)
     small = {"figure": "small", "panels": {"A": {"series": {"s": {"x": [1], "y": [2]}}}}}
@@ -225,15 +225,10 @@ def test_results_pictures_shrinks_pictures_and_keeps_small_records(tmp_path):
 def test_results_pictures_keep_the_line_colours_apart(tmp_path):
     """A figure of six panels of lines in matplotlib's first colours keeps each colour when it is shrunk to a
     palette (median cut made the blue and the green lines one teal: 51 and 53 away)."""
-    import sys
-    from pathlib import Path
-
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    import results_pictures
-
+    results_pictures = results_pictures_script()
     fig, axes = plt.subplots(2, 3, figsize=(16, 9.5), dpi=110)
     x = np.linspace(0, 10, 200)
     for k, ax in enumerate(axes.flat):

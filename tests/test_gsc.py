@@ -338,7 +338,8 @@ def test_fig3_title_says_how_many_seeds_each_panel_has(extra, says, tmp_path, mo
     mod = load("gradients_explode", "fig3")
     random_init, titles = sys.modules["_random_init"], []
     save = random_init.save_figure
-    monkeypatch.setattr(random_init, "save_figure", lambda fig, *a: (titles.append(fig._suptitle.get_text()), save(fig, *a)))
+    monkeypatch.setattr(random_init, "save_figure",
+                        lambda fig, *a: (titles.append(fig._suptitle.get_text()), save(fig, *a)))
     training = {"depth": 2, "width": 8, "epochs": 1, "lr_grid": None, "lr": 0.1}
     mod.main(["--quick", "--out", str(tmp_path)] + extra, overrides={**TINY, "training": training})
     assert titles[0].endswith(says + (" digits, quick protocol" if not extra else ""))
