@@ -32,7 +32,8 @@ def shrink(src: Path, dst: Path, width: int, colors: int) -> int:
 
 
 def slim(record: dict, max_bytes: int) -> dict:
-    """The record without its largest series (largest first) until the rest fits in ``max_bytes`` of JSON."""
+    """A copy of the record without its largest series (largest first) until the rest fits in ``max_bytes`` of JSON."""
+    record = {**record, "panels": {k: {**p, "series": dict(p["series"])} for k, p in record["panels"].items()}}
     series = [(len(json.dumps(v)), key, name) for key, panel in record["panels"].items()
               for name, v in panel["series"].items()]
     size = len(json.dumps(record))

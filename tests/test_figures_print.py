@@ -220,6 +220,7 @@ def test_results_pictures_shrinks_pictures_and_keeps_small_records(tmp_path):
     kept = json.loads((out / "ge_large.json").read_text())["panels"]["A"]["series"]
     assert kept["rank"] == {"y": [0.5]} and "left_out" in kept["image"]
     assert Image.open(out / "ge_small.png").width == 1100
+    assert "left_out" in json.dumps(results_pictures.slim(large, 100)) and "left_out" not in json.dumps(large)
 
 
 def test_results_pictures_keep_the_line_colours_apart(tmp_path):
