@@ -12,7 +12,8 @@ Three scales, one code path (every choice is ours: spec §8 leaves the paper's p
     default  the paper's depths up to 198 on scikit-learn's embedded digits (1797 8x8 grey images, all training
              data: training accuracy), width 4 (the paper's is unknown; ours is narrow so that 198 layers train in
              minutes on a CPU), SGD with momentum 0.9 from step size 0.05, batch 128, 12 epochs, three seeds (the
-             98-layer nets' training error jumps between epochs, so one seed's last epoch says little: RESULTS.md)
+             98-layer nets' training error jumps between epochs, so one seed's last epoch says little: RESULTS.md).
+             At 198 layers this step size is too large for the LL nets: with 0.005 they train (RESULTS.md)
     --cifar  CIFAR-10, depths 14, 26, 50, 98, 198, width 16, step size 0.1, 160 epochs, three seeds: far beyond a
              CPU; --backend cupy puts it on a GPU
     --quick  digits (a subset), depths 8 and 14, two epochs: a pipeline check whose accuracies say nothing
