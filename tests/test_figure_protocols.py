@@ -174,3 +174,17 @@ def test_seeds_option_adds_seeds_and_reuses_finished_ones(tmp_path):
     assert fig2.main(["--out", str(tmp_path), "--seeds", "2"], overrides=tiny) == 0
     assert json.loads((tmp_path / "fig2.json").read_text())["settings"]["seeds"] == [0, 1]
     assert keys < set(json.loads(index.read_text()))  # seed 0's runs were kept, seed 1's added
+
+
+def test_the_fig6_198_layer_checks_change_only_what_they_name():
+    """The sweep files behind RESULTS.md's "SG Fig. 6 at 198 layers" checks are fig6.py's digits protocol at depth 198
+    for CReLU LL and plain ReLU, with one change each: the epochs, the width or the step size."""
+    from nablax.experiments import load_sweep_file
+
+    fig6 = load("shattered_gradients", "fig6")
+    protocol = {**fig6.COMMON, **fig6.PROTOCOLS["digits"], "depth": 198}
+    for name, changed, runs in (("epochs48", {"epochs"}, 6), ("width8", {"width"}, 6), ("step_sizes", {"lr"}, 12)):
+        configs, _ = load_sweep_file(ROOT / "shattered_gradients" / "fig6_198" / f"{name}.json")
+        assert len(configs) == runs and {c.seed for c in configs} == {0, 1, 2}
+        assert {c.arch for c in configs} == {fig6.MODELS["CReLU LL"], fig6.MODELS["ReLU"]}
+        assert all({k for k, v in protocol.items() if getattr(c, k) != v} == changed for c in configs), name
